@@ -5,8 +5,30 @@
 //! runs the detectors, dedups alerts, and serialises a shard's detection state
 //! with a digest so replicas can prove they agree.
 
+pub mod anomaly;
+pub mod config;
+pub mod dedup;
+pub mod detect;
+pub mod drift;
+pub mod engine;
 pub mod event;
 pub mod metric;
+pub mod onset;
+pub mod parse;
+pub mod pricing;
+pub mod rate;
+pub mod redact;
+pub mod shard;
+pub mod validate;
+pub mod window;
 
+pub use anomaly::{Anomaly, AnomalyType, Severity};
+pub use config::DetectionConfig;
+pub use engine::{Observation, ShardDetector};
 pub use event::Event;
 pub use metric::{Metric, MetricValues};
+pub use parse::{parse_event, parse_otlp_traces, parse_value, EventError, FieldError};
+pub use pricing::{extract_metrics, Extraction, PriceTable};
+pub use redact::{RedactionConfig, Redactor};
+pub use validate::{validate, ValidationBounds, ValidationError};
+pub use window::{Moments, Window, WindowStateError};

@@ -1,0 +1,543 @@
+//! Detection configuration: detector thresholds, per-metric settings, severity mapping,
+//! dedup and rate windows. Defaults are the product's published configuration.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::{AnomalyType, Severity};
+use crate::detect::ScaleFloor;
+use crate::metric::Metric;
+
+/// Everything that decides what a shard's detection raises.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectionConfig {
+    /// Samples kept per baseline key (W).
+    pub window_size: usize,
+    /// Samples a baseline needs before it scores anything.
+    pub min_samples: usize,
+    /// Z-score detector.
+    pub z_score: ThresholdDetector,
+    /// IQR (Tukey fence) detector; its threshold is the IQR multiplier.
+    pub iqr: ThresholdDetector,
+    /// MAD (modified z-score) detector.
+    pub mad: ThresholdDetector,
+    /// CUSUM drift detector.
+    pub cusum: CusumConfig,
+    /// How many of the enabled point detectors (z-score, IQR, MAD) must agree before a
+    /// point anomaly is raised; capped at the number enabled for the metric.
+    pub min_votes: usize,
+    /// Per-metric settings; metrics not listed use [`MetricConfig::default_for`].
+    pub metrics: BTreeMap<Metric, MetricConfig>,
+    /// Maps distance past the threshold to severity and confidence.
+    pub severity: SeverityConfig,
+    /// One alert per (service, model, metric, anomaly type) while hits are closer than this, in event-time ms.
+    pub dedup_window_ms: i64,
+    /// Error-rate detection over event-time buckets.
+    pub error_rate: ErrorRateConfig,
+    /// Request-rate (throughput) detection over event-time buckets.
+    pub request_rate: RequestRateConfig,
+    /// Per-user usage detection (one user sending far more than users usually do).
+    pub user_usage: UserUsageConfig,
+    /// Base URL of runbooks; an alert links `<base>/<anomaly_type>` when set.
+    pub runbook_base_url: Option<String>,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            window_size: 1000,
+            min_samples: 10,
+            z_score: ThresholdDetector::on(3.0),
+            iqr: ThresholdDetector::on(1.5),
+            mad: ThresholdDetector::on(3.5),
+            cusum: CusumConfig::default(),
+            min_votes: 3,
+            metrics: BTreeMap::new(),
+            severity: SeverityConfig::default(),
+            dedup_window_ms: 300_000,
+            error_rate: ErrorRateConfig::default(),
+            request_rate: RequestRateConfig::default(),
+            user_usage: UserUsageConfig::default(),
+            runbook_base_url: None,
+        }
+    }
+}
+
+impl DetectionConfig {
+    /// The effective settings of one metric.
+    pub fn metric(&self, metric: Metric) -> MetricConfig {
+        self.metrics
+            .get(&metric)
+            .cloned()
+            .unwrap_or_else(|| MetricConfig::default_for(metric))
+    }
+
+    /// Checks the configuration for values no detector can work with, listing every problem.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.window_size < 2 || self.window_size > u16::MAX as usize {
+            problems.push(format!(
+                "window_size: {} is outside 2..={}",
+                self.window_size,
+                u16::MAX
+            ));
+        }
+        if self.min_samples < 2 {
+            problems.push(format!("min_samples: {} is below 2", self.min_samples));
+        }
+        for (name, d) in [
+            ("z_score", &self.z_score),
+            ("iqr", &self.iqr),
+            ("mad", &self.mad),
+        ] {
+            if !(d.threshold.is_finite() && d.threshold > 0.0) {
+                problems.push(format!(
+                    "{name}.threshold: {} must be a positive number",
+                    d.threshold
+                ));
+            }
+        }
+        if !(self.cusum.threshold.is_finite() && self.cusum.threshold > 0.0) {
+            problems.push(format!(
+                "cusum.threshold: {} must be a positive number",
+                self.cusum.threshold
+            ));
+        }
+        if !(self.cusum.drift.is_finite() && self.cusum.drift >= 0.0) {
+            problems.push(format!(
+                "cusum.drift: {} must be a non-negative number",
+                self.cusum.drift
+            ));
+        }
+        if self.cusum.min_buckets < 2 || self.cusum.min_buckets > self.cusum.baseline_buckets {
+            problems.push(format!(
+                "cusum.min_buckets: {} must be between 2 and cusum.baseline_buckets ({})",
+                self.cusum.min_buckets, self.cusum.baseline_buckets
+            ));
+        }
+        if !(self.cusum.min_spread.is_finite() && self.cusum.min_spread >= 0.0) {
+            problems.push(format!(
+                "cusum.min_spread: {} must be a non-negative number",
+                self.cusum.min_spread
+            ));
+        }
+        if self.min_votes == 0 {
+            problems.push("min_votes: must be at least 1".to_string());
+        }
+        let s = &self.severity;
+        if !(1.0 <= s.medium && s.medium <= s.high && s.high <= s.critical) {
+            problems.push(format!(
+                "severity: breakpoints must satisfy 1 <= medium ({}) <= high ({}) <= critical ({})",
+                s.medium, s.high, s.critical
+            ));
+        }
+        if self.dedup_window_ms < 0 {
+            problems.push("dedup_window_ms: must not be negative".to_string());
+        }
+        for (name, bucket) in [
+            ("error_rate.bucket_ms", self.error_rate.bucket_ms),
+            ("request_rate.bucket_ms", self.request_rate.bucket_ms),
+            ("user_usage.bucket_ms", self.user_usage.bucket_ms),
+            ("cusum.bucket_ms", self.cusum.bucket_ms),
+        ] {
+            if bucket <= 0 {
+                problems.push(format!("{name}: {bucket} must be positive"));
+            }
+        }
+        if self.request_rate.baseline_buckets < 2 {
+            problems.push("request_rate.baseline_buckets: must be at least 2".to_string());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// A configuration that no detector can work with, with every problem found.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid detection configuration: {}", problems.join("; "))]
+pub struct ConfigError {
+    /// One line per problem, naming the key.
+    pub problems: Vec<String>,
+}
+
+/// A detector switched on or off with one threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdDetector {
+    /// Whether the detector runs at all.
+    pub enabled: bool,
+    /// The score beyond which it flags.
+    pub threshold: f64,
+}
+
+impl ThresholdDetector {
+    /// An enabled detector with this threshold.
+    pub const fn on(threshold: f64) -> Self {
+        ThresholdDetector {
+            enabled: true,
+            threshold,
+        }
+    }
+}
+
+/// CUSUM drift detection over per-bucket means (see `drift`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CusumConfig {
+    /// Whether CUSUM runs at all (per metric it also needs `cusum` in the metric's detectors).
+    pub enabled: bool,
+    /// Decision interval h, in standard deviations of a bucket mean.
+    pub threshold: f64,
+    /// Allowance k, in standard deviations of a bucket mean.
+    pub drift: f64,
+    /// Bucket width in event-time ms; CUSUM steps once per bucket.
+    pub bucket_ms: i64,
+    /// Past bucket means the reference is taken from.
+    pub baseline_buckets: usize,
+    /// Past buckets needed before drift is judged.
+    pub min_buckets: usize,
+    /// Standardised bucket means are clipped to ±this, so one wild bucket is not mistaken for drift.
+    pub clip: f64,
+    /// Smallest spread of bucket means assumed, on the metric's scale (0.05 on a log
+    /// scale: shifts much below 5 % are not reported as drift).
+    pub min_spread: f64,
+}
+
+impl Default for CusumConfig {
+    fn default() -> Self {
+        CusumConfig {
+            enabled: true,
+            threshold: 5.0,
+            drift: 0.5,
+            bucket_ms: 60_000,
+            baseline_buckets: 60,
+            min_buckets: 10,
+            clip: 3.0,
+            min_spread: 0.05,
+        }
+    }
+}
+
+/// Which side of the baseline counts as anomalous for a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Only values above the baseline.
+    Upper,
+    /// Only values below the baseline.
+    Lower,
+    /// Both sides.
+    Both,
+}
+
+impl Direction {
+    /// Whether a signed score points the way this direction watches.
+    pub fn admits(self, score: f64) -> bool {
+        match self {
+            Direction::Upper => score > 0.0,
+            Direction::Lower => score < 0.0,
+            Direction::Both => score != 0.0,
+        }
+    }
+}
+
+/// The scale a metric's baseline is kept and scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Scale {
+    /// The raw value.
+    Linear,
+    /// `ln(value + offset)`: right-skewed metrics (latency, tokens, cost) become near-normal.
+    Log {
+        /// Added before the logarithm so zero stays finite.
+        offset: f64,
+    },
+}
+
+impl Scale {
+    /// Maps a raw value onto this scale.
+    pub fn forward(self, x: f64) -> f64 {
+        match self {
+            Scale::Linear => x,
+            Scale::Log { offset } => (x + offset).max(f64::MIN_POSITIVE).ln(),
+        }
+    }
+
+    /// Maps a value on this scale back to raw units.
+    pub fn inverse(self, t: f64) -> f64 {
+        match self {
+            Scale::Linear => t,
+            Scale::Log { offset } => t.exp() - offset,
+        }
+    }
+}
+
+/// A detector that can be switched on per metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    /// Z-score against mean and σ.
+    ZScore,
+    /// Tukey fences on the quartiles.
+    Iqr,
+    /// Modified z-score against median and MAD.
+    Mad,
+    /// CUSUM drift.
+    Cusum,
+}
+
+impl DetectorKind {
+    /// The `detection_method` name in alerts.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::ZScore => "z_score",
+            DetectorKind::Iqr => "iqr",
+            DetectorKind::Mad => "mad",
+            DetectorKind::Cusum => "cusum",
+        }
+    }
+}
+
+/// Settings of one metric's baseline and detectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Detectors that run on this metric (each also needs its global switch on).
+    pub detectors: Vec<DetectorKind>,
+    /// Scale the baseline is kept on.
+    pub scale: Scale,
+    /// Which side of the baseline is anomalous.
+    pub direction: Direction,
+    /// Smallest spread the detectors divide by, on the metric's scale.
+    pub floor: ScaleFloor,
+    /// Anomaly type raised by point detectors.
+    pub point_type: AnomalyType,
+    /// Anomaly type raised by CUSUM.
+    pub drift_type: AnomalyType,
+}
+
+impl MetricConfig {
+    /// The shipped settings of a metric.
+    pub fn default_for(metric: Metric) -> Self {
+        use DetectorKind::*;
+        let log = |offset| Scale::Log { offset };
+        // On a log scale an absolute floor of 0.01 is a 1% relative change of the raw value.
+        let log_floor = ScaleFloor {
+            absolute: 0.01,
+            relative: 0.0,
+        };
+        let (detectors, scale, direction, point_type, drift_type) = match metric {
+            Metric::LatencyMs => (
+                vec![ZScore, Iqr, Mad, Cusum],
+                log(1.0),
+                Direction::Upper,
+                AnomalyType::LatencySpike,
+                AnomalyType::LatencyDrift,
+            ),
+            Metric::PromptTokens => (
+                vec![ZScore, Iqr, Mad],
+                log(1.0),
+                Direction::Upper,
+                AnomalyType::TokenUsageSpike,
+                AnomalyType::InputDrift,
+            ),
+            Metric::CompletionTokens => (
+                vec![ZScore, Iqr, Mad, Cusum],
+                log(1.0),
+                Direction::Upper,
+                AnomalyType::TokenUsageSpike,
+                AnomalyType::OutputDrift,
+            ),
+            Metric::TotalTokens => (
+                vec![ZScore, Iqr, Mad],
+                log(1.0),
+                Direction::Upper,
+                AnomalyType::TokenUsageSpike,
+                AnomalyType::TokenUsageSpike,
+            ),
+            Metric::CostUsd => (
+                vec![ZScore, Iqr, Mad, Cusum],
+                log(1e-4),
+                Direction::Upper,
+                AnomalyType::CostAnomaly,
+                AnomalyType::CostAnomaly,
+            ),
+            Metric::TokensPerSecond => (
+                vec![ZScore, Iqr, Mad],
+                log(0.1),
+                Direction::Lower,
+                AnomalyType::ThroughputDegradation,
+                AnomalyType::ThroughputDegradation,
+            ),
+        };
+        MetricConfig {
+            detectors,
+            scale,
+            direction,
+            floor: log_floor,
+            point_type,
+            drift_type,
+        }
+    }
+
+    /// Whether a detector runs on this metric.
+    pub fn runs(&self, kind: DetectorKind) -> bool {
+        self.detectors.contains(&kind)
+    }
+}
+
+/// How distance past a threshold maps to severity and confidence.
+///
+/// With `r = |score| / threshold` (≥ 1 when a detector fires): severity is `low` below
+/// `medium`, `medium` below `high`, `high` below `critical`, else `critical`.
+/// Confidence is `(votes / detectors) × (1 − ½·e^{−(r−1)})`: ½ at the threshold with
+/// every detector agreeing, approaching 1 as the value moves further out.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeverityConfig {
+    /// Ratio from which an anomaly is `medium`.
+    pub medium: f64,
+    /// Ratio from which an anomaly is `high`.
+    pub high: f64,
+    /// Ratio from which an anomaly is `critical`.
+    pub critical: f64,
+}
+
+impl Default for SeverityConfig {
+    fn default() -> Self {
+        SeverityConfig {
+            medium: 1.25,
+            high: 1.6,
+            critical: 2.5,
+        }
+    }
+}
+
+impl SeverityConfig {
+    /// Severity of an anomaly whose score is `ratio` times its threshold.
+    pub fn severity(&self, ratio: f64) -> Severity {
+        if ratio >= self.critical {
+            Severity::Critical
+        } else if ratio >= self.high {
+            Severity::High
+        } else if ratio >= self.medium {
+            Severity::Medium
+        } else {
+            Severity::Low
+        }
+    }
+
+    /// Confidence in [0, 1] of an anomaly `ratio` times past its threshold, agreed by `votes` of `voters`.
+    pub fn confidence(&self, ratio: f64, votes: usize, voters: usize) -> f64 {
+        let agreement = votes as f64 / voters.max(1) as f64;
+        let distance = 1.0 - 0.5 * (-(ratio - 1.0).max(0.0)).exp();
+        (agreement * distance).clamp(0.0, 1.0)
+    }
+}
+
+/// Error-rate detection: errors in the current event-time bucket against the rate of the
+/// buckets before it (a one-sided binomial z-test with minimum counts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ErrorRateConfig {
+    /// Whether error-rate detection runs.
+    pub enabled: bool,
+    /// Bucket width in event-time ms.
+    pub bucket_ms: i64,
+    /// Closed buckets forming the baseline rate.
+    pub baseline_buckets: usize,
+    /// Requests the current bucket needs before it is judged.
+    pub min_requests: u32,
+    /// Errors the current bucket needs before it is judged.
+    pub min_errors: u32,
+    /// Binomial z beyond which the rate is anomalous.
+    pub threshold: f64,
+    /// Absolute rise over the baseline rate needed as well (0.05 = five points).
+    pub min_increase: f64,
+    /// Baseline rate assumed at least this, so a clean history does not make one error an incident.
+    pub baseline_floor: f64,
+}
+
+impl Default for ErrorRateConfig {
+    fn default() -> Self {
+        ErrorRateConfig {
+            enabled: true,
+            bucket_ms: 60_000,
+            baseline_buckets: 30,
+            min_requests: 20,
+            min_errors: 5,
+            threshold: 4.0,
+            min_increase: 0.05,
+            baseline_floor: 0.005,
+        }
+    }
+}
+
+/// Request-rate detection: the count of a closed event-time bucket against the counts of
+/// the buckets before it (robust z with a Poisson floor on the spread).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestRateConfig {
+    /// Whether request-rate detection runs.
+    pub enabled: bool,
+    /// Bucket width in event-time ms.
+    pub bucket_ms: i64,
+    /// Closed buckets kept as the baseline.
+    pub baseline_buckets: usize,
+    /// Buckets the baseline needs before a bucket is judged.
+    pub min_buckets: usize,
+    /// Robust z beyond which a bucket's count is anomalous.
+    pub threshold: f64,
+    /// Median bucket count needed before drops are judged (tiny rates are all noise).
+    pub min_median: f64,
+}
+
+impl Default for RequestRateConfig {
+    fn default() -> Self {
+        RequestRateConfig {
+            enabled: true,
+            bucket_ms: 60_000,
+            baseline_buckets: 60,
+            min_buckets: 10,
+            threshold: 5.0,
+            min_median: 20.0,
+        }
+    }
+}
+
+/// Per-user usage detection: one user's requests in the current bucket against the
+/// typical per-user bucket counts of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserUsageConfig {
+    /// Whether per-user detection runs.
+    pub enabled: bool,
+    /// Bucket width in event-time ms.
+    pub bucket_ms: i64,
+    /// Per-user bucket counts kept as the baseline.
+    pub baseline_samples: usize,
+    /// A user is flagged above `multiplier ×` the baseline's p99 ...
+    pub multiplier: f64,
+    /// ... and above this many requests in one bucket.
+    pub min_requests: u32,
+    /// Distinct users tracked per key and bucket; further users in that bucket are not tracked.
+    pub max_users: usize,
+}
+
+impl Default for UserUsageConfig {
+    fn default() -> Self {
+        UserUsageConfig {
+            enabled: true,
+            bucket_ms: 60_000,
+            baseline_samples: 200,
+            multiplier: 5.0,
+            min_requests: 30,
+            max_users: 10_000,
+        }
+    }
+}

@@ -1,0 +1,837 @@
+//! A shard's detection: baselines of every (service, model) key, detector state and dedup,
+//! turning events into anomalies deterministically, with serialisable state and a digest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::anomaly::{Anomaly, AnomalyContext, AnomalyDetails, Finding};
+use crate::config::{ConfigError, DetectionConfig, DetectorKind, MetricConfig, Scale};
+use crate::dedup::{Dedup, DedupKey, Repeat};
+use crate::detect::{iqr_score, modified_z_score, z_score, MAD_CONSISTENCY};
+use crate::drift::Drift;
+use crate::event::Event;
+use crate::metric::{Metric, MetricValues};
+use crate::rate::{ErrorRate, RequestRate, UserUsage};
+use crate::window::Window;
+
+/// What observing one event produced.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observation {
+    /// Alerts raised by this event.
+    pub anomalies: Vec<Anomaly>,
+    /// Hits folded into alerts that were already open.
+    pub repeats: Vec<Repeat>,
+    /// Whether any detector flagged the event, raised or folded.
+    pub flagged: bool,
+}
+
+/// Why a serialised detection state could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The bytes are not a detection state of this version.
+    #[error("detection state is corrupt or of another version: {0}")]
+    Decode(#[from] bincode::Error),
+    /// The state decoded but carries an unusable configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Baseline and drift state of one metric of one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MetricState {
+    window: Window,
+    drift: Drift,
+}
+
+impl MetricState {
+    fn new(cfg: &DetectionConfig) -> Self {
+        MetricState {
+            window: Window::new(cfg.window_size),
+            drift: Drift::new(cfg.cusum.baseline_buckets),
+        }
+    }
+}
+
+/// Everything kept for one (service, model) key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct KeyState {
+    metrics: Vec<MetricState>,
+    error_rate: ErrorRate,
+    request_rate: RequestRate,
+    users: UserUsage,
+    events: u64,
+}
+
+impl KeyState {
+    fn new(cfg: &DetectionConfig) -> Self {
+        KeyState {
+            metrics: Metric::ALL.iter().map(|_| MetricState::new(cfg)).collect(),
+            error_rate: ErrorRate::default(),
+            request_rate: RequestRate::new(cfg.request_rate.baseline_buckets),
+            users: UserUsage::new(cfg.user_usage.baseline_samples),
+            events: 0,
+        }
+    }
+}
+
+/// Statistics of one metric's baseline, in the metric's own units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricBaseline {
+    /// Metric name.
+    pub metric: String,
+    /// Samples in the window.
+    pub count: usize,
+    /// Mean of the samples.
+    pub mean: f64,
+    /// Population standard deviation of the samples.
+    pub std_dev: f64,
+    /// Median.
+    pub median: f64,
+    /// First quartile.
+    pub q1: f64,
+    /// Third quartile.
+    pub q3: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Median absolute deviation from the median.
+    pub mad: f64,
+}
+
+/// The baselines of one (service, model) key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyBaseline {
+    /// Service.
+    pub service_name: String,
+    /// Model.
+    pub model: String,
+    /// Events observed on this key.
+    pub events: u64,
+    /// Error rate over the error-rate baseline buckets.
+    pub error_rate: f64,
+    /// Median requests per request-rate bucket, once a bucket closed.
+    pub requests_per_bucket: Option<f64>,
+    /// Per-metric statistics (metrics with no sample yet are left out).
+    pub metrics: Vec<MetricBaseline>,
+}
+
+/// The detection state of one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardDetector {
+    shard: u32,
+    config: DetectionConfig,
+    /// Effective per-metric settings, derived from `config`, in [`Metric::ALL`] order.
+    #[serde(skip)]
+    metric_configs: Vec<MetricConfig>,
+    keys: BTreeMap<String, BTreeMap<String, KeyState>>,
+    dedup: Dedup,
+    observed: u64,
+    raised: u64,
+}
+
+impl ShardDetector {
+    /// An empty detector for `shard` with a checked configuration.
+    pub fn new(shard: u32, config: DetectionConfig) -> Result<Self, ConfigError> {
+        config.check()?;
+        Ok(ShardDetector {
+            shard,
+            metric_configs: resolve(&config),
+            config,
+            keys: BTreeMap::new(),
+            dedup: Dedup::default(),
+            observed: 0,
+            raised: 0,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DetectionConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration; existing windows keep their size until the key is reset.
+    pub fn set_config(&mut self, config: DetectionConfig) -> Result<(), ConfigError> {
+        config.check()?;
+        self.metric_configs = resolve(&config);
+        self.config = config;
+        Ok(())
+    }
+
+    /// Events observed so far.
+    pub fn observed(&self) -> u64 {
+        self.observed
+    }
+
+    /// Alerts raised so far (repeats folded into open alerts not counted).
+    pub fn raised(&self) -> u64 {
+        self.raised
+    }
+
+    /// Number of (service, model) keys with a baseline.
+    pub fn key_count(&self) -> usize {
+        self.keys.values().map(BTreeMap::len).sum()
+    }
+
+    /// Scores one event against the baselines as they were before it, then adds it.
+    ///
+    /// `values` are the event's metrics (see `pricing::extract_metrics`). Metrics of a
+    /// failed call are not added to the value baselines (a rate-limited call's latency
+    /// says nothing about the model); the call still counts for error rate, request
+    /// rate and per-user usage.
+    pub fn observe(&mut self, event: &Event, values: &MetricValues) -> Observation {
+        self.observed += 1;
+        let cfg = &self.config;
+        let key = match self
+            .keys
+            .get_mut(event.service.as_str())
+            .and_then(|models| models.get_mut(event.model.as_str()))
+        {
+            Some(key) => key,
+            None => self
+                .keys
+                .entry(event.service.clone())
+                .or_default()
+                .entry(event.model.clone())
+                .or_insert_with(|| KeyState::new(cfg)),
+        };
+        key.events += 1;
+        let at = event.timestamp_ms;
+        let failed = event.is_error();
+        let mut findings = Vec::new();
+        if !failed {
+            for metric in Metric::ALL {
+                if let Some(v) = values.get(metric).filter(|v| v.is_finite()) {
+                    let state = &mut key.metrics[metric.index()];
+                    let mc = &self.metric_configs[metric.index()];
+                    observe_metric(state, metric, mc, cfg, at, v, &mut findings);
+                }
+            }
+        }
+        findings.extend(key.error_rate.observe(at, failed, &cfg.error_rate));
+        findings.extend(key.request_rate.observe(at, &cfg.request_rate));
+        if let Some(user) = event.user_id.as_deref() {
+            findings.extend(key.users.observe(at, user, &cfg.user_usage));
+        }
+        let mut out = Observation {
+            flagged: !findings.is_empty(),
+            ..Observation::default()
+        };
+        for finding in findings {
+            self.raise(event, finding, &mut out);
+        }
+        out
+    }
+
+    fn raise(&mut self, event: &Event, finding: Finding, out: &mut Observation) {
+        let window = self.config.dedup_window_ms;
+        let at = event.timestamp_ms;
+        let key = DedupKey {
+            service: event.service.clone(),
+            model: event.model.clone(),
+            metric: finding.metric.to_owned(),
+            anomaly_type: finding.anomaly_type,
+        };
+        if let Some(repeat) = self.dedup.fold(&key, at, window) {
+            out.repeats.push(repeat);
+            return;
+        }
+        let alert_id = self.alert_id(finding.metric, finding.anomaly_type.name());
+        let related_alerts = self.dedup.open_on(&event.service, &event.model, at, window);
+        self.dedup.open(key, alert_id.clone(), at);
+        self.raised += 1;
+        let severity = self.config.severity.severity(finding.ratio);
+        let confidence =
+            self.config
+                .severity
+                .confidence(finding.ratio, finding.votes, finding.voters);
+        let mut additional = BTreeMap::new();
+        for (name, value) in [
+            ("event_id", event.event_id.as_ref()),
+            ("provider", event.provider.as_ref()),
+            ("session_id", event.session_id.as_ref()),
+        ] {
+            if let Some(value) = value {
+                additional.insert(name.to_owned(), value.clone().into());
+            }
+        }
+        let anomaly_type = finding.anomaly_type;
+        out.anomalies.push(Anomaly {
+            alert_id,
+            timestamp: rfc3339(at),
+            timestamp_ms: at,
+            severity,
+            anomaly_type,
+            service_name: event.service.clone(),
+            model: event.model.clone(),
+            detection_method: finding.method.to_owned(),
+            confidence,
+            details: AnomalyDetails {
+                metric: finding.metric.to_owned(),
+                value: finding.value,
+                baseline: finding.baseline,
+                threshold: finding.threshold,
+                deviation_sigma: finding.deviation_sigma,
+                additional: finding.additional,
+            },
+            context: AnomalyContext {
+                trace_id: event.trace_id.clone(),
+                user_id: event.user_id.clone(),
+                time_window: finding.time_window,
+                sample_count: finding.sample_count,
+                additional,
+            },
+            root_cause: None,
+            remediation: anomaly_type
+                .remediation()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            related_alerts,
+            runbook_url: self
+                .config
+                .runbook_base_url
+                .as_ref()
+                .map(|base| format!("{}/{}", base.trim_end_matches('/'), anomaly_type.name())),
+        });
+    }
+
+    /// A stable UUID-shaped id from the shard, the event's position and what was raised.
+    fn alert_id(&self, metric: &str, anomaly_type: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(b"sentinel-alert\0");
+        h.update(self.shard.to_be_bytes());
+        h.update(self.observed.to_be_bytes());
+        h.update(metric.as_bytes());
+        h.update([0]);
+        h.update(anomaly_type.as_bytes());
+        let d = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d[..16]);
+        // RFC 9562 version 8 (custom), variant 10.
+        b[6] = (b[6] & 0x0f) | 0x80;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    }
+
+    /// Forgets dedup entries of alerts raised before `before_ms`; returns how many.
+    pub fn purge_dedup(&mut self, before_ms: i64) -> usize {
+        self.dedup.purge(before_ms)
+    }
+
+    /// Baselines of the keys matching `service` and `model` (`None` matches all), in key order.
+    pub fn baselines(&self, service: Option<&str>, model: Option<&str>) -> Vec<KeyBaseline> {
+        let mut out = Vec::new();
+        for (svc, models) in &self.keys {
+            if service.is_some_and(|s| s != svc) {
+                continue;
+            }
+            for (mdl, key) in models {
+                if model.is_some_and(|m| m != mdl) {
+                    continue;
+                }
+                out.push(self.key_baseline(svc, mdl, key));
+            }
+        }
+        out
+    }
+
+    fn key_baseline(&self, service: &str, model: &str, key: &KeyState) -> KeyBaseline {
+        let ((_, _), (requests, errors)) = key.error_rate.counts();
+        KeyBaseline {
+            service_name: service.to_owned(),
+            model: model.to_owned(),
+            events: key.events,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            requests_per_bucket: key.request_rate.median_per_bucket(),
+            metrics: Metric::ALL
+                .iter()
+                .filter_map(|&m| {
+                    raw_baseline(
+                        &key.metrics[m.index()].window,
+                        m,
+                        self.metric_configs[m.index()].scale,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The state as canonical bytes (same events in the same order give the same bytes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serialize(self).expect("serialising in-memory detection state cannot fail")
+    }
+
+    /// Restores a state written by [`ShardDetector::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
+        let mut state: ShardDetector = bincode::deserialize(bytes)?;
+        state.config.check()?;
+        state.metric_configs = resolve(&state.config);
+        Ok(state)
+    }
+
+    /// SHA-256 of the canonical bytes, as lowercase hex: equal on replicas that agree.
+    pub fn digest(&self) -> String {
+        Sha256::digest(self.to_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The effective settings of every metric, in [`Metric::ALL`] order.
+fn resolve(config: &DetectionConfig) -> Vec<MetricConfig> {
+    Metric::ALL.iter().map(|&m| config.metric(m)).collect()
+}
+
+/// Scores `raw` on one metric, adds it to the baseline and appends what fired.
+fn observe_metric(
+    state: &mut MetricState,
+    metric: Metric,
+    mc: &MetricConfig,
+    cfg: &DetectionConfig,
+    at: i64,
+    raw: f64,
+    findings: &mut Vec<Finding>,
+) {
+    let t = mc.scale.forward(raw);
+    if state.window.len() >= cfg.min_samples {
+        findings.extend(point_finding(&state.window, metric, mc, cfg, raw, t));
+    }
+    if cfg.cusum.enabled && mc.runs(DetectorKind::Cusum) {
+        findings.extend(state.drift.observe(at, t, raw, metric, mc, &cfg.cusum));
+    }
+    state.window.push(t);
+}
+
+/// Votes of the point detectors on `t`; a finding when enough of them agree.
+fn point_finding(
+    w: &Window,
+    metric: Metric,
+    mc: &MetricConfig,
+    cfg: &DetectionConfig,
+    raw: f64,
+    t: f64,
+) -> Option<Finding> {
+    let detectors = [
+        (DetectorKind::ZScore, cfg.z_score),
+        (DetectorKind::Iqr, cfg.iqr),
+        (DetectorKind::Mad, cfg.mad),
+    ];
+    let voters = detectors
+        .iter()
+        .filter(|(kind, d)| d.enabled && mc.runs(*kind))
+        .count();
+    let needed = cfg.min_votes.min(voters);
+    let n = w.len();
+    let mut votes = 0;
+    let mut judged = 0;
+    let mut best: Option<(f64, DetectorKind, f64, f64)> = None;
+    // Cheapest first (z-score is O(1)); stop as soon as the vote cannot be reached.
+    for (kind, detector) in detectors {
+        if !detector.enabled || !mc.runs(kind) {
+            continue;
+        }
+        if votes + (voters - judged) < needed {
+            return None;
+        }
+        judged += 1;
+        let (score, sigmas) = match kind {
+            DetectorKind::ZScore => (z_score(w, t, mc.floor), detector.threshold),
+            // The Tukey fence Q3 + k·IQR lies 0.6745 + 1.349 k σ out on a normal sample.
+            DetectorKind::Iqr => (
+                iqr_score(w, t, mc.floor),
+                MAD_CONSISTENCY + 1.349 * detector.threshold,
+            ),
+            _ => (modified_z_score(w, t, mc.floor), detector.threshold),
+        };
+        let score = score?;
+        let threshold = detector.threshold * small_sample_factor(n, sigmas);
+        if mc.direction.admits(score) && score.abs() > threshold {
+            votes += 1;
+            let ratio = score.abs() / threshold;
+            if best.is_none_or(|(r, ..)| ratio > r) {
+                best = Some((ratio, kind, score, threshold));
+            }
+        }
+    }
+    let (ratio, kind, score, threshold) = best?;
+    if votes < needed {
+        return None;
+    }
+    let median = w.median()?;
+    let side = score.signum();
+    let (threshold_t, deviation_sigma) = match kind {
+        DetectorKind::ZScore => {
+            let mean = w.mean()?;
+            let sd = w.std_dev()?.max(mc.floor.at(mean));
+            (mean + side * threshold * sd, score)
+        }
+        DetectorKind::Iqr => {
+            let (q1, q3) = (w.q1()?, w.q3()?);
+            let iqr = (q3 - q1).max(mc.floor.at(median));
+            let fence = if side > 0.0 { q3 } else { q1 };
+            // IQR of a normal sample is 1.349 σ.
+            (fence + side * threshold * iqr, (t - median) / (iqr / 1.349))
+        }
+        _ => {
+            let mad = w.mad()?.max(mc.floor.at(median));
+            (median + side * threshold * mad / MAD_CONSISTENCY, score)
+        }
+    };
+    let mut additional = BTreeMap::new();
+    additional.insert("votes".into(), votes.into());
+    additional.insert("detectors".into(), voters.into());
+    Some(Finding {
+        metric: metric.name(),
+        anomaly_type: mc.point_type,
+        method: kind.name(),
+        value: raw,
+        baseline: mc.scale.inverse(median),
+        threshold: mc.scale.inverse(threshold_t),
+        deviation_sigma,
+        ratio,
+        votes,
+        voters,
+        sample_count: w.len() as u64,
+        time_window: format!("last {} samples", w.len()),
+        additional,
+    })
+}
+
+/// How much wider a threshold of `sigmas` σ must be when the baseline has only `n`
+/// samples: the ratio of Student's t quantile with n − 1 degrees of freedom to the
+/// normal quantile at the same tail probability (Cornish–Fisher expansion), i.e. the
+/// prediction interval of a new value rather than the interval of known parameters.
+/// 1.35 at n = 10 for 3σ, 1.03 at n = 100, 1.003 at n = 1000.
+fn small_sample_factor(n: usize, sigmas: f64) -> f64 {
+    let nu = n.saturating_sub(1).max(1) as f64;
+    let z2 = sigmas * sigmas;
+    1.0 + (z2 + 1.0) / (4.0 * nu) + (5.0 * z2 * z2 + 16.0 * z2 + 3.0) / (96.0 * nu * nu)
+}
+
+/// Statistics of a window in raw units (O(W log W): a query, not the hot path).
+fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseline> {
+    let mut raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+    if raw.is_empty() {
+        return None;
+    }
+    let n = raw.len() as f64;
+    let mean = raw.iter().sum::<f64>() / n;
+    let var = raw.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    raw.sort_by(f64::total_cmp);
+    let median = quantile_sorted(&raw, 0.5);
+    let mut dev: Vec<f64> = raw.iter().map(|x| (x - median).abs()).collect();
+    dev.sort_by(f64::total_cmp);
+    Some(MetricBaseline {
+        metric: metric.name().to_owned(),
+        count: raw.len(),
+        mean,
+        std_dev: var.sqrt(),
+        median,
+        q1: quantile_sorted(&raw, 0.25),
+        q3: quantile_sorted(&raw, 0.75),
+        p95: quantile_sorted(&raw, 0.95),
+        p99: quantile_sorted(&raw, 0.99),
+        mad: quantile_sorted(&dev, 0.5),
+    })
+}
+
+/// Type-7 quantile of a sorted, non-empty slice.
+fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+/// RFC 3339 text of a Unix-ms time (UTC, millisecond precision).
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::Rng;
+    use proptest::test_runner::{RngAlgorithm, TestRng};
+
+    use super::*;
+    use crate::anomaly::{AnomalyType, Severity};
+
+    /// Log-normal traffic for one key, with a deterministic generator.
+    struct Traffic {
+        rng: TestRng,
+        at: i64,
+    }
+
+    impl Traffic {
+        fn new() -> Self {
+            Traffic {
+                rng: TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+                at: 1_767_600_000_000,
+            }
+        }
+
+        fn normal(&mut self) -> f64 {
+            let u = |r: &mut TestRng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            let (a, b) = (u(&mut self.rng), u(&mut self.rng));
+            (-2.0f64 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
+        }
+
+        /// The next call: 10 calls/s, latency median 800 ms (σ 0.5 in log space).
+        fn next(&mut self, latency_factor: f64, failed: bool) -> (Event, MetricValues) {
+            self.at += 100;
+            let latency = 800.0 * (0.5 * self.normal()).exp() * latency_factor;
+            let prompt = (500.0 * (0.3 * self.normal()).exp()).round();
+            let completion = (200.0 * (0.3 * self.normal()).exp()).round();
+            let event = Event {
+                event_id: Some(format!("ev-{}", self.at)),
+                timestamp_ms: self.at,
+                service: "chat".into(),
+                model: "gpt-4o".into(),
+                user_id: Some(format!("user-{}", self.rng.next_u64() % 50)),
+                latency_ms: latency,
+                errors: if failed {
+                    vec!["429 Too Many Requests".into()]
+                } else {
+                    vec![]
+                },
+                ..Event::default()
+            };
+            let mut values = MetricValues::default();
+            values.set(Metric::LatencyMs, Some(latency));
+            values.set(Metric::PromptTokens, Some(prompt));
+            values.set(Metric::CompletionTokens, Some(completion));
+            values.set(Metric::TotalTokens, Some(prompt + completion));
+            values.set(Metric::CostUsd, Some(prompt * 2.5e-6 + completion * 1e-5));
+            values.set(
+                Metric::TokensPerSecond,
+                Some(completion / (latency / 1000.0)),
+            );
+            (event, values)
+        }
+    }
+
+    fn detector() -> ShardDetector {
+        ShardDetector::new(7, DetectionConfig::default()).unwrap()
+    }
+
+    fn run(d: &mut ShardDetector, t: &mut Traffic, n: usize, factor: f64) -> Vec<Anomaly> {
+        (0..n)
+            .flat_map(|_| {
+                let (e, v) = t.next(factor, false);
+                d.observe(&e, &v).anomalies
+            })
+            .collect()
+    }
+
+    #[test]
+    fn latency_spike_raises_one_alert_with_the_contract_fields() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        run(&mut d, &mut t, 2000, 1.0);
+        d.purge_dedup(i64::MAX);
+        let (e, v) = t.next(20.0, false);
+        let out = d.observe(&e, &v);
+        let spike = out
+            .anomalies
+            .iter()
+            .find(|a| a.anomaly_type == AnomalyType::LatencySpike)
+            .expect("a 20x latency spike is raised");
+        assert_eq!(spike.service_name, "chat");
+        assert_eq!(spike.model, "gpt-4o");
+        assert_eq!(spike.details.metric, "latency_ms");
+        assert!(spike.details.value > spike.details.threshold);
+        assert!(spike.details.threshold > spike.details.baseline);
+        assert!((600.0..1000.0).contains(&spike.details.baseline));
+        assert!(spike.severity >= Severity::Medium);
+        assert!(spike.confidence > 0.5 && spike.confidence <= 1.0);
+        assert_eq!(spike.context.sample_count, 1000);
+        let json = serde_json::to_value(spike).unwrap();
+        for field in [
+            "alert_id",
+            "timestamp",
+            "severity",
+            "anomaly_type",
+            "service_name",
+            "model",
+            "detection_method",
+            "confidence",
+            "details",
+            "context",
+            "root_cause",
+            "remediation",
+            "related_alerts",
+            "runbook_url",
+        ] {
+            assert!(json.get(field).is_some(), "alert JSON lacks {field}");
+        }
+        assert_eq!(json["anomaly_type"], "latency_spike");
+        assert_eq!(json["timestamp"].as_str().unwrap().len(), 24);
+    }
+
+    #[test]
+    fn hits_of_one_incident_fold_into_the_open_alert() {
+        let cfg = DetectionConfig {
+            dedup_window_ms: 30_000,
+            ..DetectionConfig::default()
+        };
+        let mut d = ShardDetector::new(7, cfg).unwrap();
+        let mut t = Traffic::new();
+        run(&mut d, &mut t, 2000, 1.0);
+        d.purge_dedup(i64::MAX);
+        let mut raised = 0;
+        let mut repeats = Vec::new();
+        for _ in 0..5 {
+            let (e, v) = t.next(20.0, false);
+            let out = d.observe(&e, &v);
+            raised += out
+                .anomalies
+                .iter()
+                .filter(|a| a.anomaly_type == AnomalyType::LatencySpike)
+                .count();
+            repeats.extend(out.repeats);
+        }
+        assert_eq!(raised, 1);
+        assert!(repeats.iter().any(|r| r.count == 5));
+        // after 40 s of quiet traffic (more than the 30 s window), a new spike is a new alert
+        run(&mut d, &mut t, 400, 1.0);
+        let (e, v) = t.next(20.0, false);
+        assert!(d
+            .observe(&e, &v)
+            .anomalies
+            .iter()
+            .any(|a| a.anomaly_type == AnomalyType::LatencySpike));
+    }
+
+    #[test]
+    fn clean_traffic_raises_almost_nothing() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        let mut flagged = 0;
+        for _ in 0..20_000 {
+            let (e, v) = t.next(1.0, false);
+            flagged += usize::from(d.observe(&e, &v).flagged);
+        }
+        assert!(flagged < 100, "{flagged} of 20000 clean events flagged");
+    }
+
+    #[test]
+    fn slow_latency_drift_is_caught_by_cusum() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        // twelve minutes of history: the drift detector needs ten closed buckets
+        run(&mut d, &mut t, 7200, 1.0);
+        let mut drift = Vec::new();
+        // latency creeping up to ×2.5 over five minutes
+        for i in 0..3000 {
+            let factor = 1.0 + 1.5 * f64::from(i) / 3000.0;
+            let (e, v) = t.next(factor, false);
+            drift.extend(
+                d.observe(&e, &v)
+                    .anomalies
+                    .into_iter()
+                    .filter(|a| a.anomaly_type == AnomalyType::LatencyDrift)
+                    .map(|a| (i, a)),
+            );
+        }
+        let (at, first) = drift.first().expect("a ×2.5 ramp is caught");
+        assert_eq!(first.detection_method, "cusum");
+        assert_eq!(first.context.time_window, "60s");
+        assert!(*at < 1800, "caught only after {at} events");
+    }
+
+    #[test]
+    fn failed_calls_feed_error_rate_not_latency() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        for i in 0..4000 {
+            let (e, v) = t.next(1.0, i % 100 == 0);
+            d.observe(&e, &v);
+        }
+        let latency_before = d.baselines(Some("chat"), None)[0].metrics[0].clone();
+        let mut burst = Vec::new();
+        for i in 0..600 {
+            let (mut e, mut v) = t.next(1.0, i % 2 == 0);
+            if e.is_error() {
+                // a rate-limited call returns at once
+                e.latency_ms = 5.0;
+                v.set(Metric::LatencyMs, Some(5.0));
+            }
+            burst.extend(d.observe(&e, &v).anomalies);
+        }
+        assert!(burst
+            .iter()
+            .any(|a| a.anomaly_type == AnomalyType::ErrorRateIncrease
+                && a.detection_method == "error_rate"));
+        assert!(!burst.iter().any(|a| a.details.metric == "latency_ms"));
+        let latency_after = &d.baselines(Some("chat"), Some("gpt-4o"))[0].metrics[0];
+        assert_eq!(latency_after.metric, "latency_ms");
+        assert!((latency_after.median / latency_before.median - 1.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn replicas_agree_and_a_restored_state_continues_identically() {
+        let mut a = detector();
+        let mut b = detector();
+        let (mut ta, mut tb) = (Traffic::new(), Traffic::new());
+        run(&mut a, &mut ta, 3000, 1.0);
+        run(&mut b, &mut tb, 3000, 1.0);
+        assert_eq!(a.digest(), b.digest());
+        let mut restored = ShardDetector::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(restored.digest(), a.digest());
+        assert_eq!(restored, a);
+        let mut raised = 0;
+        for factor in [1.0, 15.0, 1.0, 1.0, 30.0] {
+            let seen_a = run(&mut a, &mut ta, 400, factor);
+            let seen_r = run(&mut restored, &mut tb, 400, factor);
+            assert_eq!(seen_a, seen_r, "restored state raised different anomalies");
+            raised += seen_a.len();
+        }
+        assert!(raised > 0);
+        assert_eq!(a.digest(), restored.digest());
+        assert_ne!(a.digest(), b.digest(), "b stayed behind");
+    }
+
+    #[test]
+    fn small_baselines_need_a_larger_deviation() {
+        assert!((small_sample_factor(10, 3.0) - 1.35).abs() < 0.01);
+        assert!((small_sample_factor(100, 3.0) - 1.026).abs() < 0.001);
+        assert!(small_sample_factor(1000, 3.0) < 1.003);
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_panic() {
+        let bytes = detector().to_bytes();
+        assert!(ShardDetector::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+        assert!(ShardDetector::from_bytes(b"not a state").is_err());
+    }
+
+    #[test]
+    fn bad_configuration_lists_every_problem() {
+        let cfg = DetectionConfig {
+            window_size: 1,
+            min_votes: 0,
+            dedup_window_ms: -1,
+            ..DetectionConfig::default()
+        };
+        let err = ShardDetector::new(0, cfg).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+    }
+}
