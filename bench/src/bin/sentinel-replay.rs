@@ -128,7 +128,7 @@ fn main() -> Result<()> {
             }
         },
     )
-    .context("setting up the replay")?;
+    .context("setting up the replay (the five incidents need about 25 minutes of event time: raise --duration or pass --no-incidents)")?;
     if let Some(e) = failure {
         return Err(e).context("printing an alert");
     }
