@@ -13,7 +13,8 @@ use sentinel_core::{DetectionConfig, Event, Metric, MetricValues, ShardDetector}
 
 const W: usize = 1000;
 
-/// Calls of the false-alarm stream with their metrics, remapped onto `keys` distinct keys.
+/// Calls of the false-alarm stream with their metrics, remapped onto `keys` distinct
+/// keys when more than the stream's 16 are asked for.
 fn calls(n: usize, keys: usize) -> Vec<(Event, MetricValues)> {
     let prices = PriceTable::default();
     let stream = StreamConfig {
@@ -26,12 +27,18 @@ fn calls(n: usize, keys: usize) -> Vec<(Event, MetricValues)> {
         .map(|(i, s)| {
             let mut event = s.event;
             if keys > 16 {
-                event.service = format!("svc-{}", i % keys);
+                remap(&mut event, i, keys);
             }
             let values = extract_metrics(&event, &prices).values;
             (event, values)
         })
         .collect()
+}
+
+/// Puts the `i`-th call on key `i mod keys` (one model per service, so exactly `keys` keys).
+fn remap(event: &mut Event, i: usize, keys: usize) {
+    event.service = format!("svc-{}", i % keys);
+    event.model = "gpt-4o".to_owned();
 }
 
 /// Resident set size of this process in bytes.
@@ -112,21 +119,31 @@ fn detector_set(c: &mut Criterion) {
 
 fn detector_set_many_keys(c: &mut Criterion) {
     const KEYS: usize = 10_000;
-    let traffic = calls(KEYS * 50, KEYS);
+    let prices = PriceTable::default();
+    let stream = StreamConfig {
+        events: KEYS * W,
+        spike_rate: 0.0,
+        ..StreamConfig::default()
+    };
     let before = rss_bytes();
     let mut shard = ShardDetector::new(0, DetectionConfig::default()).unwrap();
-    // Fill every window of every key to W samples.
-    for (e, v) in traffic.iter().cycle().take(KEYS * W) {
-        shard.observe(e, v);
+    // Fill every window of every key to W samples, generating calls as they go so that
+    // only detection state grows.
+    for (i, s) in SpikeStream::new(stream).enumerate() {
+        let mut event = s.event;
+        remap(&mut event, i, KEYS);
+        let values = extract_metrics(&event, &prices).values;
+        shard.observe(&event, &values);
     }
     let grown = rss_bytes().saturating_sub(before);
     let metric_keys = KEYS * Metric::ALL.len();
     eprintln!(
-        "memory: {KEYS} keys x {} metrics resident at W=1000: {:.1} MiB RSS growth, {} bytes per metric key",
+        "memory: {KEYS} keys x {} metrics resident at W=1000: {:.1} MiB RSS growth, {} bytes per metric key (all detection state of the key included)",
         Metric::ALL.len(),
         grown as f64 / (1 << 20) as f64,
         grown / metric_keys
     );
+    let traffic = calls(KEYS * 5, KEYS);
     // Consecutive calls belong to different keys (round robin over all 10,000), so
     // each event finds its key's state out of cache.
     let mut i = 0;

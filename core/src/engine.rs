@@ -42,14 +42,15 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct MetricState {
     window: Window,
-    drift: Drift,
+    /// Created when CUSUM first runs on the metric.
+    drift: Option<Drift>,
 }
 
 impl MetricState {
     fn new(cfg: &DetectionConfig) -> Self {
         MetricState {
             window: Window::new(cfg.window_size),
-            drift: Drift::new(cfg.cusum.baseline_buckets),
+            drift: None,
         }
     }
 }
@@ -126,7 +127,8 @@ pub struct ShardDetector {
     /// Effective per-metric settings, derived from `config`, in [`Metric::ALL`] order.
     #[serde(skip)]
     metric_configs: Vec<MetricConfig>,
-    keys: BTreeMap<String, BTreeMap<String, KeyState>>,
+    /// Keys by service, then model; boxed so a map node does not hold eleven key states inline.
+    keys: BTreeMap<String, BTreeMap<String, Box<KeyState>>>,
     dedup: Dedup,
     observed: u64,
     raised: u64,
@@ -195,7 +197,7 @@ impl ShardDetector {
                 .entry(event.service.clone())
                 .or_default()
                 .entry(event.model.clone())
-                .or_insert_with(|| KeyState::new(cfg)),
+                .or_insert_with(|| Box::new(KeyState::new(cfg))),
         };
         key.events += 1;
         let at = event.timestamp_ms;
@@ -413,7 +415,10 @@ fn observe_metric(
         findings.extend(point_finding(&state.window, metric, mc, cfg, raw, t));
     }
     if cfg.cusum.enabled && mc.runs(DetectorKind::Cusum) {
-        findings.extend(state.drift.observe(at, t, raw, metric, mc, &cfg.cusum));
+        let drift = state
+            .drift
+            .get_or_insert_with(|| Drift::new(cfg.cusum.baseline_buckets));
+        findings.extend(drift.observe(at, t, raw, metric, mc, &cfg.cusum));
     }
     state.window.push(t);
 }
