@@ -154,7 +154,7 @@ impl ShardDetector {
         &self.config
     }
 
-    /// Replaces the configuration; existing windows keep their size until the key is reset.
+    /// Replaces the configuration; windows already created keep the size they were created with.
     pub fn set_config(&mut self, config: DetectionConfig) -> Result<(), ConfigError> {
         config.check()?;
         self.metric_configs = resolve(&config);
