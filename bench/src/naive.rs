@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use sentinel_core::window::quantile_of_sorted;
+
 /// Scores of the three point detectors for one value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NaiveScores {
@@ -48,12 +50,7 @@ impl NaiveWindow {
         let sd = (self.values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
         let mut sorted: Vec<f64> = self.values.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
-        let q = |s: &[f64], p: f64| {
-            let h = (s.len() - 1) as f64 * p;
-            let lo = h.floor() as usize;
-            let hi = (lo + 1).min(s.len() - 1);
-            s[lo] + (h - lo as f64) * (s[hi] - s[lo])
-        };
+        let q = |s: &[f64], p: f64| quantile_of_sorted(s, p).unwrap_or(f64::NAN);
         let (q1, median, q3) = (q(&sorted, 0.25), q(&sorted, 0.5), q(&sorted, 0.75));
         let mut dev: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
         dev.sort_by(f64::total_cmp);

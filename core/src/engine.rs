@@ -14,7 +14,7 @@ use crate::drift::Drift;
 use crate::event::Event;
 use crate::metric::{Metric, MetricValues};
 use crate::rate::{ErrorRate, RequestRate, UserUsage};
-use crate::window::Window;
+use crate::window::{quantile_of_sorted, Window};
 
 /// What observing one event produced.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -539,7 +539,8 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
     let mean = raw.iter().sum::<f64>() / n;
     let var = raw.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
     raw.sort_by(f64::total_cmp);
-    let median = quantile_sorted(&raw, 0.5);
+    let q = quantile_of_sorted;
+    let median = q(&raw, 0.5)?;
     let mut dev: Vec<f64> = raw.iter().map(|x| (x - median).abs()).collect();
     dev.sort_by(f64::total_cmp);
     Some(MetricBaseline {
@@ -548,20 +549,12 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
         mean,
         std_dev: var.sqrt(),
         median,
-        q1: quantile_sorted(&raw, 0.25),
-        q3: quantile_sorted(&raw, 0.75),
-        p95: quantile_sorted(&raw, 0.95),
-        p99: quantile_sorted(&raw, 0.99),
-        mad: quantile_sorted(&dev, 0.5),
+        q1: q(&raw, 0.25)?,
+        q3: q(&raw, 0.75)?,
+        p95: q(&raw, 0.95)?,
+        p99: q(&raw, 0.99)?,
+        mad: q(&dev, 0.5)?,
     })
-}
-
-/// Type-7 quantile of a sorted, non-empty slice.
-fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
 }
 
 /// RFC 3339 text of a Unix-ms time (UTC, millisecond precision).

@@ -14,8 +14,8 @@
 //!   onset and not again at every later point.
 //!
 //! The anomaly score is `s / (1 + s)` of the surviving surprisal `s`, in `[0, 1)`.
-//! Per event: O(smooth) time plus O(1) amortised (running moments recomputed once per
-//! `window` updates, monotonic deques); memory O(window), as the season's history and
+//! Per event: O(smooth) time plus O(log window) (each view's baseline is a
+//! [`Window`], monotonic deques); memory O(window), as the season's history and
 //! the quiet horizon's maxima are capped at `window` entries each. The state is plain
 //! data (serde) and the update is deterministic.
 
@@ -23,10 +23,12 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::window::{Window, MAX_CAPACITY};
+
 /// Parameters of an [`OnsetDetector`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OnsetConfig {
-    /// Length of each view's baseline window (observations).
+    /// Length of each view's baseline window (observations, at most 65,535).
     pub window: usize,
     /// Number of recent values averaged by the smoothed view.
     pub smooth: usize,
@@ -106,92 +108,14 @@ pub fn surprisal(z: f64) -> f64 {
     (-p.max(1e-300).log10()).clamp(0.0, MAX_SURPRISAL)
 }
 
-/// Mean and population σ of the last `capacity` values, updated in O(1).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RollingMoments {
-    capacity: usize,
-    values: VecDeque<f64>,
-    mean: f64,
-    m2: f64,
-    /// Updates since the sums were last recomputed exactly.
-    since_exact: usize,
-}
-
-impl RollingMoments {
-    /// An empty window of `capacity` values (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        RollingMoments {
-            capacity: capacity.max(1),
-            values: VecDeque::new(),
-            mean: 0.0,
-            m2: 0.0,
-            since_exact: 0,
-        }
+/// z-score of `x` against `window` (σ floored at [`MIN_STD`]), once it holds `min` values.
+fn z_against(window: &Window, x: f64, min: usize) -> Option<f64> {
+    if window.len() < min.max(1) {
+        return None;
     }
-
-    /// Number of values held.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the window is empty.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
-    /// Adds a value, evicting the oldest when full.
-    pub fn push(&mut self, x: f64) {
-        if self.values.len() == self.capacity {
-            if let Some(old) = self.values.pop_front() {
-                // Welford's update run backwards.
-                let n = self.values.len() as f64;
-                if n == 0.0 {
-                    self.mean = 0.0;
-                    self.m2 = 0.0;
-                } else {
-                    let d = old - self.mean;
-                    self.mean -= d / n;
-                    self.m2 -= d * (old - self.mean);
-                }
-            }
-        }
-        self.values.push_back(x);
-        let d = x - self.mean;
-        self.mean += d / self.values.len() as f64;
-        self.m2 += d * (x - self.mean);
-        self.since_exact += 1;
-        if self.since_exact >= self.capacity {
-            self.recompute();
-        }
-    }
-
-    /// Recomputes the moments exactly, once per `capacity` updates (O(1) amortised).
-    fn recompute(&mut self) {
-        let n = self.values.len() as f64;
-        self.mean = self.values.iter().sum::<f64>() / n;
-        self.m2 = self.values.iter().map(|v| (v - self.mean).powi(2)).sum();
-        self.since_exact = 0;
-    }
-
-    /// Mean of the window, `None` when empty.
-    pub fn mean(&self) -> Option<f64> {
-        (!self.is_empty()).then_some(self.mean)
-    }
-
-    /// Population standard deviation, `None` when empty.
-    pub fn std_dev(&self) -> Option<f64> {
-        (!self.is_empty()).then(|| (self.m2.max(0.0) / self.values.len() as f64).sqrt())
-    }
-
-    /// z-score of `x` against the window (σ floored), once it holds `min` values.
-    fn z(&self, x: f64, min: usize) -> Option<f64> {
-        if self.len() < min.max(1) {
-            return None;
-        }
-        let sd = self.std_dev()?;
-        let sd = if sd > 0.0 { sd } else { MIN_STD };
-        Some((x - self.mean) / sd)
-    }
+    let sd = window.std_dev()?;
+    let sd = if sd > 0.0 { sd } else { MIN_STD };
+    Some((x - window.mean()?) / sd)
 }
 
 /// One scored observation.
@@ -209,9 +133,9 @@ pub struct OnsetScore {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OnsetDetector {
     config: OnsetConfig,
-    raw: RollingMoments,
-    smoothed: RollingMoments,
-    seasonal: RollingMoments,
+    raw: Window,
+    smoothed: Window,
+    seasonal: Window,
     recent: VecDeque<f64>,
     /// (timestamp, value) of the last season, oldest first, at most `window` entries.
     history: VecDeque<(i64, f64)>,
@@ -225,10 +149,11 @@ pub struct OnsetDetector {
 impl OnsetDetector {
     /// A detector with no history.
     pub fn new(config: OnsetConfig) -> Self {
+        let window = config.window.clamp(1, MAX_CAPACITY);
         OnsetDetector {
-            raw: RollingMoments::new(config.window),
-            smoothed: RollingMoments::new(config.window),
-            seasonal: RollingMoments::new(config.window),
+            raw: Window::new(window),
+            smoothed: Window::new(window),
+            seasonal: Window::new(window),
             recent: VecDeque::with_capacity(config.smooth.max(1)),
             history: VecDeque::new(),
             seen_min: None,
@@ -256,7 +181,7 @@ impl OnsetDetector {
         }
         let c = self.config;
         let mut s: f64 = 0.0;
-        if let Some(z) = self.raw.z(value, c.min_samples) {
+        if let Some(z) = z_against(&self.raw, value, c.min_samples) {
             s = s.max(surprisal(z));
         }
         let smooth = c.smooth.max(1);
@@ -266,7 +191,7 @@ impl OnsetDetector {
         self.recent.push_back(value);
         if self.recent.len() == smooth {
             let mean = self.recent.iter().sum::<f64>() / smooth as f64;
-            if let Some(z) = self.smoothed.z(mean, c.min_samples) {
+            if let Some(z) = z_against(&self.smoothed, mean, c.min_samples) {
                 s = s.max(surprisal(z));
             }
             self.smoothed.push(mean);
@@ -324,7 +249,7 @@ impl OnsetDetector {
             });
         let z = reference.and_then(|(_, before)| {
             let change = value - before;
-            let z = self.seasonal.z(change, c.min_samples);
+            let z = z_against(&self.seasonal, change, c.min_samples);
             self.seasonal.push(change);
             z
         });
@@ -372,18 +297,6 @@ mod tests {
         }
         assert!((surprisal(1.959_963_984_540_054) - 20f64.log10()).abs() < 1e-9);
         assert_eq!(surprisal(1e6), MAX_SURPRISAL);
-    }
-
-    #[test]
-    fn rolling_moments_track_the_window() {
-        let mut m = RollingMoments::new(3);
-        assert_eq!(m.mean(), None);
-        for x in [1.0, 2.0, 3.0, 10.0] {
-            m.push(x);
-        }
-        // window 2, 3, 10: mean 5, population variance (9 + 4 + 25)/3
-        assert!((m.mean().unwrap() - 5.0).abs() < 1e-12);
-        assert!((m.std_dev().unwrap() - (38.0f64 / 3.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]

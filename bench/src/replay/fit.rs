@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
+use sentinel_core::window::quantile_of_sorted;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -226,10 +227,7 @@ fn read_mooncake(path: &Path) -> Result<Vec<TraceRequest>, FitError> {
 
 /// Type-7 quantile of sorted, non-empty `xs`.
 fn quantile_sorted(xs: &[f64], p: f64) -> f64 {
-    let h = (xs.len() - 1) as f64 * p;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(xs.len() - 1);
-    xs[lo] + (h - lo as f64) * (xs[hi] - xs[lo])
+    quantile_of_sorted(xs, p).unwrap_or(f64::NAN)
 }
 
 fn sorted(mut xs: Vec<f64>) -> Vec<f64> {

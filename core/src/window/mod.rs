@@ -92,6 +92,21 @@ fn lerp(a: f64, b: f64, t: f64) -> f64 {
     }
 }
 
+/// Type-7 quantile (as [`Window::quantile`]) of an already sorted slice; `None` when
+/// it is empty or `q` is outside `[0, 1]`.
+pub fn quantile_of_sorted(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() || !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let h = (sorted.len() - 1) as f64 * q;
+    let lo = h as usize;
+    let t = h - lo as f64;
+    if t == 0.0 {
+        return Some(sorted[lo]);
+    }
+    Some(lerp(sorted[lo], sorted[lo + 1], t))
+}
+
 /// First index at which the monotone predicate `done` holds, walking from `from`
 /// towards `to` (upwards if `up`) with doubling steps, then bisecting; `done(to)` is
 /// taken as true and never evaluated.
