@@ -8,4 +8,5 @@ pub mod outcome;
 pub mod pipeline;
 pub mod replay;
 pub mod rng;
+pub mod storage;
 pub mod stream;

@@ -123,6 +123,7 @@ pub struct KeyBaseline {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardDetector {
     shard: u32,
+    #[serde(with = "config_as_json")]
     config: DetectionConfig,
     /// Effective per-metric settings, derived from `config`, in [`Metric::ALL`] order.
     #[serde(skip)]
@@ -175,6 +176,13 @@ impl ShardDetector {
     /// Number of (service, model) keys with a baseline.
     pub fn key_count(&self) -> usize {
         self.keys.values().map(BTreeMap::len).sum()
+    }
+
+    /// The (service, model) keys with a baseline, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.keys
+            .iter()
+            .flat_map(|(s, models)| models.keys().map(move |m| (s.as_str(), m.as_str())))
     }
 
     /// Scores one event against the baselines as they were before it, then adds it.
@@ -392,6 +400,24 @@ impl ShardDetector {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
+    }
+}
+
+/// The configuration travels as JSON text inside the binary state: it holds internally
+/// tagged enums, which a non-self-describing format such as bincode cannot decode.
+mod config_as_json {
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::config::DetectionConfig;
+
+    pub fn serialize<S: Serializer>(config: &DetectionConfig, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&serde_json::to_string(config).map_err(S::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DetectionConfig, D::Error> {
+        serde_json::from_str(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 }
 
@@ -812,6 +838,22 @@ mod tests {
         assert!((small_sample_factor(10, 3.0) - 1.35).abs() < 0.01);
         assert!((small_sample_factor(100, 3.0) - 1.026).abs() < 0.001);
         assert!(small_sample_factor(1000, 3.0) < 1.003);
+    }
+
+    #[test]
+    fn a_state_with_per_metric_settings_restores() {
+        let mut config = DetectionConfig::default();
+        let mut latency = MetricConfig::default_for(Metric::LatencyMs);
+        latency.scale = Scale::Log { offset: 2.5 };
+        config.metrics.insert(Metric::LatencyMs, latency);
+        let mut a = ShardDetector::new(1, config).unwrap();
+        run(&mut a, &mut Traffic::new(), 200, 1.0);
+        let restored = ShardDetector::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(restored, a);
+        assert_eq!(
+            restored.config().metric(Metric::LatencyMs).scale,
+            Scale::Log { offset: 2.5 }
+        );
     }
 
     #[test]

@@ -1,0 +1,76 @@
+//! Criterion benchmark of the shard state machine: applying batches of 500 events on
+//! 1,000 (service, model) keys with full windows (W = 1000), on one core, RocksDB included.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use sentinel_bench::storage::Traffic;
+use sentinel_storage_engine::{Command, Engine, EngineOptions, ShardStateMachine};
+
+const BATCH: usize = 500;
+const W: usize = 1000;
+
+fn entry(index: u64, command: Command) -> Entry<sentinel_storage_engine::TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+/// Applies one batch as log entry `index`; returns how long `apply` took.
+fn apply(
+    rt: &tokio::runtime::Runtime,
+    machine: &mut ShardStateMachine,
+    index: u64,
+    command: Command,
+) -> Duration {
+    let entry = entry(index, command);
+    let started = Instant::now();
+    rt.block_on(machine.apply([entry])).expect("apply");
+    started.elapsed()
+}
+
+fn apply_throughput(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("shard apply, batches of 500");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(30));
+    for keys in [1000, 167] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let (_, mut machine, reader) = engine.open_shard(0).unwrap();
+        let mut traffic = Traffic::new(7, keys, 0);
+        let mut index = 1;
+        while reader
+            .baselines(None, None)
+            .iter()
+            .map(|b| b.events)
+            .min()
+            .unwrap_or(0)
+            < W as u64
+        {
+            apply(&rt, &mut machine, index, traffic.batch(BATCH));
+            index += 1;
+        }
+        group.bench_function(format!("{keys} keys at W = {W}"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        index += 1;
+                        apply(&rt, &mut machine, index, traffic.batch(BATCH))
+                    })
+                    .sum()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_throughput);
+criterion_main!(benches);

@@ -1,0 +1,250 @@
+//! The commands a shard's Raft log carries and what applying each answers.
+
+use std::fmt;
+
+use sentinel_core::{DetectionConfig, Event, MetricValues};
+use serde::{Deserialize, Serialize};
+
+/// A command replicated through a shard's Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Observe a batch of events.
+    Ingest(IngestBatch),
+    /// Remove delivered alerts from the outbox, by outbox sequence number.
+    AckAlerts(Vec<u64>),
+    /// Replace the shard's settings.
+    Configure(Box<ShardSettings>),
+    /// Delete telemetry and anomalies older than the cutoffs.
+    Purge(Retention),
+}
+
+/// A Kafka partition a batch was read from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourcePartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl fmt::Display for SourcePartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Events for one shard, in source order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestBatch {
+    /// When the proposing node received the batch (ms since the Unix epoch); the shard's clock.
+    pub received_ms: i64,
+    /// The Kafka partition the events come from; `None` for HTTP and gRPC ingestion.
+    pub source: Option<SourcePartition>,
+    /// The events.
+    pub events: Vec<IngestEvent>,
+}
+
+/// One event with its metrics and source position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestEvent {
+    /// Offset in the batch's source partition; required when the batch has a source.
+    pub offset: Option<u64>,
+    /// The parsed, validated and redacted event.
+    pub event: Event,
+    /// Its metrics, as extracted when it was received.
+    pub values: MetricValues,
+}
+
+/// Settings every replica of a shard applies identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardSettings {
+    /// Detection settings.
+    pub detection: DetectionConfig,
+    /// How long a seen `event_id` is remembered for duplicate suppression (ms of shard clock).
+    pub event_id_horizon_ms: i64,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        ShardSettings {
+            detection: DetectionConfig::default(),
+            event_id_horizon_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// Retention cutoffs, as timestamps (ms since the Unix epoch); rows older are deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Telemetry with an event time before this is deleted.
+    pub telemetry_before_ms: i64,
+    /// Anomalies raised before this are deleted.
+    pub anomalies_before_ms: i64,
+    /// Dedup entries of alerts raised before this are forgotten (a later hit raises anew).
+    pub dedup_before_ms: i64,
+}
+
+/// What applying one log entry answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// A blank or membership entry.
+    Empty,
+    /// An ingest batch was applied.
+    Ingested(IngestOutcome),
+    /// This many outbox entries were removed (acknowledging a missing one is not an error).
+    Acked(usize),
+    /// New settings are in force.
+    Configured,
+    /// Retention ran.
+    Purged,
+    /// The command was refused as a whole and changed nothing.
+    Rejected(String),
+}
+
+/// The fate of each event of an ingest batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    /// Per event, in batch order.
+    pub events: Vec<EventOutcome>,
+    /// Outbox sequence numbers of the alerts this batch raised.
+    pub alerts: Vec<u64>,
+}
+
+impl IngestOutcome {
+    /// Number of events observed by detection.
+    pub fn applied(&self) -> usize {
+        self.count(EventOutcome::Applied)
+    }
+
+    /// Number of events with the given outcome.
+    pub fn count(&self, outcome: EventOutcome) -> usize {
+        self.events.iter().filter(|&&o| o == outcome).count()
+    }
+}
+
+/// The fate of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventOutcome {
+    /// Observed and stored.
+    Applied,
+    /// At or below the applied offset of its source partition: applied before.
+    DuplicateOffset,
+    /// Its `event_id` was applied within the event-id horizon.
+    DuplicateEventId,
+}
+
+impl Command {
+    /// Checks what can be checked before replication; the state machine rejects the same.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Command::Ingest(batch) => batch.check(),
+            Command::Configure(settings) => settings.check(),
+            Command::AckAlerts(_) | Command::Purge(_) => Ok(()),
+        }
+    }
+}
+
+impl IngestBatch {
+    /// A batch from a source needs an offset on every event, strictly increasing.
+    pub fn check(&self) -> Result<(), String> {
+        if self.source.is_none() {
+            return match self.events.iter().position(|e| e.offset.is_some()) {
+                Some(i) => Err(format!(
+                    "events[{i}].offset: set, but the batch has no source"
+                )),
+                None => Ok(()),
+            };
+        }
+        let mut previous: Option<u64> = None;
+        for (i, e) in self.events.iter().enumerate() {
+            match (e.offset, previous) {
+                (None, _) => {
+                    return Err(format!(
+                        "events[{i}].offset: missing in a batch with a source"
+                    ))
+                }
+                (Some(o), Some(p)) if o <= p => {
+                    return Err(format!("events[{i}].offset: {o} does not follow {p}"))
+                }
+                (Some(o), _) => previous = Some(o),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardSettings {
+    /// Lists every problem of the settings.
+    pub fn check(&self) -> Result<(), String> {
+        let mut problems = match self.detection.check() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.problems,
+        };
+        if self.event_id_horizon_ms < 0 {
+            problems.push(format!(
+                "event_id_horizon_ms: {} is negative",
+                self.event_id_horizon_ms
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(offset: Option<u64>) -> IngestEvent {
+        IngestEvent {
+            offset,
+            event: Event::default(),
+            values: MetricValues::default(),
+        }
+    }
+
+    #[test]
+    fn source_batches_need_increasing_offsets() {
+        let source = Some(SourcePartition {
+            topic: "llm.telemetry".into(),
+            partition: 3,
+        });
+        let ok = IngestBatch {
+            received_ms: 0,
+            source: source.clone(),
+            events: vec![event(Some(4)), event(Some(9))],
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let back = IngestBatch {
+            events: vec![event(Some(4)), event(Some(4))],
+            ..ok.clone()
+        };
+        assert_eq!(
+            back.check().unwrap_err(),
+            "events[1].offset: 4 does not follow 4"
+        );
+        let missing = IngestBatch {
+            events: vec![event(None)],
+            ..ok.clone()
+        };
+        assert!(missing
+            .check()
+            .unwrap_err()
+            .starts_with("events[0].offset: missing"));
+        let stray = IngestBatch { source: None, ..ok };
+        assert!(stray.check().unwrap_err().contains("no source"));
+    }
+
+    #[test]
+    fn settings_list_every_problem() {
+        let mut settings = ShardSettings::default();
+        settings.event_id_horizon_ms = -1;
+        settings.detection.window_size = 0;
+        let err = settings.check().unwrap_err();
+        assert!(err.contains("event_id_horizon_ms"), "{err}");
+        assert!(err.contains("window_size"), "{err}");
+    }
+}

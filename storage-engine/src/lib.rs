@@ -1,0 +1,42 @@
+//! Sentinel's storage engine: the openraft log, vote and state machine of many shard
+//! replicas in one RocksDB per node.
+//!
+//! Every key carries its shard id as a prefix (see `keys`), so hundreds of shards share
+//! one database, one WAL and one block cache, and a shard can be snapshotted, moved and
+//! dropped as a unit. Log appends of all shards are made durable together by one WAL
+//! fsync ([`Engine`]). Applying committed entries runs `sentinel-core`'s detection and
+//! writes telemetry, anomalies and the alert outbox ([`ShardStateMachine`]); queries read
+//! through a [`ShardReader`].
+
+mod command;
+mod engine;
+mod error;
+mod keys;
+mod log;
+mod machine;
+mod reader;
+mod snapshot;
+mod state;
+
+pub use command::{
+    Command, EventOutcome, IngestBatch, IngestEvent, IngestOutcome, Response, Retention,
+    ShardSettings, SourcePartition,
+};
+pub use engine::{Engine, EngineOptions, EngineStats};
+pub use error::Error;
+pub use log::ShardLog;
+pub use machine::{ShardSnapshotBuilder, ShardStateMachine};
+pub use reader::{OutboxEntry, Page, ShardReader, ShardSummary, TelemetryQuery};
+pub use state::TelemetryRecord;
+
+openraft::declare_raft_types!(
+    /// The openraft types of a shard group.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);

@@ -1,0 +1,194 @@
+//! A shard's Raft log, vote and committed index, in the node's RocksDB.
+//!
+//! Appends are written at once (visible to readers) without waiting for the disk; one
+//! WAL fsync then makes the appends of every shard durable together. RocksDB's WAL is a
+//! single ordered stream, so a durable append implies every earlier write of any shard
+//! (truncations, purges, applied rows) is durable too: after a crash the log is a prefix
+//! of what was written.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, Vote};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use crate::engine::Engine;
+use crate::error::{decode, encode, read_err, write_err, Error};
+use crate::keys;
+use crate::TypeConfig;
+
+/// The Raft log storage of one shard replica.
+#[derive(Debug, Clone)]
+pub struct ShardLog {
+    engine: Arc<Engine>,
+    shard: u32,
+}
+
+impl ShardLog {
+    pub(crate) fn new(engine: Arc<Engine>, shard: u32) -> Self {
+        ShardLog { engine, shard }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: u8,
+        what: &'static str,
+    ) -> Result<Option<T>, Error> {
+        match self.engine.db.get_pinned(keys::kind(self.shard, kind))? {
+            Some(bytes) => Ok(Some(decode(what, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: serde::Serialize>(&self, kind: u8, value: &T, sync: bool) -> Result<(), Error> {
+        let mut batch = WriteBatch::default();
+        batch.put(keys::kind(self.shard, kind), encode(value));
+        self.engine.write(batch, sync)
+    }
+
+    /// Entries with index in `[start, end)`, in order.
+    pub(crate) fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::log(self.shard, end));
+        let from = keys::log(self.shard, start);
+        for item in self
+            .engine
+            .db
+            .iterator_opt(IteratorMode::From(&from, Direction::Forward), options)
+        {
+            let (_, value) = item?;
+            out.push(decode("log entry", &value)?);
+        }
+        Ok(out)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, Error> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(keys::log(self.shard, 0));
+        options.set_iterate_upper_bound(keys::kind_end(self.shard, keys::LOG));
+        let mut iter = self.engine.db.iterator_opt(IteratorMode::End, options);
+        match iter.next() {
+            Some(item) => {
+                let (key, value) = item?;
+                debug_assert!(keys::log_index(&key).is_some());
+                Ok(Some(decode("log entry", &value)?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn range_to_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+impl RaftLogReader<TypeConfig> for ShardLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let (start, end) = range_to_indexes(&range);
+        self.entries(start, end).map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for ShardLog {
+    type LogReader = ShardLog;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let last_purged_log_id: Option<LogId<u64>> =
+            self.get(keys::PURGED, "purged log id").map_err(read_err)?;
+        let last = self.last_entry().map_err(read_err)?.map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        self.put(keys::VOTE, vote, true).map_err(write_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        self.get(keys::VOTE, "vote").map_err(read_err)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.put(keys::COMMITTED, &committed, false)
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self
+            .get::<Option<LogId<u64>>>(keys::COMMITTED, "committed log id")
+            .map_err(read_err)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0;
+        for entry in entries {
+            let value = encode(&entry);
+            bytes += value.len() as u64;
+            batch.put(keys::log(self.shard, entry.log_id.index), value);
+        }
+        self.engine.write(batch, false).map_err(write_err)?;
+        self.engine
+            .stats()
+            .log_bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.engine.after_sync(callback);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range(
+            keys::log(self.shard, log_id.index),
+            keys::kind_end(self.shard, keys::LOG),
+        );
+        self.engine.write(batch, false).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut batch = WriteBatch::default();
+        batch.put(keys::kind(self.shard, keys::PURGED), encode(&log_id));
+        batch.delete_range(
+            keys::log(self.shard, 0),
+            keys::log(self.shard, log_id.index.saturating_add(1)),
+        );
+        self.engine.write(batch, false).map_err(write_err)
+    }
+}

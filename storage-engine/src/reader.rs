@@ -1,0 +1,324 @@
+//! Queries a node answers from a shard replica's state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use openraft::{BasicNode, LogId, StoredMembership};
+use rocksdb::{Direction, IteratorMode, ReadOptions};
+use sentinel_core::engine::KeyBaseline;
+use sentinel_core::{Anomaly, Severity};
+use sha2::{Digest, Sha256};
+
+use crate::command::SourcePartition;
+use crate::error::{decode, Error};
+use crate::keys;
+use crate::machine::ShardStore;
+use crate::state::{severity_byte, TelemetryRecord};
+
+/// Read access to one shard replica, usable while Raft owns its state machine.
+#[derive(Clone)]
+pub struct ShardReader {
+    store: Arc<ShardStore>,
+}
+
+/// A telemetry query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryQuery {
+    /// Only this service (all when `None`).
+    pub service: Option<String>,
+    /// Only this model (all when `None`; needs `service` to be a key-range read).
+    pub model: Option<String>,
+    /// Event time from (inclusive, ms since the Unix epoch).
+    pub from_ms: i64,
+    /// Event time until (exclusive).
+    pub until_ms: i64,
+    /// Resume after the page that returned this cursor.
+    pub cursor: Option<String>,
+    /// Records per page.
+    pub limit: usize,
+}
+
+/// One page of an answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The records, in key order.
+    pub items: Vec<T>,
+    /// Pass this back to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// An alert waiting for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Outbox sequence number (acknowledge with it).
+    pub seq: u64,
+    /// The alert as JSON, exactly as delivered.
+    pub json: String,
+    /// The alert.
+    pub alert: Anomaly,
+}
+
+/// Counters describing a shard replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardSummary {
+    /// Last applied log id.
+    pub last_applied: Option<LogId<u64>>,
+    /// Membership as of the last applied entry.
+    pub membership: StoredMembership<u64, BasicNode>,
+    /// Events observed by detection.
+    pub events_observed: u64,
+    /// Alerts raised.
+    pub alerts_raised: u64,
+    /// (service, model) keys with a baseline.
+    pub keys: usize,
+    /// Alerts in the outbox.
+    pub outbox_pending: usize,
+    /// Event ids remembered for duplicate suppression.
+    pub event_ids: usize,
+}
+
+impl ShardReader {
+    pub(crate) fn new(store: Arc<ShardStore>) -> Self {
+        ShardReader { store }
+    }
+
+    /// The shard id.
+    pub fn shard(&self) -> u32 {
+        self.store.shard
+    }
+
+    fn table(&self, table: u8) -> Vec<u8> {
+        keys::table(self.store.shard, self.store.read().generation, table)
+    }
+
+    /// Telemetry in (service, model, time) order, one page at a time.
+    pub fn telemetry(&self, query: &TelemetryQuery) -> Result<Page<TelemetryRecord>, Error> {
+        let table = self.table(keys::TELEMETRY);
+        let mut scope = table.clone();
+        if let Some(service) = &query.service {
+            keys::push_str(&mut scope, service);
+            if let Some(model) = &query.model {
+                keys::push_str(&mut scope, model);
+            }
+        }
+        let (mut start, end) = match (&query.service, &query.model) {
+            (Some(_), Some(_)) => {
+                let mut from = scope.clone();
+                from.extend_from_slice(&keys::time(query.from_ms));
+                let mut until = scope.clone();
+                until.extend_from_slice(&keys::time(query.until_ms));
+                (from, until)
+            }
+            _ => (scope.clone(), prefix_end(&scope)),
+        };
+        if let Some(cursor) = &query.cursor {
+            let mut after = table.clone();
+            after.extend(unhex(cursor).ok_or(Error::InvalidCursor)?);
+            after.push(0);
+            if !after.starts_with(&scope) {
+                return Err(Error::InvalidCursor);
+            }
+            start = start.max(after);
+        }
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end);
+        let mut items = Vec::new();
+        let mut last_key = None;
+        for item in self
+            .store
+            .engine
+            .db
+            .iterator_opt(IteratorMode::From(&start, Direction::Forward), options)
+        {
+            let (key, value) = item?;
+            let rest = &key[table.len()..];
+            let (_, _, tail) = keys::split_service_model(rest)
+                .ok_or_else(|| Error::corrupt("telemetry key", "malformed"))?;
+            let ts =
+                keys::time_from(tail).ok_or_else(|| Error::corrupt("telemetry key", "no time"))?;
+            if ts < query.from_ms || ts >= query.until_ms {
+                continue;
+            }
+            if items.len() == query.limit {
+                break;
+            }
+            items.push(decode("telemetry", &value)?);
+            last_key = Some(rest.to_vec());
+        }
+        let next_cursor = if items.len() == query.limit {
+            last_key.map(|k| hex(&k))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Anomalies raised at or after `since_ms`, newest first, optionally of one severity.
+    pub fn anomalies(
+        &self,
+        severity: Option<Severity>,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Anomaly>, Error> {
+        let table = self.table(keys::ANOMALIES);
+        let mut from = table.clone();
+        from.extend_from_slice(&keys::time(since_ms));
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(from);
+        options.set_iterate_upper_bound(prefix_end(&table));
+        let wanted = severity.map(severity_byte);
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .engine
+            .db
+            .iterator_opt(IteratorMode::End, options)
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, value) = item?;
+            let (&sev, json) = value
+                .split_first()
+                .ok_or_else(|| Error::corrupt("anomaly", "empty row"))?;
+            if wanted.is_some_and(|w| w != sev) {
+                continue;
+            }
+            out.push(serde_json::from_slice(json).map_err(|e| Error::corrupt("anomaly", e))?);
+        }
+        Ok(out)
+    }
+
+    /// Alerts not yet acknowledged, oldest first, starting after `after_seq`.
+    pub fn outbox(&self, after_seq: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
+        let table = self.table(keys::OUTBOX);
+        let mut from = table.clone();
+        from.extend_from_slice(&after_seq.map_or(0, |s| s.saturating_add(1)).to_be_bytes());
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(prefix_end(&table));
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .engine
+            .db
+            .iterator_opt(IteratorMode::From(&from, Direction::Forward), options)
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let seq = key[table.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::corrupt("outbox key", "malformed"))?;
+            let json =
+                String::from_utf8(value.to_vec()).map_err(|e| Error::corrupt("outbox", e))?;
+            let alert = serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
+            out.push(OutboxEntry { seq, json, alert });
+        }
+        Ok(out)
+    }
+
+    /// Baselines of the matching keys (`None` matches all).
+    pub fn baselines(&self, service: Option<&str>, model: Option<&str>) -> Vec<KeyBaseline> {
+        self.store.read().core.detector.baselines(service, model)
+    }
+
+    /// Highest applied offset of every source partition.
+    pub fn applied_offsets(&self) -> BTreeMap<SourcePartition, u64> {
+        self.store.read().core.rest.offsets.clone()
+    }
+
+    /// Applied position and counters.
+    pub fn summary(&self) -> ShardSummary {
+        let applied = self.store.read();
+        ShardSummary {
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
+            events_observed: applied.core.detector.observed(),
+            alerts_raised: applied.core.detector.raised(),
+            keys: applied.core.detector.key_count(),
+            outbox_pending: applied.core.rest.outbox.len(),
+            event_ids: applied.core.rest.event_ids.len(),
+        }
+    }
+
+    /// SHA-256 (hex) of the applied log index, the core state and every row: equal on
+    /// replicas that applied the same entries.
+    pub fn digest(&self) -> Result<String, Error> {
+        let applied = self.store.read();
+        let mut hash = Sha256::new();
+        hash.update(
+            applied
+                .last_applied
+                .map_or(0, |l| l.index + 1)
+                .to_be_bytes(),
+        );
+        hash.update(applied.core.to_bytes());
+        let prefix = keys::rows(self.store.shard, applied.generation);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::rows_end(self.store.shard, applied.generation));
+        for item in self
+            .store
+            .engine
+            .db
+            .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), options)
+        {
+            let (key, value) = item?;
+            let key = &key[prefix.len()..];
+            hash.update((key.len() as u32).to_be_bytes());
+            hash.update(key);
+            hash.update((value.len() as u32).to_be_bytes());
+            hash.update(&value);
+        }
+        Ok(hex(&hash.finalize()))
+    }
+
+    /// Writes a checkpoint now, so that a restart re-applies nothing (for a clean shutdown).
+    pub fn checkpoint(&self) -> Result<(), Error> {
+        self.store.checkpoint()
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), vec![1, 3]);
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        assert_eq!(unhex(&hex(&[0, 7, 255])), Some(vec![0, 7, 255]));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("é1"), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! A shard's core state and the deterministic application of commands to it.
+//!
+//! The core state is everything that decides how a command applies: detection state,
+//! applied offsets per source partition, recently seen event ids, the outbox's pending
+//! sequence numbers and the shard clock. It lives in memory and is checkpointed whole.
+//! Rows (telemetry, anomalies, outbox entries) are derived from commands with keys that
+//! depend only on the log, so re-applying entries after a restart rewrites them
+//! identically; nothing here ever reads a row to decide anything.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use rocksdb::WriteBatch;
+use sentinel_core::{Anomaly, Event, MetricValues, ShardDetector};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{
+    Command, EventOutcome, IngestBatch, IngestOutcome, Response, Retention, ShardSettings,
+    SourcePartition,
+};
+use crate::error::{decode, encode, Error};
+use crate::keys;
+
+/// The decision-making state of one shard.
+#[derive(Debug, Clone)]
+pub(crate) struct CoreState {
+    pub(crate) detector: ShardDetector,
+    pub(crate) rest: CoreRest,
+}
+
+/// The core state besides detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CoreRest {
+    pub(crate) event_id_horizon_ms: i64,
+    /// Highest applied offset per source partition.
+    pub(crate) offsets: BTreeMap<SourcePartition, u64>,
+    pub(crate) event_ids: EventIds,
+    /// Sequence number of the next outbox entry.
+    pub(crate) outbox_next: u64,
+    /// Outbox entries not yet acknowledged.
+    pub(crate) outbox: BTreeSet<u64>,
+    /// The latest `received_ms` of any batch: the shard's clock.
+    pub(crate) clock_ms: i64,
+}
+
+/// Event ids applied within the horizon, as 128-bit hashes, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "VecDeque<(i64, u128)>", into = "VecDeque<(i64, u128)>")]
+pub(crate) struct EventIds {
+    order: VecDeque<(i64, u128)>,
+    seen: HashMap<u128, i64>,
+}
+
+impl From<VecDeque<(i64, u128)>> for EventIds {
+    fn from(order: VecDeque<(i64, u128)>) -> Self {
+        let seen = order.iter().map(|&(t, h)| (h, t)).collect();
+        EventIds { order, seen }
+    }
+}
+
+impl From<EventIds> for VecDeque<(i64, u128)> {
+    fn from(ids: EventIds) -> Self {
+        ids.order
+    }
+}
+
+impl EventIds {
+    fn contains(&self, hash: u128) -> bool {
+        self.seen.contains_key(&hash)
+    }
+
+    fn insert(&mut self, clock_ms: i64, hash: u128) {
+        self.seen.insert(hash, clock_ms);
+        self.order.push_back((clock_ms, hash));
+    }
+
+    /// Forgets ids first seen before `before_ms`.
+    fn expire(&mut self, before_ms: i64) {
+        while let Some(&(t, h)) = self.order.front() {
+            if t >= before_ms {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&h);
+        }
+    }
+
+    /// Number of remembered ids.
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+/// FNV-1a over 128 bits: a pinned hash, identical on every replica and Rust release.
+fn id_hash(id: &str) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    id.bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
+/// Where applying a command puts its rows.
+pub(crate) struct RowWriter<'a> {
+    pub(crate) batch: &'a mut WriteBatch,
+    pub(crate) shard: u32,
+    pub(crate) generation: u32,
+}
+
+/// A stored telemetry row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryRecord {
+    /// The event as applied.
+    pub event: Event,
+    /// Its metrics.
+    pub values: MetricValues,
+}
+
+impl RowWriter<'_> {
+    fn table(&self, table: u8) -> Vec<u8> {
+        keys::table(self.shard, self.generation, table)
+    }
+
+    /// Stores an event as a [`TelemetryRecord`] (a pair encodes exactly like the record).
+    fn telemetry(&mut self, event: &Event, values: &MetricValues, index: u64, position: u32) {
+        let mut key =
+            keys::telemetry_key_prefix(self.shard, self.generation, &event.service, &event.model);
+        key.extend_from_slice(&keys::time(event.timestamp_ms));
+        key.extend_from_slice(&index.to_be_bytes());
+        key.extend_from_slice(&position.to_be_bytes());
+        self.batch.put(key, encode(&(event, values)));
+    }
+
+    fn anomaly(&mut self, anomaly: &Anomaly, json: &[u8]) {
+        let mut key = self.table(keys::ANOMALIES);
+        key.extend_from_slice(&keys::time(anomaly.timestamp_ms));
+        key.extend_from_slice(anomaly.alert_id.as_bytes());
+        let mut value = Vec::with_capacity(json.len() + 1);
+        value.push(severity_byte(anomaly.severity));
+        value.extend_from_slice(json);
+        self.batch.put(key, value);
+    }
+
+    fn outbox_key(&self, seq: u64) -> Vec<u8> {
+        let mut key = self.table(keys::OUTBOX);
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+}
+
+/// A severity as one byte (its rank).
+pub(crate) fn severity_byte(s: sentinel_core::Severity) -> u8 {
+    use sentinel_core::Severity::*;
+    match s {
+        Low => 0,
+        Medium => 1,
+        High => 2,
+        Critical => 3,
+    }
+}
+
+impl CoreState {
+    /// The state of a shard that has applied nothing.
+    pub(crate) fn new(shard: u32, settings: ShardSettings) -> Result<Self, String> {
+        settings.check()?;
+        let detector = ShardDetector::new(shard, settings.detection).map_err(|e| e.to_string())?;
+        Ok(CoreState {
+            detector,
+            rest: CoreRest {
+                event_id_horizon_ms: settings.event_id_horizon_ms,
+                offsets: BTreeMap::new(),
+                event_ids: EventIds::default(),
+                outbox_next: 0,
+                outbox: BTreeSet::new(),
+                clock_ms: i64::MIN,
+            },
+        })
+    }
+
+    /// Canonical bytes: equal states give equal bytes.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let detector = self.detector.to_bytes();
+        let rest = encode(&self.rest);
+        let mut out = Vec::with_capacity(8 + detector.len() + rest.len());
+        out.extend_from_slice(&(detector.len() as u64).to_be_bytes());
+        out.extend_from_slice(&detector);
+        out.extend_from_slice(&rest);
+        out
+    }
+
+    /// Restores [`CoreState::to_bytes`].
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        let len = bytes
+            .get(..8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as usize)
+            .filter(|&len| len <= bytes.len() - 8)
+            .ok_or_else(|| Error::corrupt("core state", "truncated"))?;
+        let detector = ShardDetector::from_bytes(&bytes[8..8 + len])
+            .map_err(|e| Error::corrupt("detection state", e))?;
+        let rest = decode("core state", &bytes[8 + len..])?;
+        Ok(CoreState { detector, rest })
+    }
+
+    /// Applies one command of log entry `index`.
+    pub(crate) fn apply(
+        &mut self,
+        command: &Command,
+        index: u64,
+        rows: &mut RowWriter<'_>,
+    ) -> Response {
+        if let Err(reason) = command.check() {
+            return Response::Rejected(reason);
+        }
+        match command {
+            Command::Ingest(batch) => Response::Ingested(self.ingest(batch, index, rows)),
+            Command::AckAlerts(seqs) => {
+                let mut acked = 0;
+                for &seq in seqs {
+                    if self.rest.outbox.remove(&seq) {
+                        acked += 1;
+                    }
+                    rows.batch.delete(rows.outbox_key(seq));
+                }
+                Response::Acked(acked)
+            }
+            Command::Configure(settings) => {
+                let settings = settings.as_ref().clone();
+                match self.detector.set_config(settings.detection) {
+                    Ok(()) => {
+                        self.rest.event_id_horizon_ms = settings.event_id_horizon_ms;
+                        Response::Configured
+                    }
+                    Err(e) => Response::Rejected(e.to_string()),
+                }
+            }
+            Command::Purge(retention) => {
+                self.purge(retention, rows);
+                Response::Purged
+            }
+        }
+    }
+
+    fn ingest(
+        &mut self,
+        batch: &IngestBatch,
+        index: u64,
+        rows: &mut RowWriter<'_>,
+    ) -> IngestOutcome {
+        self.rest.clock_ms = self.rest.clock_ms.max(batch.received_ms);
+        self.rest.event_ids.expire(
+            self.rest
+                .clock_ms
+                .saturating_sub(self.rest.event_id_horizon_ms),
+        );
+        let mut outcome = IngestOutcome {
+            events: Vec::with_capacity(batch.events.len()),
+            alerts: Vec::new(),
+        };
+        let mut applied_offset = batch
+            .source
+            .as_ref()
+            .and_then(|s| self.rest.offsets.get(s).copied());
+        for (position, item) in batch.events.iter().enumerate() {
+            if let (Some(offset), Some(applied)) = (item.offset, applied_offset) {
+                if offset <= applied {
+                    outcome.events.push(EventOutcome::DuplicateOffset);
+                    continue;
+                }
+            }
+            if item.offset.is_some() {
+                applied_offset = item.offset;
+            }
+            let id = item.event.event_id.as_deref().map(id_hash);
+            if id.is_some_and(|h| self.rest.event_ids.contains(h)) {
+                outcome.events.push(EventOutcome::DuplicateEventId);
+                continue;
+            }
+            if let Some(h) = id {
+                self.rest.event_ids.insert(self.rest.clock_ms, h);
+            }
+            let observation = self.detector.observe(&item.event, &item.values);
+            rows.telemetry(&item.event, &item.values, index, position as u32);
+            for anomaly in &observation.anomalies {
+                let json = serde_json::to_vec(anomaly).expect("anomalies always serialise");
+                rows.anomaly(anomaly, &json);
+                let seq = self.rest.outbox_next;
+                self.rest.outbox_next += 1;
+                self.rest.outbox.insert(seq);
+                rows.batch.put(rows.outbox_key(seq), json);
+                outcome.alerts.push(seq);
+            }
+            outcome.events.push(EventOutcome::Applied);
+        }
+        if let (Some(source), Some(offset)) = (&batch.source, applied_offset) {
+            self.rest.offsets.insert(source.clone(), offset);
+        }
+        outcome
+    }
+
+    fn purge(&mut self, retention: &Retention, rows: &mut RowWriter<'_>) {
+        for (service, model) in self.detector.keys() {
+            let prefix = keys::telemetry_key_prefix(rows.shard, rows.generation, service, model);
+            let mut from = prefix.clone();
+            from.extend_from_slice(&keys::time(i64::MIN));
+            let mut to = prefix;
+            to.extend_from_slice(&keys::time(retention.telemetry_before_ms));
+            rows.batch.delete_range(from, to);
+        }
+        let table = rows.table(keys::ANOMALIES);
+        let mut to = table.clone();
+        to.extend_from_slice(&keys::time(retention.anomalies_before_ms));
+        rows.batch.delete_range(table, to);
+        self.detector.purge_dedup(retention.dedup_before_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_event_value_pair_decodes_as_a_record() {
+        let event = Event {
+            service: "chat".into(),
+            metadata: [("tier".to_owned(), serde_json::json!({"gold": true}))].into(),
+            ..Event::default()
+        };
+        let values = MetricValues([Some(1.5), None, Some(3.0), None, None, None]);
+        let record: TelemetryRecord = decode("row", &encode(&(&event, &values))).unwrap();
+        assert_eq!(record, TelemetryRecord { event, values });
+    }
+
+    #[test]
+    fn id_hash_is_pinned() {
+        assert_eq!(id_hash(""), 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d);
+        assert_ne!(id_hash("evt-1"), id_hash("evt-2"));
+        assert_eq!(id_hash("evt-1"), id_hash("evt-1"));
+    }
+
+    #[test]
+    fn event_ids_expire_oldest_first_and_round_trip() {
+        let mut ids = EventIds::default();
+        ids.insert(10, 1);
+        ids.insert(20, 2);
+        ids.insert(30, 3);
+        ids.expire(20);
+        assert!(!ids.contains(1) && ids.contains(2) && ids.contains(3));
+        let back: EventIds = decode("ids", &encode(&ids)).unwrap();
+        assert_eq!(back, ids);
+        assert!(back.contains(2));
+    }
+
+    #[test]
+    fn core_state_round_trips_with_a_tuned_configuration() {
+        let mut settings = ShardSettings::default();
+        let mut metric =
+            sentinel_core::config::MetricConfig::default_for(sentinel_core::Metric::LatencyMs);
+        metric.scale = sentinel_core::config::Scale::Linear;
+        settings
+            .detection
+            .metrics
+            .insert(sentinel_core::Metric::LatencyMs, metric);
+        let state = CoreState::new(4, settings).unwrap();
+        let back = CoreState::from_bytes(&state.to_bytes()).unwrap();
+        assert_eq!(back.to_bytes(), state.to_bytes());
+        assert!(CoreState::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 99]).is_err());
+    }
+}

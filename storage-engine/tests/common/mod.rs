@@ -1,0 +1,105 @@
+//! Shared helpers: deterministic events and log entries, and applying them to a shard.
+#![allow(dead_code)]
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use sentinel_core::{extract_metrics, Event, PriceTable};
+use sentinel_storage_engine::{
+    Command, IngestBatch, IngestEvent, Response, ShardStateMachine, SourcePartition, TypeConfig,
+};
+
+/// Start of the test clock (2026-01-01T00:00:00Z).
+pub const T0: i64 = 1_767_225_600_000;
+
+/// A call of `service`/`model` at `t` taking `latency_ms`, with a unique id.
+pub fn event(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> IngestEvent {
+    let event = Event {
+        event_id: Some(id.to_owned()),
+        timestamp_ms: t,
+        service: service.to_owned(),
+        model: model.to_owned(),
+        latency_ms,
+        prompt_tokens: Some(400),
+        completion_tokens: Some(120),
+        total_tokens: Some(520),
+        user_id: Some("user-1".to_owned()),
+        ..Event::default()
+    };
+    let values = extract_metrics(&event, PriceTable::builtin()).values;
+    IngestEvent {
+        offset: None,
+        event,
+        values,
+    }
+}
+
+/// `n` steady calls on one key, then one at 40× the latency: a latency spike.
+pub fn spike_stream(service: &str, model: &str, n: usize) -> Vec<IngestEvent> {
+    let mut out: Vec<IngestEvent> = (0..n)
+        .map(|i| {
+            let jitter = ((i * 37) % 23) as f64;
+            event(
+                service,
+                model,
+                T0 + i as i64 * 1000,
+                800.0 + jitter * 10.0,
+                &format!("{service}/{model}/{i}"),
+            )
+        })
+        .collect();
+    out.push(event(
+        service,
+        model,
+        T0 + n as i64 * 1000,
+        32_000.0,
+        &format!("{service}/{model}/spike"),
+    ));
+    out
+}
+
+/// A Kafka batch of `events` from `topic`/0 with offsets starting at `first_offset`.
+pub fn kafka_batch(topic: &str, first_offset: u64, mut events: Vec<IngestEvent>) -> Command {
+    for (i, e) in events.iter_mut().enumerate() {
+        e.offset = Some(first_offset + i as u64);
+    }
+    Command::Ingest(IngestBatch {
+        received_ms: T0,
+        source: Some(SourcePartition {
+            topic: topic.to_owned(),
+            partition: 0,
+        }),
+        events,
+    })
+}
+
+/// An HTTP batch (no source position).
+pub fn direct_batch(received_ms: i64, events: Vec<IngestEvent>) -> Command {
+    Command::Ingest(IngestBatch {
+        received_ms,
+        source: None,
+        events,
+    })
+}
+
+/// A normal log entry at `index` of term 1, leader 1.
+pub fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+/// Applies commands as entries `first_index..` and returns the responses (a Raft log
+/// starts at index 0).
+pub async fn apply_all(
+    machine: &mut ShardStateMachine,
+    first_index: u64,
+    commands: Vec<Command>,
+) -> Vec<Response> {
+    let entries: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| entry(first_index + i as u64, c))
+        .collect();
+    machine.apply(entries).await.expect("apply")
+}

@@ -1,0 +1,528 @@
+//! The shard state machine on a real RocksDB: exactly-once application, queries,
+//! retention, restarts, snapshots and dropping a shard.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::StorageHelper;
+use sentinel_core::Severity;
+use sentinel_storage_engine::{
+    Command, Engine, EngineOptions, EventOutcome, Response, Retention, ShardReader, ShardSettings,
+    ShardStateMachine, SourcePartition, TelemetryQuery,
+};
+use tempfile::TempDir;
+
+fn engine() -> (TempDir, Arc<Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    (dir, engine)
+}
+
+fn open(engine: &Arc<Engine>, shard: u32) -> (ShardStateMachine, ShardReader) {
+    let (_, machine, reader) = engine.open_shard(shard).unwrap();
+    (machine, reader)
+}
+
+fn events_seen(reader: &ShardReader, service: &str) -> u64 {
+    reader
+        .baselines(Some(service), None)
+        .iter()
+        .map(|b| b.events)
+        .sum()
+}
+
+fn ingested(response: &Response) -> &sentinel_storage_engine::IngestOutcome {
+    match response {
+        Response::Ingested(outcome) => outcome,
+        other => panic!("expected an ingest outcome, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_overlapping_and_late_batches_count_each_event_once() {
+    let (_dir, engine) = engine();
+    let (mut machine, reader) = open(&engine, 3);
+    let events = spike_stream("chat", "gpt-4o", 99);
+    let first = kafka_batch("llm.telemetry", 0, events[..50].to_vec());
+    let overlap = kafka_batch("llm.telemetry", 25, events[25..75].to_vec());
+    let rest = kafka_batch("llm.telemetry", 75, events[75..].to_vec());
+    let responses = apply_all(
+        &mut machine,
+        0,
+        vec![
+            first.clone(),
+            first.clone(),
+            overlap,
+            first,
+            rest.clone(),
+            rest,
+        ],
+    )
+    .await;
+    let applied: Vec<usize> = responses.iter().map(|r| ingested(r).applied()).collect();
+    assert_eq!(applied, vec![50, 0, 25, 0, 25, 0]);
+    assert_eq!(
+        ingested(&responses[2]).count(EventOutcome::DuplicateOffset),
+        25
+    );
+    assert_eq!(events_seen(&reader, "chat"), 100);
+    let source = SourcePartition {
+        topic: "llm.telemetry".into(),
+        partition: 0,
+    };
+    assert_eq!(reader.applied_offsets().get(&source), Some(&99));
+    let page = reader
+        .telemetry(&TelemetryQuery {
+            service: Some("chat".into()),
+            model: Some("gpt-4o".into()),
+            from_ms: i64::MIN,
+            until_ms: i64::MAX,
+            cursor: None,
+            limit: 1000,
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 100, "one telemetry row per event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_id_is_acknowledged_but_applied_once_within_the_horizon() {
+    let (_dir, engine) = engine();
+    let (mut machine, reader) = open(&engine, 3);
+    let horizon = ShardSettings::default().event_id_horizon_ms;
+    let batch = spike_stream("search", "claude", 20)[..20].to_vec();
+    let responses = apply_all(
+        &mut machine,
+        0,
+        vec![
+            direct_batch(T0, batch.clone()),
+            direct_batch(T0 + 1_000, batch.clone()),
+            direct_batch(T0 + horizon + 1_000, batch),
+        ],
+    )
+    .await;
+    assert_eq!(ingested(&responses[0]).applied(), 20);
+    assert_eq!(
+        ingested(&responses[1]).count(EventOutcome::DuplicateEventId),
+        20
+    );
+    assert_eq!(
+        ingested(&responses[2]).applied(),
+        20,
+        "ids are remembered for the horizon only"
+    );
+    assert_eq!(events_seen(&reader, "search"), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_commands_are_rejected_whole_and_change_nothing() {
+    let (_dir, engine) = engine();
+    let (mut machine, reader) = open(&engine, 3);
+    let mut bad = kafka_batch("t", 10, spike_stream("chat", "m", 3));
+    if let Command::Ingest(batch) = &mut bad {
+        batch.events[2].offset = Some(5);
+    }
+    let mut settings = ShardSettings::default();
+    settings.detection.z_score.threshold = -1.0;
+    let before = reader.digest().unwrap();
+    let responses = apply_all(
+        &mut machine,
+        0,
+        vec![bad, Command::Configure(Box::new(settings))],
+    )
+    .await;
+    match &responses[..] {
+        [Response::Rejected(a), Response::Rejected(b)] => {
+            assert!(a.contains("events[2].offset"), "{a}");
+            assert!(b.contains("z_score"), "{b}");
+        }
+        other => panic!("expected two rejections, got {other:?}"),
+    }
+    assert_eq!(events_seen(&reader, "chat"), 0);
+    let after = reader.digest().unwrap();
+    assert_ne!(before, after, "the applied index moved");
+    assert_eq!(reader.summary().last_applied.unwrap().index, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_becomes_an_anomaly_and_an_outbox_entry_until_acknowledged() {
+    let (_dir, engine) = engine();
+    let (mut machine, reader) = open(&engine, 3);
+    let responses = apply_all(
+        &mut machine,
+        0,
+        vec![direct_batch(T0, spike_stream("chat", "gpt-4o", 60))],
+    )
+    .await;
+    let alerts = ingested(&responses[0]).alerts.clone();
+    assert!(!alerts.is_empty(), "the spike raised an alert");
+    let anomalies = reader.anomalies(None, i64::MIN, 100).unwrap();
+    assert_eq!(anomalies.len(), alerts.len());
+    assert_eq!(anomalies[0].service_name, "chat");
+    assert!(anomalies
+        .iter()
+        .any(|a| a.details.metric == "latency_ms" && a.details.value == 32_000.0));
+    let severity = anomalies[0].severity;
+    assert_eq!(
+        reader
+            .anomalies(Some(severity), i64::MIN, 100)
+            .unwrap()
+            .len(),
+        anomalies.len()
+    );
+    let other = if severity == Severity::Low {
+        Severity::Critical
+    } else {
+        Severity::Low
+    };
+    assert!(reader
+        .anomalies(Some(other), i64::MIN, 100)
+        .unwrap()
+        .is_empty());
+    assert!(
+        reader.anomalies(None, T0 + 61_000, 100).unwrap().is_empty(),
+        "since is honoured"
+    );
+
+    let outbox = reader.outbox(None, 100).unwrap();
+    assert_eq!(outbox.iter().map(|e| e.seq).collect::<Vec<_>>(), alerts);
+    assert_eq!(outbox[0].alert.alert_id, anomalies.last().unwrap().alert_id);
+    assert!(outbox[0].json.contains("\"alert_id\""));
+
+    let responses = apply_all(
+        &mut machine,
+        1,
+        vec![
+            Command::AckAlerts(alerts.clone()),
+            Command::AckAlerts(alerts),
+        ],
+    )
+    .await;
+    assert!(matches!(responses[0], Response::Acked(n) if n >= 1));
+    assert_eq!(
+        responses[1],
+        Response::Acked(0),
+        "acknowledging twice is harmless"
+    );
+    assert!(reader.outbox(None, 100).unwrap().is_empty());
+    assert_eq!(reader.summary().outbox_pending, 0);
+    assert_eq!(
+        reader.anomalies(None, i64::MIN, 100).unwrap().len(),
+        anomalies.len(),
+        "history stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_pages_follow_the_cursor_and_retention_deletes_old_rows() {
+    let (_dir, engine) = engine();
+    let (mut machine, reader) = open(&engine, 3);
+    let mut events = spike_stream("chat", "a", 30);
+    events.extend(spike_stream("chat", "b", 30));
+    events.extend(spike_stream("docs", "a", 30));
+    apply_all(&mut machine, 0, vec![direct_batch(T0, events)]).await;
+
+    let mut query = TelemetryQuery {
+        service: Some("chat".into()),
+        model: Some("a".into()),
+        from_ms: T0 + 5_000,
+        until_ms: T0 + 25_000,
+        cursor: None,
+        limit: 7,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = reader.telemetry(&query).unwrap();
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items.iter().map(|r| r.event.timestamp_ms));
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (5..25).map(|i| T0 + i * 1000).collect::<Vec<_>>());
+
+    let all_chat = TelemetryQuery {
+        service: Some("chat".into()),
+        model: None,
+        from_ms: i64::MIN,
+        until_ms: i64::MAX,
+        cursor: None,
+        limit: 1000,
+    };
+    assert_eq!(reader.telemetry(&all_chat).unwrap().items.len(), 62);
+    let everything = TelemetryQuery {
+        service: None,
+        ..all_chat.clone()
+    };
+    assert_eq!(reader.telemetry(&everything).unwrap().items.len(), 93);
+    let bad = TelemetryQuery {
+        cursor: Some("zz".into()),
+        ..all_chat.clone()
+    };
+    assert!(reader.telemetry(&bad).is_err());
+
+    let anomalies_before = reader.anomalies(None, i64::MIN, 100).unwrap().len();
+    assert!(anomalies_before > 0);
+    let purge = Command::Purge(Retention {
+        telemetry_before_ms: T0 + 10_000,
+        anomalies_before_ms: T0 + 10_000,
+        dedup_before_ms: T0,
+    });
+    assert_eq!(
+        apply_all(&mut machine, 1, vec![purge]).await,
+        vec![Response::Purged]
+    );
+    assert_eq!(reader.telemetry(&all_chat).unwrap().items.len(), 62 - 20);
+    assert_eq!(reader.telemetry(&everything).unwrap().items.len(), 93 - 30);
+    assert_eq!(
+        reader.anomalies(None, i64::MIN, 100).unwrap().len(),
+        anomalies_before,
+        "spikes are recent"
+    );
+    let purge_all = Command::Purge(Retention {
+        telemetry_before_ms: i64::MAX,
+        anomalies_before_ms: i64::MAX,
+        dedup_before_ms: i64::MAX,
+    });
+    apply_all(&mut machine, 2, vec![purge_all]).await;
+    assert!(reader.telemetry(&everything).unwrap().items.is_empty());
+    assert!(reader.anomalies(None, i64::MIN, 100).unwrap().is_empty());
+    assert_eq!(
+        events_seen(&reader, "chat"),
+        62,
+        "baselines are not telemetry"
+    );
+}
+
+/// The 40 batches the restart tests write: 4 keys, 13 events each, offsets with gaps.
+fn restart_commands() -> Vec<Command> {
+    (0..40u64)
+        .map(|i| {
+            kafka_batch(
+                "llm.telemetry",
+                i * 100,
+                spike_stream(&format!("svc-{}", i % 4), "m", 12),
+            )
+        })
+        .collect()
+}
+
+/// Appends the batches to `shard`'s log as committed, applying them one by one when `apply`.
+async fn write_shard(engine: &Arc<Engine>, shard: u32, apply: bool) -> ShardReader {
+    let (mut log, mut machine, reader) = engine.open_shard(shard).unwrap();
+    let entries: Vec<_> = restart_commands()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| entry(i as u64, c))
+        .collect();
+    log.blocking_append(entries.clone()).await.unwrap();
+    log.save_committed(Some(entries.last().unwrap().log_id))
+        .await
+        .unwrap();
+    if apply {
+        for e in entries {
+            machine.apply([e]).await.unwrap();
+        }
+    }
+    reader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_shard_comes_back_with_the_digest_of_its_log() {
+    let options = EngineOptions {
+        checkpoint_entries: 15,
+        ..EngineOptions::default()
+    };
+    let applied_dir = tempfile::tempdir().unwrap();
+    let logged_dir = tempfile::tempdir().unwrap();
+    let digest = {
+        let applied = Engine::open(applied_dir.path(), options.clone()).unwrap();
+        let logged = Engine::open(logged_dir.path(), options.clone()).unwrap();
+        write_shard(&logged, 5, false).await;
+        write_shard(&applied, 5, true).await.digest().unwrap()
+    };
+    for (dir, checkpoint) in [(&applied_dir, Some(29)), (&logged_dir, None)] {
+        let engine = Engine::open(dir.path(), options.clone()).unwrap();
+        let (mut log, mut machine, reader) = engine.open_shard(5).unwrap();
+        let (applied, _) = machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), checkpoint, "the last checkpoint");
+        StorageHelper::new(&mut log, &mut machine)
+            .get_initial_state()
+            .await
+            .unwrap();
+        assert_eq!(reader.summary().last_applied.unwrap().index, 39);
+        assert_eq!(
+            reader.digest().unwrap(),
+            digest,
+            "the state is the log, replayed"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_checkpoint_leaves_nothing_to_re_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = {
+        let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let reader = write_shard(&engine, 2, true).await;
+        reader.checkpoint().unwrap();
+        reader.digest().unwrap()
+    };
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    let (_, mut machine, reader) = engine.open_shard(2).unwrap();
+    assert_eq!(
+        machine.applied_state().await.unwrap().0.map(|l| l.index),
+        Some(39)
+    );
+    assert_eq!(reader.digest().unwrap(), digest);
+}
+
+/// Copies a snapshot into a receiving file in 64 KiB chunks, as the Raft transport does.
+async fn send(mut from: Box<tokio::fs::File>, to: &mut tokio::fs::File, flip_byte: Option<u64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut offset = 0u64;
+    loop {
+        let n = from.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        if let Some(at) = flip_byte.filter(|&at| at >= offset && at < offset + n as u64) {
+            buf[(at - offset) as usize] ^= 0x40;
+        }
+        to.write_all(&buf[..n]).await.unwrap();
+        offset += n as u64;
+    }
+    to.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_concurrent_apply_installs_with_the_digest_it_was_taken_at() {
+    let (_source_dir, source) = engine();
+    let (mut machine, reader) = open(&source, 4);
+    apply_all(&mut machine, 0, restart_commands()).await;
+    let at_snapshot = reader.digest().unwrap();
+    let mut builder = machine.get_snapshot_builder().await;
+    let late = vec![direct_batch(T0 + 60_000, spike_stream("late", "m", 30))];
+    apply_all(&mut machine, 40, late.clone()).await;
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.unwrap().index, 39);
+    assert_ne!(reader.digest().unwrap(), at_snapshot, "the source moved on");
+    let current = machine.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+
+    let target_dir = tempfile::tempdir().unwrap();
+    {
+        let target = Engine::open(target_dir.path(), EngineOptions::default()).unwrap();
+        let (mut follower, follower_reader) = open(&target, 4);
+        apply_all(
+            &mut follower,
+            0,
+            vec![direct_batch(T0, spike_stream("stale", "m", 20))],
+        )
+        .await;
+        let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+        send(current.snapshot, &mut incoming, None).await;
+        follower
+            .install_snapshot(&built.meta, incoming)
+            .await
+            .unwrap();
+        assert_eq!(follower_reader.digest().unwrap(), at_snapshot);
+        assert!(
+            follower_reader.baselines(Some("stale"), None).is_empty(),
+            "old state replaced"
+        );
+
+        apply_all(&mut follower, 40, late).await;
+        assert_eq!(follower_reader.digest().unwrap(), reader.digest().unwrap());
+        assert_eq!(
+            follower_reader.anomalies(None, i64::MIN, 1000).unwrap(),
+            reader.anomalies(None, i64::MIN, 1000).unwrap()
+        );
+        follower_reader.checkpoint().unwrap();
+    }
+    let target = Engine::open(target_dir.path(), EngineOptions::default()).unwrap();
+    let (mut follower, follower_reader) = open(&target, 4);
+    assert_eq!(
+        follower_reader.digest().unwrap(),
+        reader.digest().unwrap(),
+        "durable after restart"
+    );
+    let kept = follower
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("installed snapshot is kept");
+    assert_eq!(kept.meta, built.meta);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_snapshot_is_refused_and_the_shard_keeps_its_state() {
+    let (_source_dir, source) = engine();
+    let (mut machine, _) = open(&source, 4);
+    apply_all(&mut machine, 0, restart_commands()).await;
+    let built = machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (_target_dir, target) = engine();
+    let (mut follower, follower_reader) = open(&target, 4);
+    apply_all(
+        &mut follower,
+        0,
+        vec![direct_batch(T0, spike_stream("own", "m", 20))],
+    )
+    .await;
+    let before = follower_reader.digest().unwrap();
+    let len = built.snapshot.metadata().await.unwrap().len();
+    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+    send(built.snapshot, &mut incoming, Some(len / 2)).await;
+    let err = follower
+        .install_snapshot(&built.meta, incoming)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("snapshot"), "{err}");
+    assert_eq!(follower_reader.digest().unwrap(), before);
+    assert!(follower.get_current_snapshot().await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_shard_leaves_no_trace_and_its_neighbours_untouched() {
+    let (_dir, engine) = engine();
+    for shard in [1, 2, 3] {
+        let (mut machine, _) = open(&engine, shard);
+        apply_all(&mut machine, 0, restart_commands()).await;
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    }
+    let digests: Vec<String> = [1, 3]
+        .iter()
+        .map(|&s| open(&engine, s).1.digest().unwrap())
+        .collect();
+    let (_, _held, reader) = engine.open_shard(2).unwrap();
+    assert!(
+        engine.drop_shard(2).is_err(),
+        "an open shard is not dropped"
+    );
+    drop((_held, reader));
+    engine.drop_shard(2).unwrap();
+    assert_eq!(engine.shard_ids().unwrap(), vec![1, 3]);
+    assert!(!engine.dir().join("snapshots/2").exists());
+    let (_, fresh) = open(&engine, 2);
+    assert_eq!(fresh.summary().last_applied, None);
+    assert!(fresh.baselines(None, None).is_empty());
+    let after: Vec<String> = [1, 3]
+        .iter()
+        .map(|&s| open(&engine, s).1.digest().unwrap())
+        .collect();
+    assert_eq!(after, digests);
+}
