@@ -240,8 +240,10 @@ mod tests {
 
     #[test]
     fn settings_list_every_problem() {
-        let mut settings = ShardSettings::default();
-        settings.event_id_horizon_ms = -1;
+        let mut settings = ShardSettings {
+            event_id_horizon_ms: -1,
+            ..ShardSettings::default()
+        };
         settings.detection.window_size = 0;
         let err = settings.check().unwrap_err();
         assert!(err.contains("event_id_horizon_ms"), "{err}");

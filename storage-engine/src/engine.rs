@@ -20,9 +20,9 @@ use crate::TypeConfig;
 /// Tuning of the storage engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Applied log entries between checkpoints of a shard's core state; a restart re-applies
-    /// at most this many entries per shard.
-    pub checkpoint_entries: u64,
+    /// Events applied between checkpoints of a shard's core state (other entries count as
+    /// one); a restart re-applies about this many events per shard at most.
+    pub checkpoint_events: u64,
     /// Size of RocksDB's block cache shared by all shards.
     pub block_cache_bytes: usize,
     /// Settings of a shard that has applied nothing yet.
@@ -32,7 +32,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            checkpoint_entries: 1_000,
+            checkpoint_events: 100_000,
             block_cache_bytes: 256 << 20,
             shard_settings: ShardSettings::default(),
         }
@@ -77,6 +77,8 @@ struct Flusher {
 #[derive(Default)]
 struct FlushQueue {
     waiting: Vec<LogFlushed<TypeConfig>>,
+    /// A write nobody waits for must reach the disk with the next fsync.
+    sync_requested: bool,
     stop: bool,
 }
 
@@ -219,6 +221,16 @@ impl Engine {
         self.flusher.wake.notify_one();
     }
 
+    /// Makes everything written so far durable soon, without waiting for it.
+    pub(crate) fn request_sync(&self) {
+        self.flusher
+            .queue
+            .lock()
+            .expect("flush queue")
+            .sync_requested = true;
+        self.flusher.wake.notify_one();
+    }
+
     pub(crate) fn release(&self, shard: u32) {
         self.open_shards
             .lock()
@@ -228,17 +240,18 @@ impl Engine {
 }
 
 impl Flusher {
-    /// Syncs the WAL once for all appends queued while the previous sync ran.
+    /// Syncs the WAL once for all appends (and sync requests) queued while the previous sync ran.
     fn run(&self, db: &DB, stats: &EngineStats) {
         loop {
             let waiting = {
                 let mut queue = self.queue.lock().expect("flush queue");
-                while queue.waiting.is_empty() && !queue.stop {
+                while queue.waiting.is_empty() && !queue.sync_requested && !queue.stop {
                     queue = self.wake.wait(queue).expect("flush queue");
                 }
-                if queue.waiting.is_empty() {
+                if queue.waiting.is_empty() && !queue.sync_requested {
                     return;
                 }
+                queue.sync_requested = false;
                 std::mem::take(&mut queue.waiting)
             };
             let result = db.flush_wal(true);

@@ -133,12 +133,15 @@ impl RaftLogStorage<TypeConfig> for ShardLog {
         self.get(keys::VOTE, "vote").map_err(read_err)
     }
 
+    /// Written at once and made durable by the next group fsync, which is requested here.
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
         self.put(keys::COMMITTED, &committed, false)
-            .map_err(write_err)
+            .map_err(write_err)?;
+        self.engine.request_sync();
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {

@@ -1,8 +1,8 @@
 //! A shard's state machine: applying committed entries, checkpoints and snapshots.
 //!
 //! The core state is checkpointed with its applied log id every
-//! [`EngineOptions::checkpoint_entries`](crate::EngineOptions) entries, on every snapshot
-//! and on [`ShardReader::checkpoint`]; rows are written as entries apply. After a restart
+//! [`EngineOptions::checkpoint_events`](crate::EngineOptions) applied events, on every snapshot
+//! and on [`crate::ShardReader::checkpoint`]; rows are written as entries apply. After a restart
 //! the state machine reports the checkpoint's log id and openraft re-applies the committed
 //! entries after it, rewriting the same rows. A snapshot or checkpoint always precedes a log
 //! purge, so the entries to re-apply are always still in the log.
@@ -20,7 +20,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::command::Response;
+use crate::command::{Command, Response};
 use crate::engine::Engine;
 use crate::error::{decode, encode, read_err, write_err, Error};
 use crate::keys;
@@ -272,10 +272,13 @@ impl ShardStateMachine {
                 }
             };
             applied.last_applied = Some(entry.log_id);
-            applied.since_checkpoint += 1;
+            applied.since_checkpoint += match &entry.payload {
+                EntryPayload::Normal(Command::Ingest(batch)) => batch.events.len().max(1) as u64,
+                _ => 1,
+            };
             responses.push(response);
         }
-        if applied.since_checkpoint >= store.engine.options.checkpoint_entries {
+        if applied.since_checkpoint >= store.engine.options.checkpoint_events {
             let core = applied.core.to_bytes();
             store.checkpoint_into(&mut applied, &core, &mut batch);
         }

@@ -25,6 +25,9 @@ const MAX_ROW_FIELD: u64 = 256 << 20;
 /// Largest core state accepted from a snapshot (it is held in memory).
 const MAX_CORE: u64 = 16 << 30;
 
+/// A row of a snapshot: key relative to the generation, and value.
+pub(crate) type Row = (Vec<u8>, Vec<u8>);
+
 /// Writes a snapshot file under a temporary name and renames it when complete.
 pub(crate) struct SnapshotWriter {
     out: BufWriter<File>,
@@ -133,7 +136,7 @@ impl SnapshotReader {
     }
 
     /// The next row, or `None` after the last one.
-    pub(crate) fn next_row(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn next_row(&mut self) -> Result<Option<Row>, Error> {
         let key_len = self.u32()?;
         if key_len == 0 {
             return Ok(None);

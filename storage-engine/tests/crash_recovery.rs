@@ -22,7 +22,7 @@ const CHILD_DIR: &str = "SENTINEL_CRASH_CHILD_DIR";
 
 fn options() -> EngineOptions {
     EngineOptions {
-        checkpoint_entries: 7,
+        checkpoint_events: 7 * 25,
         ..EngineOptions::default()
     }
 }

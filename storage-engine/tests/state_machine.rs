@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::StorageHelper;
+use openraft::{StorageHelper, Vote};
 use sentinel_core::Severity;
 use sentinel_storage_engine::{
     Command, Engine, EngineOptions, EventOutcome, Response, Retention, ShardReader, ShardSettings,
@@ -318,6 +318,7 @@ async fn write_shard(engine: &Arc<Engine>, shard: u32, apply: bool) -> ShardRead
         .enumerate()
         .map(|(i, c)| entry(i as u64, c))
         .collect();
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
     log.blocking_append(entries.clone()).await.unwrap();
     log.save_committed(Some(entries.last().unwrap().log_id))
         .await
@@ -333,7 +334,7 @@ async fn write_shard(engine: &Arc<Engine>, shard: u32, apply: bool) -> ShardRead
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_shard_comes_back_with_the_digest_of_its_log() {
     let options = EngineOptions {
-        checkpoint_entries: 15,
+        checkpoint_events: 15 * 13,
         ..EngineOptions::default()
     };
     let applied_dir = tempfile::tempdir().unwrap();
@@ -349,6 +350,11 @@ async fn a_restarted_shard_comes_back_with_the_digest_of_its_log() {
         let (mut log, mut machine, reader) = engine.open_shard(5).unwrap();
         let (applied, _) = machine.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), checkpoint, "the last checkpoint");
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+        assert_eq!(
+            log.read_committed().await.unwrap().map(|l| l.index),
+            Some(39)
+        );
         StorageHelper::new(&mut log, &mut machine)
             .get_initial_state()
             .await
@@ -525,4 +531,61 @@ async fn a_dropped_shard_leaves_no_trace_and_its_neighbours_untouched() {
         .map(|&s| open(&engine, s).1.digest().unwrap())
         .collect();
     assert_eq!(after, digests);
+}
+
+/// One step of a router's deliveries to a shard for one partition.
+#[derive(Debug, Clone)]
+enum Delivery {
+    /// The next `len` offsets.
+    Next(usize),
+    /// A retry of offsets `[start, start + len)` among those already sent.
+    Retry(usize, usize),
+}
+
+fn deliveries() -> impl proptest::strategy::Strategy<Value = Vec<Delivery>> {
+    use proptest::prelude::*;
+    proptest::collection::vec(
+        prop_oneof![
+            (1usize..12).prop_map(Delivery::Next),
+            (0usize..60, 1usize..30).prop_map(|(s, l)| Delivery::Retry(s, l)),
+        ],
+        1..20,
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 24, ..Default::default() })]
+
+    /// Whatever mix of new batches, replays and overlapping retries arrives, every offset
+    /// sent is applied exactly once.
+    #[test]
+    fn any_mix_of_batches_and_retries_applies_each_offset_once(plan in deliveries()) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let (_dir, engine) = engine();
+            let (mut machine, reader) = open(&engine, 3);
+            let stream = spike_stream("chat", "gpt-4o", 400);
+            let mut sent = 0usize;
+            let mut commands = Vec::new();
+            for step in plan {
+                let (start, end) = match step {
+                    Delivery::Next(len) => {
+                        let range = (sent, (sent + len).min(stream.len()));
+                        sent = range.1;
+                        range
+                    }
+                    Delivery::Retry(start, len) => (start.min(sent), (start + len).min(sent)),
+                };
+                if start < end {
+                    commands.push(kafka_batch("llm.telemetry", start as u64, stream[start..end].to_vec()));
+                }
+            }
+            let count = commands.len() as u64;
+            apply_all(&mut machine, 0, commands).await;
+            assert_eq!(events_seen(&reader, "chat"), sent as u64);
+            let source = SourcePartition { topic: "llm.telemetry".into(), partition: 0 };
+            assert_eq!(reader.applied_offsets().get(&source).copied(), sent.checked_sub(1).map(|s| s as u64));
+            assert_eq!(reader.summary().last_applied.map(|l| l.index + 1).unwrap_or(0), count);
+        });
+    }
 }

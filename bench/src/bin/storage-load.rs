@@ -41,12 +41,13 @@ enum Load {
         #[arg(long, default_value = "target/storage-load")]
         dir: PathBuf,
     },
-    /// Fills a node with shards and data once, then times opening it until every shard serves.
+    /// Fills a node with shards and data once, then times opening it until every shard
+    /// serves, on two threads.
     Startup {
         /// Shards on the node.
         #[arg(long, default_value_t = 256)]
         shards: u32,
-        /// Data to write before timing, in GiB of RocksDB files.
+        /// Data to write before timing, in GiB of RocksDB files (snapshot files come on top).
         #[arg(long, default_value_t = 2.0)]
         gigabytes: f64,
         /// Leave each shard with this many applied entries after its last checkpoint, as
@@ -163,6 +164,10 @@ async fn append(
     Ok(())
 }
 
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 30)
+}
+
 fn dir_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
@@ -186,7 +191,7 @@ async fn startup(
 ) -> Result<()> {
     let defaults = EngineOptions::default();
     let options = EngineOptions {
-        checkpoint_entries: (unchecked + 1).max(defaults.checkpoint_entries),
+        checkpoint_events: ((unchecked + 1) * 500).max(defaults.checkpoint_events),
         ..defaults
     };
     let marker = dir.join(format!("filled-{shards}-{gigabytes}-{unchecked}"));
@@ -196,20 +201,33 @@ async fn startup(
         std::fs::write(&marker, b"")?;
     }
     println!(
-        "node with {shards} shards, {:.2} GiB on disk, {unchecked} entries per shard to re-apply",
-        dir_bytes(dir)? as f64 / f64::from(1 << 30)
+        "node with {shards} shards, {:.2} GiB in RocksDB (+ {:.2} GiB of snapshot files), {unchecked} entries per shard to re-apply",
+        gib(dir_bytes(&dir.join("db"))?),
+        gib(dir_bytes(&dir.join("snapshots"))?)
     );
     let mut times = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
         let engine = Engine::open(dir, options.clone())?;
+        let ids = engine.shard_ids()?;
+        let mut openers = Vec::new();
+        for half in ids.chunks(ids.len().div_ceil(2)) {
+            let (engine, half) = (engine.clone(), half.to_vec());
+            openers.push(tokio::spawn(async move {
+                let mut open = Vec::new();
+                for shard in half {
+                    let (mut log, mut machine, reader) = engine.open_shard(shard)?;
+                    StorageHelper::new(&mut log, &mut machine)
+                        .get_initial_state()
+                        .await?;
+                    open.push((log, machine, reader));
+                }
+                anyhow::Ok(open)
+            }));
+        }
         let mut open = Vec::new();
-        for shard in engine.shard_ids()? {
-            let (mut log, mut machine, reader) = engine.open_shard(shard)?;
-            StorageHelper::new(&mut log, &mut machine)
-                .get_initial_state()
-                .await?;
-            open.push(reader);
+        for opener in openers {
+            open.extend(opener.await??);
         }
         let elapsed = started.elapsed().as_secs_f64();
         anyhow::ensure!(
@@ -252,7 +270,7 @@ async fn fill(
     let target = (gigabytes * f64::from(1 << 30)) as u64;
     let started = Instant::now();
     let mut round = 0;
-    while dir_bytes(dir)? < target {
+    while dir_bytes(&dir.join("db"))? < target {
         for (log, machine, _, traffic, next) in &mut stores {
             let command = traffic.batch(500);
             log.blocking_append([entry(*next, command.clone())]).await?;
@@ -279,7 +297,7 @@ async fn fill(
             }
             println!(
                 "  filled {:.2} GiB in {:.0} s",
-                dir_bytes(dir)? as f64 / f64::from(1 << 30),
+                gib(dir_bytes(&dir.join("db"))?),
                 started.elapsed().as_secs_f64()
             );
         }
