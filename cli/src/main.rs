@@ -1,0 +1,3 @@
+//! The `sentinel` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Sentinel's shard server.
