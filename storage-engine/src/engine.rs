@@ -7,15 +7,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
+use openraft::RaftTypeConfig;
 use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
 
 use crate::command::ShardSettings;
+use crate::document::{Document, DocumentConfig, DocumentMachine, DocumentReader};
 use crate::error::Error;
 use crate::keys;
 use crate::log::ShardLog;
 use crate::machine::{ShardStateMachine, ShardStore};
 use crate::reader::ShardReader;
-use crate::TypeConfig;
 
 /// Tuning of the storage engine.
 #[derive(Debug, Clone)]
@@ -67,6 +68,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Reports the outcome of the fsync an append waits for.
+type FlushCallback = Box<dyn FnOnce(std::io::Result<()>) + Send>;
+
 /// Appends waiting for the next WAL fsync.
 #[derive(Default)]
 struct Flusher {
@@ -76,7 +80,7 @@ struct Flusher {
 
 #[derive(Default)]
 struct FlushQueue {
-    waiting: Vec<LogFlushed<TypeConfig>>,
+    waiting: Vec<FlushCallback>,
     /// A write nobody waits for must reach the disk with the next fsync.
     sync_requested: bool,
     stop: bool,
@@ -125,7 +129,7 @@ impl Engine {
         &self.stats
     }
 
-    /// Shards that have data on this node, ascending.
+    /// Groups (shards and documents) that have data on this node, ascending.
     pub fn shard_ids(&self) -> Result<Vec<u32>, Error> {
         let mut out = Vec::new();
         let mut iter = self.db.raw_iterator();
@@ -149,14 +153,7 @@ impl Engine {
         self: &Arc<Self>,
         shard: u32,
     ) -> Result<(ShardLog, ShardStateMachine, ShardReader), Error> {
-        if !self
-            .open_shards
-            .lock()
-            .expect("open-shard set")
-            .insert(shard)
-        {
-            return Err(Error::ShardOpen(shard));
-        }
+        self.claim(shard)?;
         let store = match ShardStore::open(self.clone(), shard) {
             Ok(store) => Arc::new(store),
             Err(e) => {
@@ -169,6 +166,38 @@ impl Engine {
             ShardStateMachine::new(store.clone()),
             ShardReader::new(store),
         ))
+    }
+
+    /// Opens a document group (state small enough to live in memory whole): its Raft log,
+    /// its state machine and a reader.
+    #[allow(clippy::type_complexity)]
+    pub fn open_document<C: DocumentConfig<S>, S: Document>(
+        self: &Arc<Self>,
+        group: u32,
+    ) -> Result<(ShardLog<C>, DocumentMachine<C, S>, DocumentReader<S>), Error> {
+        self.claim(group)?;
+        let (machine, reader) = match DocumentMachine::open(self.clone(), group) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.release(group);
+                return Err(e);
+            }
+        };
+        Ok((ShardLog::new(self.clone(), group), machine, reader))
+    }
+
+    /// Marks a group open; a group is open at most once.
+    fn claim(&self, group: u32) -> Result<(), Error> {
+        if self
+            .open_shards
+            .lock()
+            .expect("open-shard set")
+            .insert(group)
+        {
+            Ok(())
+        } else {
+            Err(Error::ShardOpen(group))
+        }
     }
 
     /// Deletes every key and snapshot of a shard that is not open; the shard moved away.
@@ -211,13 +240,13 @@ impl Engine {
     }
 
     /// Reports `callback` once everything written so far is durable.
-    pub(crate) fn after_sync(&self, callback: LogFlushed<TypeConfig>) {
+    pub(crate) fn after_sync<C: RaftTypeConfig>(&self, callback: LogFlushed<C>) {
         self.flusher
             .queue
             .lock()
             .expect("flush queue")
             .waiting
-            .push(callback);
+            .push(Box::new(move |result| callback.log_io_completed(result)));
         self.flusher.wake.notify_one();
     }
 
@@ -260,7 +289,7 @@ impl Flusher {
                 .log_appends
                 .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             for callback in waiting {
-                callback.log_io_completed(
+                callback(
                     result
                         .as_ref()
                         .map(|_| ())

@@ -9,6 +9,7 @@
 //! through a [`ShardReader`].
 
 mod command;
+mod document;
 mod engine;
 mod error;
 mod keys;
@@ -22,9 +23,10 @@ pub use command::{
     Command, EventOutcome, IngestBatch, IngestEvent, IngestOutcome, Response, Retention,
     ShardSettings, SourcePartition,
 };
+pub use document::{Applied, Document, DocumentConfig, DocumentMachine, DocumentReader};
 pub use engine::{Engine, EngineOptions, EngineStats};
 pub use error::Error;
-pub use log::ShardLog;
+pub use log::{LogConfig, ShardLog};
 pub use machine::{ShardSnapshotBuilder, ShardStateMachine};
 pub use reader::{OutboxEntry, Page, ShardReader, ShardSummary, TelemetryQuery};
 pub use state::TelemetryRecord;

@@ -7,11 +7,12 @@
 //! of what was written.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, LogId, LogState, RaftLogReader, StorageError, Vote};
+use openraft::{Entry, LogId, LogState, RaftLogReader, RaftTypeConfig, StorageError, Vote};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::engine::Engine;
@@ -19,16 +20,27 @@ use crate::error::{decode, encode, read_err, write_err, Error};
 use crate::keys;
 use crate::TypeConfig;
 
-/// The Raft log storage of one shard replica.
+/// The Raft log storage of one group: a shard replica or, with another type config, the
+/// metadata group.
 #[derive(Debug, Clone)]
-pub struct ShardLog {
+pub struct ShardLog<C = TypeConfig> {
     engine: Arc<Engine>,
     shard: u32,
+    config: PhantomData<C>,
 }
 
-impl ShardLog {
+/// A type config whose log this storage can hold.
+pub trait LogConfig: RaftTypeConfig<NodeId = u64, Entry = Entry<Self>> {}
+
+impl<C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>>> LogConfig for C {}
+
+impl<C: LogConfig> ShardLog<C> {
     pub(crate) fn new(engine: Arc<Engine>, shard: u32) -> Self {
-        ShardLog { engine, shard }
+        ShardLog {
+            engine,
+            shard,
+            config: PhantomData,
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -49,7 +61,7 @@ impl ShardLog {
     }
 
     /// Entries with index in `[start, end)`, in order.
-    pub(crate) fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, Error> {
+    pub(crate) fn entries(&self, start: u64, end: u64) -> Result<Vec<Entry<C>>, Error> {
         let mut out = Vec::new();
         if start >= end {
             return Ok(out);
@@ -68,7 +80,7 @@ impl ShardLog {
         Ok(out)
     }
 
-    fn last_entry(&self) -> Result<Option<Entry<TypeConfig>>, Error> {
+    fn last_entry(&self) -> Result<Option<Entry<C>>, Error> {
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(keys::log(self.shard, 0));
         options.set_iterate_upper_bound(keys::kind_end(self.shard, keys::LOG));
@@ -98,20 +110,20 @@ fn range_to_indexes<RB: RangeBounds<u64>>(range: &RB) -> (u64, u64) {
     (start, end)
 }
 
-impl RaftLogReader<TypeConfig> for ShardLog {
+impl<C: LogConfig> RaftLogReader<C> for ShardLog<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+    ) -> Result<Vec<Entry<C>>, StorageError<u64>> {
         let (start, end) = range_to_indexes(&range);
         self.entries(start, end).map_err(read_err)
     }
 }
 
-impl RaftLogStorage<TypeConfig> for ShardLog {
-    type LogReader = ShardLog;
+impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
+    type LogReader = ShardLog<C>;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
         let last_purged_log_id: Option<LogId<u64>> =
             self.get(keys::PURGED, "purged log id").map_err(read_err)?;
         let last = self.last_entry().map_err(read_err)?.map(|e| e.log_id);
@@ -154,10 +166,10 @@ impl RaftLogStorage<TypeConfig> for ShardLog {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: LogFlushed<C>,
     ) -> Result<(), StorageError<u64>>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I: IntoIterator<Item = Entry<C>> + Send,
         I::IntoIter: Send,
     {
         let mut batch = WriteBatch::default();

@@ -1,0 +1,312 @@
+//! A cluster of real `sentinel node` processes on loopback, and what tests do with it.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sentinel_core::shard::shard_of;
+use sentinel_proto::leader_hint;
+use sentinel_proto::v1::node_client::NodeClient;
+use sentinel_proto::v1::{
+    ClusterStatusReply, ClusterStatusRequest, IngestReply, IngestRequest, InputEvent,
+};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// Start of the test clock (2026-01-01T00:00:00Z).
+pub const T0: i64 = 1_767_225_600_000;
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One node process and its addresses.
+pub struct NodeProcess {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Several node processes forming one cluster.
+pub struct Cluster {
+    dir: TempDir,
+    pub shards: u32,
+    pub replicas: u32,
+    pub nodes: BTreeMap<u64, NodeProcess>,
+    seed: String,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes (node 0 creates the cluster, the others join through it).
+    pub fn start(n: u64, shards: u32, replicas: u32) -> Cluster {
+        Cluster::start_with(n, shards, replicas, Vec::new())
+    }
+
+    /// Like [`Cluster::start`], with extra `SENTINEL_*` variables for every node.
+    pub fn start_with(n: u64, shards: u32, replicas: u32, extra_env: Vec<(String, String)>) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let seed = format!("127.0.0.1:{}", free_port());
+        let mut cluster = Cluster {
+            dir,
+            shards,
+            replicas,
+            nodes: BTreeMap::new(),
+            seed,
+            extra_env,
+        };
+        for id in 0..n {
+            cluster.add(id);
+        }
+        cluster
+    }
+
+    /// Adds node `id` and starts it.
+    pub fn add(&mut self, id: u64) {
+        let grpc = if id == 0 {
+            self.seed.clone()
+        } else {
+            format!("127.0.0.1:{}", free_port())
+        };
+        let node = NodeProcess {
+            id,
+            grpc,
+            http: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            child: None,
+        };
+        self.nodes.insert(id, node);
+        self.spawn(id);
+    }
+
+    /// Starts (or restarts) the process of node `id` with its data directory.
+    pub fn spawn(&mut self, id: u64) {
+        let (shards, replicas, seed) = (self.shards, self.replicas, self.seed.clone());
+        let log = self.dir.path().join(format!("node-{id}.log"));
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("node")
+            .env("SENTINEL_NODE__ID", id.to_string())
+            .env("SENTINEL_NODE__LISTEN", &node.grpc)
+            .env("SENTINEL_NODE__DATA_DIR", &node.data_dir)
+            .env("SENTINEL_NODE__SEEDS", format!("[{seed}]"))
+            .env("SENTINEL_HTTP__LISTEN", &node.http)
+            .env("SENTINEL_CLUSTER__SHARDS", shards.to_string())
+            .env("SENTINEL_CLUSTER__REPLICAS", replicas.to_string())
+            .env("SENTINEL_RAFT__HEARTBEAT_MS", "100")
+            .env("SENTINEL_RAFT__ELECTION_TIMEOUT_MIN_MS", "400")
+            .env("SENTINEL_RAFT__ELECTION_TIMEOUT_MAX_MS", "800")
+            .env("SENTINEL_RAFT__RECONCILE_MS", "200")
+            .env("SENTINEL_LOG__LEVEL", "info,openraft=warn")
+            .envs(self.extra_env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("sentinel node starts");
+        node.child = Some(child);
+    }
+
+    /// Kills node `id` with SIGKILL.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// Process id of node `id`.
+    pub fn pid(&self, id: u64) -> u32 {
+        self.nodes[&id].child.as_ref().expect("node is running").id()
+    }
+
+    /// Stops node `id` with SIGTERM and returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut child = node.child.take().expect("node is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        child.wait().expect("reaped")
+    }
+
+    /// Whether node `id` runs.
+    pub fn running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// The log of node `id`, for failure messages.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
+    /// Ids of running nodes.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes.keys().copied().filter(|&id| self.running(id)).collect()
+    }
+
+    /// A gRPC client of node `id`.
+    pub async fn client(&self, id: u64) -> NodeClient<Channel> {
+        client(&self.nodes[&id].grpc).await
+    }
+
+    /// Cluster status as any running node sees it.
+    pub async fn status(&self, digests: bool) -> Option<ClusterStatusReply> {
+        for id in self.live() {
+            let mut client = self.client(id).await;
+            if let Ok(reply) = client.cluster_status(ClusterStatusRequest { digests }).await {
+                return Some(reply.into_inner());
+            }
+        }
+        None
+    }
+
+    /// Waits until every shard has exactly its desired voters, all caught up, a leader
+    /// on its preferred node, and every registered node is reachable.
+    pub async fn wait_converged(&self, timeout: Duration) -> ClusterStatusReply {
+        let mut last = None;
+        let converged = wait_for(timeout, async || {
+            let status = self.status(false).await?;
+            last = Some(format!("{status:#?}"));
+            let nodes_ok = status.nodes.iter().all(|n| n.state == "active") && status.nodes.len() == self.live().len();
+            let shards_ok = status.shard_count == self.shards && status.shards.iter().all(|s| {
+                let voters: BTreeSet<u64> = s.replicas.iter().filter(|r| r.role == "voter").map(|r| r.node).collect();
+                let desired: BTreeSet<u64> = s.desired.iter().copied().collect();
+                s.leader != 0 && voters == desired && s.replicas.len() == desired.len() && s.replicas.iter().all(|r| r.lag == 0)
+            });
+            (nodes_ok && shards_ok).then_some(status)
+        })
+        .await;
+        converged.unwrap_or_else(|| panic!("cluster did not converge; last status: {}\n{}", last.unwrap_or_default(), self.logs()))
+    }
+
+    /// Every node's log.
+    pub fn logs(&self) -> String {
+        self.nodes.keys().map(|&id| format!("--- node {id} ---\n{}", tail(&self.log(id), 60))).collect()
+    }
+
+    /// Ingests `events` into their shard through its leader, following redirects.
+    pub async fn ingest(&self, shard: u32, events: Vec<InputEvent>) -> Result<IngestReply, tonic::Status> {
+        let mut address = self.nodes[&self.live()[0]].grpc.clone();
+        let mut last = tonic::Status::unavailable("no attempt");
+        for _ in 0..20 {
+            let mut client = client(&address).await;
+            match client
+                .ingest(IngestRequest {
+                    shard,
+                    source: None,
+                    events: events.clone(),
+                })
+                .await
+            {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) => {
+                    if let Some((_, leader)) = leader_hint(&status) {
+                        address = leader;
+                    } else {
+                        let live = self.live();
+                        address = self.nodes[&live[(live.len() + 1) % live.len().max(1)]].grpc.clone();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    last = status;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.kill(id);
+        }
+    }
+}
+
+/// Sends SIGKILL to a process.
+pub fn sigkill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "SIGKILL {pid}");
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n") + "\n"
+}
+
+/// A client of the node at `address`.
+pub async fn client(address: &str) -> NodeClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("address")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    NodeClient::new(channel)
+}
+
+/// Polls `check` until it answers `Some` or `timeout` passes.
+pub async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A flat-shape event of `service`/`model` at `t` with id `id`.
+pub fn event(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> InputEvent {
+    let json = serde_json::json!({
+        "timestamp": rfc3339(t),
+        "service_name": service,
+        "model_name": model,
+        "latency_ms": latency_ms,
+        "prompt_tokens": 400,
+        "completion_tokens": 120,
+        "total_tokens": 520,
+        "user_id": "user-1",
+        "request_id": id,
+    });
+    InputEvent {
+        offset: None,
+        json: json.to_string().into_bytes(),
+    }
+}
+
+/// RFC 3339 (UTC, milliseconds) of a Unix-ms time.
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("time in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The shard of (service, model) in a cluster of `shards`.
+pub fn shard(service: &str, model: &str, shards: u32) -> u32 {
+    shard_of(service, model, shards)
+}

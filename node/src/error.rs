@@ -1,0 +1,44 @@
+//! Errors of the shard server.
+
+use thiserror::Error;
+
+/// What can go wrong running a node.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// A configuration key is missing, unknown or ill-typed.
+    #[error("configuration {key}: {problem}")]
+    Config {
+        /// The key, file or variable at fault.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sentinel_storage_engine::Error),
+    /// openraft refused to start or stopped.
+    #[error("raft group {group}: {message}")]
+    Raft {
+        /// Group id.
+        group: u32,
+        /// openraft's error.
+        message: String,
+    },
+    /// A listener could not be bound or a server failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Joining the cluster through the seeds failed for good.
+    #[error("joining the cluster: {0}")]
+    Join(String),
+}

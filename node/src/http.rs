@@ -1,0 +1,72 @@
+//! The HTTP server of a node: `/metrics`, `/health/live` and `/health/ready`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, TextEncoder};
+
+use crate::host::Host;
+use crate::metrics::NodeMetrics;
+
+#[derive(Clone)]
+struct Shared {
+    host: Arc<Host>,
+    metrics: NodeMetrics,
+}
+
+/// The routes of the HTTP server.
+pub fn router(host: Arc<Host>, metrics: NodeMetrics) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready))
+        .with_state(Shared { host, metrics })
+}
+
+async fn render_metrics(State(shared): State<Shared>) -> impl IntoResponse {
+    shared.metrics.sample(&shared.host);
+    let mut body = Vec::new();
+    let encoder = TextEncoder::new();
+    match encoder.encode(&shared.metrics.registry.gather(), &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_owned())],
+            e.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Why the node is not ready, or `None` when it is: registered, and every local replica
+/// has a leader and has applied what it received.
+pub fn not_ready(host: &Host) -> Option<String> {
+    if host.registry().address(host.id).is_none() {
+        return Some("not registered in the cluster yet".into());
+    }
+    for replica in host.replicas() {
+        let metrics = replica.metrics();
+        if metrics.current_leader.is_none() {
+            return Some(format!("shard {} has no leader", replica.shard));
+        }
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        if metrics.last_log_index.unwrap_or(0) > applied + crate::cluster::CAUGHT_UP_ENTRIES {
+            return Some(format!("shard {} is catching up", replica.shard));
+        }
+    }
+    None
+}
+
+async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
+    match not_ready(&shared.host) {
+        None => (StatusCode::OK, "ready\n".to_owned()),
+        Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
+    }
+}

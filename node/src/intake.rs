@@ -1,0 +1,111 @@
+//! Turning received JSON into events a shard applies: parse (any input shape), validate,
+//! redact, check the shard, extract metrics.
+
+use sentinel_core::shard::shard_of;
+use sentinel_core::{
+    extract_metrics, parse_event, validate, Event, FieldError, MetricValues, PriceTable, Redactor,
+    ValidationBounds,
+};
+
+use crate::config::IngestSection;
+use crate::error::NodeError;
+
+/// The checks and transformations every received event goes through.
+pub struct Intake {
+    bounds: ValidationBounds,
+    redactor: Redactor,
+    prices: &'static PriceTable,
+}
+
+/// Why an event was refused, field by field.
+pub type Refusal = Vec<FieldError>;
+
+impl Intake {
+    /// An intake with the configured bounds and redaction.
+    pub fn new(config: &IngestSection) -> Result<Intake, NodeError> {
+        Ok(Intake {
+            bounds: config.validation.clone(),
+            redactor: Redactor::new(&config.redaction).map_err(|e| NodeError::Config {
+                key: "ingest.redaction".into(),
+                problem: e.to_string(),
+            })?,
+            prices: PriceTable::builtin(),
+        })
+    }
+
+    /// The event in `json` ready for `shard` of `shards`, or every problem with it.
+    pub fn prepare(
+        &self,
+        json: &[u8],
+        shard: u32,
+        shards: u32,
+    ) -> Result<(Event, MetricValues), Refusal> {
+        let mut event = parse_event(json).map_err(|e| match e.field_errors() {
+            [] => vec![FieldError::new("", e.to_string())],
+            problems => problems.to_vec(),
+        })?;
+        validate(&mut event, &self.bounds).map_err(|e| e.violations)?;
+        let owner = shard_of(&event.service, &event.model, shards);
+        if owner != shard {
+            return Err(vec![FieldError::new(
+                "service_name",
+                format!(
+                    "({}, {}) belongs to shard {owner}, not shard {shard}",
+                    event.service, event.model
+                ),
+            )]);
+        }
+        self.redactor.redact_event(&mut event);
+        let values = extract_metrics(&event, self.prices).values;
+        Ok((event, values))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_core::Metric;
+
+    fn intake() -> Intake {
+        Intake::new(&IngestSection::default()).unwrap()
+    }
+
+    fn flat(service: &str, latency: f64, text: &str) -> Vec<u8> {
+        serde_json::json!({
+            "timestamp": "2026-01-01T00:00:00Z",
+            "service_name": service,
+            "model_name": "gpt-4o",
+            "latency_ms": latency,
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "total_tokens": 30,
+            "prompt_text": text,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn accepts_redacts_and_extracts() {
+        let shard = shard_of("chat", "gpt-4o", 8);
+        let (event, values) = intake()
+            .prepare(&flat("chat", 120.0, "mail me at ann@example.com"), shard, 8)
+            .unwrap();
+        assert!(!event.prompt_text.unwrap().contains("ann@example.com"));
+        assert_eq!(values.get(Metric::LatencyMs), Some(120.0));
+    }
+
+    #[test]
+    fn refuses_with_field_level_problems() {
+        let intake = intake();
+        let shard = shard_of("chat", "gpt-4o", 8);
+        let refused = intake.prepare(&flat("chat", -5.0, ""), shard, 8).unwrap_err();
+        assert_eq!(refused[0].field, "latency_ms");
+        let refused = intake.prepare(b"{not json", shard, 8).unwrap_err();
+        assert!(!refused[0].problem.is_empty());
+        let refused = intake
+            .prepare(&flat("chat", 10.0, ""), (shard + 1) % 8, 8)
+            .unwrap_err();
+        assert!(refused[0].problem.contains(&format!("shard {shard}")));
+    }
+}

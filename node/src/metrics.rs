@@ -1,0 +1,204 @@
+//! The node's Prometheus metrics (`sentinel_*`), sampled Raft state included.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+use sentinel_core::Anomaly;
+use sentinel_proto::v1::Outcome;
+
+use crate::host::Host;
+
+/// Every metric family a node exports.
+#[derive(Clone)]
+pub struct NodeMetrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Events received by ingest calls on shard leaders.
+    pub events_received: IntCounter,
+    /// Events applied, and duplicates skipped, by outcome.
+    pub events_processed: IntCounterVec,
+    /// Events refused by parsing, validation or shard checks.
+    pub events_rejected: IntCounter,
+    /// Time from proposing an ingest batch to its commit and apply.
+    pub ingest_seconds: Histogram,
+    /// Membership and leadership actions taken by the reconciler.
+    pub rebalance_actions: IntCounterVec,
+    /// Alerts delivered by shard leaders, by severity and detector.
+    anomalies: IntCounterVec,
+    /// Raft term per group.
+    raft_term: IntGaugeVec,
+    /// 1 where this node leads the group.
+    raft_leader: IntGaugeVec,
+    /// Leader changes seen per group.
+    raft_leader_changes: IntCounterVec,
+    /// Log entries received but not applied, per group.
+    raft_apply_lag: IntGaugeVec,
+    /// Events observed by detection per shard replica.
+    shard_events: IntGaugeVec,
+    /// Alerts raised per shard replica.
+    shard_alerts: IntGaugeVec,
+    /// Alerts waiting for delivery per shard replica.
+    shard_outbox: IntGaugeVec,
+    /// Shard replicas hosted.
+    replicas: IntGauge,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+impl NodeMetrics {
+    /// Registers every family in a new registry.
+    pub fn new() -> prometheus::Result<NodeMetrics> {
+        let registry = Registry::new();
+        let events_received = IntCounter::new(
+            "sentinel_events_received_total",
+            "Events received by ingest calls on shard leaders",
+        )?;
+        registry.register(Box::new(events_received.clone()))?;
+        let events_rejected = IntCounter::new(
+            "sentinel_events_rejected_total",
+            "Events refused by parsing, validation or shard checks",
+        )?;
+        registry.register(Box::new(events_rejected.clone()))?;
+        let ingest_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "sentinel_ingest_commit_seconds",
+                "Time from proposing an ingest batch to its commit and apply",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14)?),
+        )?;
+        registry.register(Box::new(ingest_seconds.clone()))?;
+        let replicas = IntGauge::new("sentinel_shard_replicas", "Shard replicas hosted")?;
+        registry.register(Box::new(replicas.clone()))?;
+        Ok(NodeMetrics {
+            events_processed: counter_vec(
+                &registry,
+                "sentinel_events_processed_total",
+                "Events applied, and duplicates skipped, by outcome",
+                &["outcome"],
+            )?,
+            rebalance_actions: counter_vec(
+                &registry,
+                "sentinel_rebalance_actions_total",
+                "Membership and leadership actions taken by the reconciler",
+                &["action"],
+            )?,
+            anomalies: counter_vec(
+                &registry,
+                "sentinel_anomalies_total",
+                "Alerts delivered by shard leaders, by severity and detection method",
+                &["severity", "detector"],
+            )?,
+            raft_term: gauge_vec(&registry, "sentinel_raft_term", "Raft term per group", &["group"])?,
+            raft_leader: gauge_vec(
+                &registry,
+                "sentinel_raft_is_leader",
+                "1 where this node leads the group",
+                &["group"],
+            )?,
+            raft_leader_changes: counter_vec(
+                &registry,
+                "sentinel_raft_leader_changes_total",
+                "Leader changes seen per group",
+                &["group"],
+            )?,
+            raft_apply_lag: gauge_vec(
+                &registry,
+                "sentinel_raft_apply_lag",
+                "Log entries received but not yet applied, per group",
+                &["group"],
+            )?,
+            shard_events: gauge_vec(
+                &registry,
+                "sentinel_shard_events_observed",
+                "Events observed by detection per shard replica",
+                &["shard"],
+            )?,
+            shard_alerts: gauge_vec(
+                &registry,
+                "sentinel_shard_alerts_raised",
+                "Alerts raised per shard replica",
+                &["shard"],
+            )?,
+            shard_outbox: gauge_vec(
+                &registry,
+                "sentinel_shard_outbox_pending",
+                "Alerts waiting for delivery per shard replica",
+                &["shard"],
+            )?,
+            registry,
+            events_received,
+            events_rejected,
+            ingest_seconds,
+            replicas,
+        })
+    }
+
+    /// Counts one event's outcome.
+    pub fn count_outcome(&self, outcome: Outcome) {
+        let name = match outcome {
+            Outcome::Applied => "applied",
+            Outcome::DuplicateOffset => "duplicate_offset",
+            Outcome::DuplicateEventId => "duplicate_event_id",
+            Outcome::Rejected | Outcome::Unspecified => "rejected",
+        };
+        self.events_processed.with_label_values(&[name]).inc();
+    }
+
+    /// Counts one delivered alert.
+    pub fn count_alert(&self, alert: &Anomaly) {
+        self.anomalies
+            .with_label_values(&[alert.severity.name(), alert.detection_method.as_str()])
+            .inc();
+    }
+
+    /// Samples the Raft and shard state of every group hosted on `host`.
+    pub fn sample(&self, host: &Host) {
+        let meta = host.meta.metrics().borrow().clone();
+        let groups = std::iter::once(("metadata".to_owned(), meta)).chain(
+            host.replicas()
+                .into_iter()
+                .map(|replica| {
+                    let summary = replica.reader.summary();
+                    let shard = replica.shard.to_string();
+                    self.shard_events
+                        .with_label_values(&[&shard])
+                        .set(summary.events_observed as i64);
+                    self.shard_alerts
+                        .with_label_values(&[&shard])
+                        .set(summary.alerts_raised as i64);
+                    self.shard_outbox
+                        .with_label_values(&[&shard])
+                        .set(summary.outbox_pending as i64);
+                    (shard, replica.metrics())
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut hosted = 0;
+        for (group, metrics) in groups {
+            hosted += 1;
+            let term = self.raft_term.with_label_values(&[&group]);
+            let leader = i64::from(metrics.current_leader == Some(host.id));
+            let was_leader = self.raft_leader.with_label_values(&[&group]);
+            if was_leader.get() != leader || term.get() != metrics.current_term as i64 {
+                self.raft_leader_changes.with_label_values(&[&group]).inc();
+            }
+            was_leader.set(leader);
+            term.set(metrics.current_term as i64);
+            let applied = metrics.last_applied.map_or(0, |l| l.index);
+            self.raft_apply_lag
+                .with_label_values(&[&group])
+                .set(metrics.last_log_index.unwrap_or(0).saturating_sub(applied) as i64);
+        }
+        self.replicas.set(hosted - 1);
+    }
+}

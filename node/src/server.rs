@@ -1,0 +1,113 @@
+//! Running a node: servers, cluster formation, background loops, graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sentinel_proto::v1::node_server::NodeServer;
+use sentinel_proto::v1::raft_transport_server::RaftTransportServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::cluster::{self, Reconciler};
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::host::Host;
+use crate::metrics::NodeMetrics;
+use crate::service::NodeService;
+use crate::transport::MAX_MESSAGE_BYTES;
+
+async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address).await.map_err(|source| NodeError::Io {
+        what: format!("binding the {what} listener on {address}"),
+        source,
+    })
+}
+
+/// Runs a node until `shutdown` resolves, then hands its leaderships over and stops.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let metrics = NodeMetrics::new()?;
+    let grpc = bind(config.node.listen, "gRPC").await?;
+    let http = bind(config.http.listen, "HTTP").await?;
+    let host = Host::open(config).await?;
+    tracing::info!(
+        node = host.id,
+        grpc = %host.config.node.listen,
+        http = %host.config.http.listen,
+        replicas = host.replicas().len(),
+        "node started"
+    );
+    let (stop, stopped) = watch::channel(false);
+    let service = NodeService::new(host.clone(), metrics.clone());
+    let grpc_server = tokio::spawn({
+        let mut stopped = stopped.clone();
+        tonic::transport::Server::builder()
+            .add_service(
+                NodeServer::new(service.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .add_service(
+                RaftTransportServer::new(service)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+    });
+    let http_server = tokio::spawn({
+        let mut stopped = stopped.clone();
+        let app = crate::http::router(host.clone(), metrics.clone());
+        async move {
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    tokio::pin!(shutdown);
+    let formed = tokio::select! {
+        formed = cluster::form(&host) => Some(formed),
+        () = &mut shutdown => None,
+    };
+    let mut loops = Vec::new();
+    if let Some(formed) = formed {
+        formed?;
+        tracing::info!(node = host.id, "node is a member of the cluster");
+        loops.push(tokio::spawn(reconcile_loop(
+            host.clone(),
+            metrics.clone(),
+            stopped.clone(),
+        )));
+        (&mut shutdown).await;
+    }
+    tracing::info!(node = host.id, "shutting down: handing leaderships over");
+    cluster::hand_over(&host).await;
+    let _ = stop.send(true);
+    for task in loops {
+        let _ = task.await;
+    }
+    if let Ok(Err(e)) = grpc_server.await {
+        tracing::warn!(error = %e, "gRPC server stopped with an error");
+    }
+    if let Ok(Err(e)) = http_server.await {
+        tracing::warn!(error = %e, "HTTP server stopped with an error");
+    }
+    host.shutdown().await;
+    tracing::info!(node = host.id, "node stopped");
+    Ok(())
+}
+
+async fn reconcile_loop(host: Arc<Host>, metrics: NodeMetrics, mut stopped: watch::Receiver<bool>) {
+    let period = Duration::from_millis(host.config.raft.reconcile_ms);
+    let mut reconciler = Reconciler::new(host, metrics);
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(period) => reconciler.round().await,
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The node's gRPC services: Raft transport between nodes, and the shard API (ingest,
+//! queries, cluster management) used by routers, the CLI and other nodes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::error::RaftError;
+use sentinel_core::{FieldError, Severity};
+use sentinel_proto::not_leader;
+use sentinel_proto::v1::node_server::Node;
+use sentinel_proto::v1::raft_transport_server::RaftTransport;
+use sentinel_proto::v1::{
+    self as pb, AnomaliesReply, AnomaliesRequest, BaselinesReply, BaselinesRequest,
+    CampaignReply, CampaignRequest, ClusterStatusReply, ClusterStatusRequest, Consistency,
+    DecommissionReply, DecommissionRequest, EventResult, IngestReply, IngestRequest, JoinReply,
+    JoinRequest, LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, TelemetryReply,
+    TelemetryRequest,
+};
+use sentinel_storage_engine::{
+    Command, EventOutcome, IngestBatch, IngestEvent, Response as ShardResponse, SourcePartition,
+    TelemetryQuery,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::cluster;
+use crate::host::{Host, Replica};
+use crate::metrics::NodeMetrics;
+use crate::registry::METADATA_GROUP;
+use crate::transport::{decode, encode};
+
+/// Most records one query answers.
+pub const MAX_QUERY_LIMIT: usize = 10_000;
+
+/// The gRPC services of one node.
+#[derive(Clone)]
+pub struct NodeService {
+    host: Arc<Host>,
+    metrics: NodeMetrics,
+}
+
+impl NodeService {
+    /// Services over `host`.
+    pub fn new(host: Arc<Host>, metrics: NodeMetrics) -> NodeService {
+        NodeService { host, metrics }
+    }
+
+    /// The shard's local replica, or the status sending the caller elsewhere.
+    fn replica(&self, shard: u32) -> Result<Arc<Replica>, Status> {
+        let shards = self.host.registry().shards;
+        if shard >= shards {
+            return Err(Status::invalid_argument(format!(
+                "shard: {shard} does not exist (the cluster has {shards} shards)"
+            )));
+        }
+        self.host.replica(shard).ok_or_else(|| {
+            let leader = self.host.placement().preferred_leader(shard);
+            self.not_leader(shard, leader)
+        })
+    }
+
+    fn not_leader(&self, shard: u32, leader: Option<u64>) -> Status {
+        let address = leader.and_then(|id| self.host.address(id).map(|a| (id, a)));
+        not_leader(shard, address.as_ref().map(|(id, a)| (*id, a.as_str())))
+    }
+
+    /// Maps an openraft error: a redirect to the leader, or unavailable.
+    fn raft_error<E>(&self, shard: u32, error: RaftError<u64, E>) -> Status
+    where
+        E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, openraft::BasicNode>>,
+    {
+        match error.forward_to_leader::<openraft::BasicNode>() {
+            Some(forward) => self.not_leader(shard, forward.leader_id),
+            None => Status::unavailable(format!("shard {shard}: {error}")),
+        }
+    }
+
+    /// Waits until a read on this replica sees every write acknowledged before it.
+    async fn read_barrier(&self, replica: &Replica, consistency: i32) -> Result<(), Status> {
+        if consistency == Consistency::StaleOk as i32 {
+            return Ok(());
+        }
+        replica
+            .raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.raft_error(replica.shard, e))
+    }
+
+    /// The local replica a Raft message for shard `group` goes to, created when missing.
+    async fn raft_replica(&self, group: u32) -> Result<Arc<Replica>, Status> {
+        let shards = self.host.registry().shards;
+        if shards != 0 && group >= shards {
+            return Err(Status::invalid_argument(format!(
+                "group: shard {group} does not exist"
+            )));
+        }
+        self.host
+            .ensure_replica(group)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    fn raft_reply(&self, group: u32, payload: Vec<u8>) -> Response<RaftMessage> {
+        Response::new(RaftMessage {
+            group,
+            from: self.host.id,
+            payload,
+        })
+    }
+}
+
+fn payload<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
+    decode(&message.payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn refused(errors: Vec<FieldError>) -> EventResult {
+    EventResult {
+        outcome: Outcome::Rejected as i32,
+        errors: errors
+            .into_iter()
+            .map(|e| pb::FieldError {
+                field: e.field,
+                problem: e.problem,
+            })
+            .collect(),
+    }
+}
+
+fn limit(requested: u32, default: usize) -> usize {
+    match requested {
+        0 => default,
+        n => (n as usize).min(MAX_QUERY_LIMIT),
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize")
+}
+
+fn storage_error(e: sentinel_storage_engine::Error) -> Status {
+    Status::internal(format!("storage: {e}"))
+}
+
+/// Checks the request as a whole: batch size, source and offsets.
+fn check_ingest(request: &IngestRequest, max_events: usize) -> Result<(), Status> {
+    if request.events.len() > max_events {
+        return Err(Status::invalid_argument(format!(
+            "events: {} events in one batch, the most is {max_events}",
+            request.events.len()
+        )));
+    }
+    if let Some(source) = &request.source {
+        let mut problems = Vec::new();
+        if source.topic.is_empty() {
+            problems.push("source.topic: must not be empty".to_string());
+        }
+        if source.partition < 0 {
+            problems.push(format!("source.partition: {} is negative", source.partition));
+        }
+        let mut previous = None;
+        for (i, event) in request.events.iter().enumerate() {
+            match event.offset {
+                None => problems.push(format!("events[{i}].offset: required with a source")),
+                Some(offset) if previous.is_some_and(|p| offset <= p) => problems.push(format!(
+                    "events[{i}].offset: {offset} does not increase"
+                )),
+                Some(offset) => previous = Some(offset),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestReply>, Status> {
+        let request = request.into_inner();
+        check_ingest(&request, self.host.config.ingest.max_batch_events)?;
+        let replica = self.replica(request.shard)?;
+        let shards = self.host.registry().shards;
+        let metrics = replica.metrics();
+        if metrics.current_leader != Some(self.host.id) {
+            return Err(self.not_leader(request.shard, metrics.current_leader));
+        }
+        self.metrics
+            .events_received
+            .inc_by(request.events.len() as u64);
+        let mut results = Vec::with_capacity(request.events.len());
+        let mut accepted = Vec::new();
+        for input in &request.events {
+            match self.host.intake.prepare(&input.json, request.shard, shards) {
+                Ok((event, values)) => {
+                    results.push(None);
+                    accepted.push(IngestEvent {
+                        offset: input.offset,
+                        event,
+                        values,
+                    });
+                }
+                Err(problems) => {
+                    self.metrics.events_rejected.inc();
+                    results.push(Some(refused(problems)));
+                }
+            }
+        }
+        let mut alerts_raised = 0;
+        if !accepted.is_empty() {
+            let batch = IngestBatch {
+                received_ms: crate::now_ms(),
+                source: request.source.map(|s| SourcePartition {
+                    topic: s.topic,
+                    partition: s.partition,
+                }),
+                events: accepted,
+            };
+            let started = Instant::now();
+            let written = replica
+                .raft
+                .client_write(Command::Ingest(batch))
+                .await
+                .map_err(|e| self.raft_error(request.shard, e))?;
+            self.metrics
+                .ingest_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = match written.data {
+                ShardResponse::Ingested(outcome) => outcome,
+                ShardResponse::Rejected(reason) => return Err(Status::invalid_argument(reason)),
+                other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+            };
+            alerts_raised = outcome.alerts.len() as u32;
+            let mut outcomes = outcome.events.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                let outcome = match outcomes.next() {
+                    Some(EventOutcome::Applied) => Outcome::Applied,
+                    Some(EventOutcome::DuplicateOffset) => Outcome::DuplicateOffset,
+                    Some(EventOutcome::DuplicateEventId) => Outcome::DuplicateEventId,
+                    None => return Err(Status::internal("fewer outcomes than events")),
+                };
+                self.metrics.count_outcome(outcome);
+                *slot = Some(EventResult {
+                    outcome: outcome as i32,
+                    errors: Vec::new(),
+                });
+            }
+        }
+        Ok(Response::new(IngestReply {
+            results: results.into_iter().map(Option::unwrap_or_default).collect(),
+            alerts_raised,
+        }))
+    }
+
+    async fn telemetry(
+        &self,
+        request: Request<TelemetryRequest>,
+    ) -> Result<Response<TelemetryReply>, Status> {
+        let request = request.into_inner();
+        let mut problems = Vec::new();
+        if request.until_ms != 0 && request.until_ms < request.from_ms {
+            problems.push("until_ms: before from_ms");
+        }
+        if request.service.is_empty() && !request.model.is_empty() {
+            problems.push("model: needs service");
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(problems.join("; ")));
+        }
+        let replica = self.replica(request.shard)?;
+        self.read_barrier(&replica, request.consistency).await?;
+        let page = replica
+            .reader
+            .telemetry(&TelemetryQuery {
+                service: Some(request.service).filter(|s| !s.is_empty()),
+                model: Some(request.model).filter(|s| !s.is_empty()),
+                from_ms: request.from_ms,
+                until_ms: if request.until_ms == 0 {
+                    i64::MAX
+                } else {
+                    request.until_ms
+                },
+                cursor: Some(request.cursor).filter(|s| !s.is_empty()),
+                limit: limit(request.limit, 100),
+            })
+            .map_err(|e| match e {
+                sentinel_storage_engine::Error::InvalidCursor => {
+                    Status::invalid_argument(format!("cursor: {e}"))
+                }
+                e => storage_error(e),
+            })?;
+        Ok(Response::new(TelemetryReply {
+            records: page.items.iter().map(to_json).collect(),
+            next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn anomalies(
+        &self,
+        request: Request<AnomaliesRequest>,
+    ) -> Result<Response<AnomaliesReply>, Status> {
+        let request = request.into_inner();
+        let severity = match request.min_severity.as_str() {
+            "" => None,
+            name => Some(
+                serde_json::from_value::<Severity>(serde_json::Value::String(name.to_owned()))
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "min_severity: `{name}` is not one of low, medium, high, critical"
+                        ))
+                    })?,
+            ),
+        };
+        let replica = self.replica(request.shard)?;
+        self.read_barrier(&replica, request.consistency).await?;
+        let alerts = replica
+            .reader
+            .anomalies(severity, request.since_ms, limit(request.limit, 100))
+            .map_err(storage_error)?;
+        Ok(Response::new(AnomaliesReply {
+            alerts: alerts.iter().map(to_json).collect(),
+        }))
+    }
+
+    async fn baselines(
+        &self,
+        request: Request<BaselinesRequest>,
+    ) -> Result<Response<BaselinesReply>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(request.shard)?;
+        self.read_barrier(&replica, request.consistency).await?;
+        let baselines = replica.reader.baselines(
+            Some(request.service.as_str()).filter(|s| !s.is_empty()),
+            Some(request.model.as_str()).filter(|s| !s.is_empty()),
+        );
+        Ok(Response::new(BaselinesReply {
+            baselines: baselines.iter().map(to_json).collect(),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        request: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusReply>, Status> {
+        Ok(Response::new(
+            cluster::cluster_status(&self.host, request.into_inner().digests).await,
+        ))
+    }
+
+    async fn local_status(
+        &self,
+        request: Request<LocalStatusRequest>,
+    ) -> Result<Response<LocalStatusReply>, Status> {
+        cluster::local_status(&self.host, request.into_inner().digests)
+            .await
+            .map(Response::new)
+            .map_err(storage_error)
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let request = request.into_inner();
+        if request.address.is_empty() || !request.address.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "address: `{}` is not host:port",
+                request.address
+            )));
+        }
+        cluster::admit(&self.host, request.node_id, request.address)
+            .await
+            .map(Response::new)
+    }
+
+    async fn decommission(
+        &self,
+        request: Request<DecommissionRequest>,
+    ) -> Result<Response<DecommissionReply>, Status> {
+        cluster::decommission(&self.host, request.into_inner().node_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn campaign(
+        &self,
+        request: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignReply>, Status> {
+        let replica = self.replica(request.into_inner().group)?;
+        replica
+            .raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(CampaignReply {}))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for NodeService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let reply = if message.group == METADATA_GROUP {
+            encode(&self.host.meta.append_entries(payload(&message)?).await)
+        } else {
+            let replica = self.raft_replica(message.group).await?;
+            encode(&replica.raft.append_entries(payload(&message)?).await)
+        };
+        Ok(self.raft_reply(message.group, reply))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let reply = if message.group == METADATA_GROUP {
+            encode(&self.host.meta.vote(payload(&message)?).await)
+        } else {
+            let replica = self.raft_replica(message.group).await?;
+            encode(&replica.raft.vote(payload(&message)?).await)
+        };
+        Ok(self.raft_reply(message.group, reply))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let message = request.into_inner();
+        let reply = if message.group == METADATA_GROUP {
+            encode(&self.host.meta.install_snapshot(payload(&message)?).await)
+        } else {
+            let replica = self.raft_replica(message.group).await?;
+            encode(&replica.raft.install_snapshot(payload(&message)?).await)
+        };
+        Ok(self.raft_reply(message.group, reply))
+    }
+}
