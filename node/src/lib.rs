@@ -1,13 +1,17 @@
 //! Sentinel's shard server: hosts the metadata Raft group and the shard replicas placed on
 //! this node, serves ingestion and queries over gRPC, moves replicas and leaderships to
-//! where placement wants them, and exports metrics and health over HTTP.
+//! where placement wants them, delivers alerts and exports telemetry from the shards it
+//! leads, and exports metrics and health over HTTP.
 
+pub mod alerting;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod host;
 pub mod http;
 pub mod intake;
+pub mod leader;
 pub mod metrics;
 pub mod placement;
 pub mod registry;

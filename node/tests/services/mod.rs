@@ -1,0 +1,378 @@
+//! Real services for integration tests: RabbitMQ, a signature-checking webhook receiver, and a
+//! TCP proxy whose connections can be cut. Each test file uses the parts it needs.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
+use sentinel_node::alerting::{verify, ALERT_ID_HEADER, SIGNATURE_HEADER};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Where tests reach RabbitMQ.
+pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
+/// AMQP URL of the test broker (default vhost, guest/guest).
+pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How long a broker that is being started may take to answer.
+const RABBITMQ_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether something on `RABBITMQ_ADDR` answers an AMQP 0-9-1 header with `connection.start`.
+fn rabbitmq_answers() -> bool {
+    let addr: SocketAddr = RABBITMQ_ADDR.parse().expect("valid address");
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let timeout = Some(Duration::from_secs(5));
+    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
+        return false;
+    }
+    if stream.write_all(b"AMQP\x00\x00\x09\x01").is_err() {
+        return false;
+    }
+    // Method frame on channel 0 (type, channel, size), then class 10 method 10.
+    let mut frame = [0u8; 11];
+    stream.read_exact(&mut frame).is_ok()
+        && frame[0] == 1
+        && frame[1..3] == [0, 0]
+        && frame[7..11] == [0, 10, 0, 10]
+}
+
+/// Makes sure RabbitMQ answers on 127.0.0.1:5672, starting `rabbitmq-server -detached` if
+/// nothing does, and returns its AMQP URL.
+pub fn ensure_rabbitmq() -> &'static str {
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = lock(&STARTING);
+    if rabbitmq_answers() {
+        return RABBITMQ_URL;
+    }
+    if TcpStream::connect(RABBITMQ_ADDR).is_err() {
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .status()
+            .expect("run rabbitmq-server (Debian package rabbitmq-server)");
+        assert!(status.success(), "rabbitmq-server -detached: {status}");
+    }
+    let deadline = Instant::now() + RABBITMQ_START_TIMEOUT;
+    while !rabbitmq_answers() {
+        assert!(
+            Instant::now() < deadline,
+            "RabbitMQ did not answer on {RABBITMQ_ADDR} within {RABBITMQ_START_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    RABBITMQ_URL
+}
+
+/// Exchange that nodes publish alerts to.
+pub const ALERT_EXCHANGE: &str = "sentinel.alerts";
+
+/// How long [`AlertQueue::next_with_message_id`] waits for a message.
+const ALERT_WAIT: Duration = Duration::from_secs(30);
+
+/// A fresh exclusive queue bound to `sentinel.alerts` with `alert.#`, consumed without acks.
+pub struct AlertQueue {
+    _connection: Connection,
+    consumer: Consumer,
+}
+
+impl AlertQueue {
+    /// Declares the exchange (as nodes do), a server-named exclusive queue and its binding.
+    pub async fn bind(url: &str) -> AlertQueue {
+        let connection = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("open a channel");
+        channel
+            .exchange_declare(
+                ALERT_EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the alert exchange");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare a queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                ALERT_EXCHANGE.into(),
+                "alert.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the queue");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume the queue");
+        AlertQueue {
+            _connection: connection,
+            consumer,
+        }
+    }
+
+    /// The next message whose `message_id` is `id`, skipping alerts of other tests.
+    pub async fn next_with_message_id(&mut self, id: &str) -> Delivery {
+        let wait = async {
+            loop {
+                let delivery = self
+                    .consumer
+                    .next()
+                    .await
+                    .expect("consumer open")
+                    .expect("delivery");
+                let message_id = delivery.properties.message_id().as_ref();
+                if message_id.map(|m| m.as_str()) == Some(id) {
+                    return delivery;
+                }
+            }
+        };
+        tokio::time::timeout(ALERT_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("no message {id} within {ALERT_WAIT:?}"))
+    }
+}
+
+/// A local address on which nothing listens (a port that was just free).
+pub fn closed_port_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+/// How a [`WebhookReceiver`] answers requests that carry a valid signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replies {
+    /// 200 to every request.
+    Accept,
+    /// `status` to the first `count` requests, then 200.
+    FailFirst(usize, StatusCode),
+    /// `status` to every request.
+    AlwaysFail(StatusCode),
+}
+
+/// One request a [`WebhookReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: Bytes,
+    /// Whether `X-Sentinel-Signature` verified against the body with the receiver's secret.
+    pub signature_valid: bool,
+    /// The status the receiver answered with.
+    pub status: StatusCode,
+}
+
+impl ReceivedRequest {
+    /// The value of header `name`, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+struct ReceiverState {
+    secret: Vec<u8>,
+    replies: Replies,
+    requests: Vec<ReceivedRequest>,
+}
+
+/// An HTTP endpoint on an ephemeral 127.0.0.1 port that checks `X-Sentinel-Signature`
+/// (answering 401 when it does not verify), answers per its [`Replies`] and records every
+/// request. Stops when dropped.
+pub struct WebhookReceiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+    server: JoinHandle<()>,
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<ReceiverState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let mut state = lock(&state);
+    let signature_valid = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|header| verify(&state.secret, &body, header));
+    let earlier = state.requests.len();
+    let status = match (signature_valid, state.replies) {
+        (false, _) => StatusCode::UNAUTHORIZED,
+        (true, Replies::Accept) => StatusCode::OK,
+        (true, Replies::FailFirst(count, status)) if earlier < count => status,
+        (true, Replies::FailFirst(..)) => StatusCode::OK,
+        (true, Replies::AlwaysFail(status)) => status,
+    };
+    state.requests.push(ReceivedRequest {
+        headers,
+        body,
+        signature_valid,
+        status,
+    });
+    status
+}
+
+impl WebhookReceiver {
+    /// Starts a receiver that verifies signatures with `secret` and answers per `replies`.
+    pub async fn start(secret: &[u8], replies: Replies) -> WebhookReceiver {
+        let state = Arc::new(Mutex::new(ReceiverState {
+            secret: secret.to_vec(),
+            replies,
+            requests: Vec::new(),
+        }));
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(Arc::clone(&state));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the webhook receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("webhook receiver serves");
+        });
+        WebhookReceiver {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// The URL to configure as the webhook.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        lock(&self.state).requests.clone()
+    }
+
+    /// `X-Sentinel-Alert-Id` of every request answered with 2xx, oldest first.
+    pub fn accepted_alert_ids(&self) -> Vec<String> {
+        lock(&self.state)
+            .requests
+            .iter()
+            .filter(|request| request.status.is_success())
+            .filter_map(|request| request.header(ALERT_ID_HEADER).map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A TCP proxy on an ephemeral 127.0.0.1 port forwarding to `target`; [`TcpProxy::cut`] drops
+/// every open connection (as a network failure would) while new ones are still accepted.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    links: Arc<Mutex<VecDeque<JoinHandle<()>>>>,
+    accepted: Arc<AtomicUsize>,
+    acceptor: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let links: Arc<Mutex<VecDeque<JoinHandle<()>>>> = Arc::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let acceptor_links = Arc::clone(&links);
+        let acceptor_count = Arc::clone(&accepted);
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                acceptor_count.fetch_add(1, Ordering::SeqCst);
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        // Either side closing, or the link being cut, ends the copy.
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                lock(&acceptor_links).push_back(link);
+            }
+        });
+        TcpProxy {
+            addr,
+            links,
+            accepted,
+            acceptor,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections the proxy has accepted so far.
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Drops every connection open through the proxy.
+    pub fn cut(&self) {
+        for link in lock(&self.links).drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.cut();
+    }
+}
