@@ -42,7 +42,10 @@ mod tests {
     #[test]
     fn leader_hint_round_trips() {
         let status = not_leader(7, Some((3, "127.0.0.3:7400")));
-        assert_eq!(leader_hint(&status), Some((3, "127.0.0.3:7400".to_string())));
+        assert_eq!(
+            leader_hint(&status),
+            Some((3, "127.0.0.3:7400".to_string()))
+        );
         assert_eq!(leader_hint(&not_leader(7, None)), None);
         assert_eq!(leader_hint(&Status::unavailable("down")), None);
     }
