@@ -1,1 +1,3 @@
 //! Sentinel's shard server.
+
+pub mod export;
