@@ -16,6 +16,8 @@ pub enum Command {
     Configure(Box<ShardSettings>),
     /// Delete telemetry and anomalies older than the cutoffs.
     Purge(Retention),
+    /// Remove every export-queue entry with a sequence number at or below this one.
+    Exported(u64),
 }
 
 /// A Kafka partition a batch was read from.
@@ -62,6 +64,16 @@ pub struct ShardSettings {
     pub detection: DetectionConfig,
     /// How long a seen `event_id` is remembered for duplicate suppression (ms of shard clock).
     pub event_id_horizon_ms: i64,
+    /// Queue applied events and raised anomalies for export (switching it off empties the queue).
+    #[serde(default)]
+    pub export: bool,
+    /// Most entries the export queue holds; the oldest are dropped beyond it.
+    #[serde(default = "default_export_queue_max")]
+    pub export_queue_max: u64,
+}
+
+fn default_export_queue_max() -> u64 {
+    1_000_000
 }
 
 impl Default for ShardSettings {
@@ -69,6 +81,8 @@ impl Default for ShardSettings {
         ShardSettings {
             detection: DetectionConfig::default(),
             event_id_horizon_ms: 15 * 60 * 1000,
+            export: false,
+            export_queue_max: default_export_queue_max(),
         }
     }
 }
@@ -97,6 +111,8 @@ pub enum Response {
     Configured,
     /// Retention ran.
     Purged,
+    /// This many export-queue entries were removed (acknowledging beyond the end or twice is not an error).
+    Exported(usize),
     /// The command was refused as a whole and changed nothing.
     Rejected(String),
 }
@@ -139,7 +155,7 @@ impl Command {
         match self {
             Command::Ingest(batch) => batch.check(),
             Command::Configure(settings) => settings.check(),
-            Command::AckAlerts(_) | Command::Purge(_) => Ok(()),
+            Command::AckAlerts(_) | Command::Purge(_) | Command::Exported(_) => Ok(()),
         }
     }
 }
@@ -185,6 +201,9 @@ impl ShardSettings {
                 "event_id_horizon_ms: {} is negative",
                 self.event_id_horizon_ms
             ));
+        }
+        if self.export_queue_max == 0 {
+            problems.push("export_queue_max: must be at least 1".to_owned());
         }
         if problems.is_empty() {
             Ok(())
@@ -242,11 +261,13 @@ mod tests {
     fn settings_list_every_problem() {
         let mut settings = ShardSettings {
             event_id_horizon_ms: -1,
+            export_queue_max: 0,
             ..ShardSettings::default()
         };
         settings.detection.window_size = 0;
         let err = settings.check().unwrap_err();
         assert!(err.contains("event_id_horizon_ms"), "{err}");
         assert!(err.contains("window_size"), "{err}");
+        assert!(err.contains("export_queue_max"), "{err}");
     }
 }

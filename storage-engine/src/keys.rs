@@ -8,7 +8,8 @@
 //! [shard u32][b'm']                              state machine meta (applied, membership, generation)
 //! [shard u32][b's']                              meta of the current snapshot
 //! [shard u32][b'k'][chunk u32]                   checkpointed core state, in chunks
-//! [shard u32][b'r'][generation u32][table u8]…   state rows (telemetry, anomalies, outbox)
+//! [shard u32][b'r'][generation u32][table u8]…   state rows (telemetry, anomalies, outbox,
+//!                                                export queue)
 //! ```
 //!
 //! Integers are big-endian so that byte order is numeric order; timestamps are stored with
@@ -37,6 +38,8 @@ pub(crate) const TELEMETRY: u8 = b't';
 pub(crate) const ANOMALIES: u8 = b'a';
 /// Table of the alert outbox, ordered by sequence number.
 pub(crate) const OUTBOX: u8 = b'o';
+/// Table of the telemetry export queue, ordered by sequence number.
+pub(crate) const EXPORT: u8 = b'e';
 
 /// `[shard][kind]`.
 pub(crate) fn kind(shard: u32, kind: u8) -> Vec<u8> {
@@ -98,6 +101,18 @@ pub(crate) fn table(shard: u32, generation: u32, table: u8) -> Vec<u8> {
     let mut k = rows(shard, generation);
     k.push(table);
     k
+}
+
+/// `[rows][table][seq u64]`: an entry of a table ordered by sequence number (outbox, export queue).
+pub(crate) fn queue_entry(shard: u32, generation: u32, table_byte: u8, seq: u64) -> Vec<u8> {
+    let mut k = table(shard, generation, table_byte);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number of a queue entry's key, given the key after its table byte.
+pub(crate) fn queue_seq(rest: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(rest.try_into().ok()?))
 }
 
 /// A timestamp as 8 bytes whose byte order is time order.
@@ -170,6 +185,21 @@ mod tests {
         assert!(rows_end(7, u32::MAX) <= a_end);
         assert_eq!(shard_end(u32::MAX), vec![0xff; 5]);
         assert!(log(u32::MAX, u64::MAX) < shard_end(u32::MAX));
+    }
+
+    #[test]
+    fn queue_entries_sort_by_sequence_number() {
+        let table_len = table(3, 1, EXPORT).len();
+        let entries: Vec<_> = [0, 1, 255, 256, u64::MAX]
+            .iter()
+            .map(|&seq| queue_entry(3, 1, EXPORT, seq))
+            .collect();
+        for pair in entries.windows(2) {
+            assert!(pair[0] < pair[1]);
+        }
+        assert_eq!(queue_seq(&entries[3][table_len..]), Some(256));
+        assert_eq!(queue_seq(&entries[3][table_len + 1..]), None);
+        assert!(entries[4] < rows_end(3, 1));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! one database, one WAL and one block cache, and a shard can be snapshotted, moved and
 //! dropped as a unit. Log appends of all shards are made durable together by one WAL
 //! fsync ([`Engine`]). Applying committed entries runs `sentinel-core`'s detection and
-//! writes telemetry, anomalies and the alert outbox ([`ShardStateMachine`]); queries read
-//! through a [`ShardReader`].
+//! writes telemetry, anomalies, the alert outbox and the telemetry export queue
+//! ([`ShardStateMachine`]); queries read through a [`ShardReader`].
 
 mod command;
 mod document;
@@ -28,7 +28,9 @@ pub use engine::{Engine, EngineOptions, EngineStats};
 pub use error::Error;
 pub use log::{LogConfig, ShardLog};
 pub use machine::{ShardSnapshotBuilder, ShardStateMachine};
-pub use reader::{OutboxEntry, Page, ShardReader, ShardSummary, TelemetryQuery};
+pub use reader::{
+    ExportEntry, ExportItem, OutboxEntry, Page, ShardReader, ShardSummary, TelemetryQuery,
+};
 pub use state::TelemetryRecord;
 
 openraft::declare_raft_types!(

@@ -13,7 +13,7 @@ use crate::command::SourcePartition;
 use crate::error::{decode, Error};
 use crate::keys;
 use crate::machine::ShardStore;
-use crate::state::{severity_byte, TelemetryRecord};
+use crate::state::{severity_byte, TelemetryRecord, EXPORT_ANOMALY, EXPORT_TELEMETRY};
 
 /// Read access to one shard replica, usable while Raft owns its state machine.
 #[derive(Clone)]
@@ -58,6 +58,24 @@ pub struct OutboxEntry {
     pub alert: Anomaly,
 }
 
+/// What an export-queue entry carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExportItem {
+    /// An applied event.
+    Telemetry(TelemetryRecord),
+    /// A raised anomaly.
+    Anomaly(Anomaly),
+}
+
+/// An entry of the export queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportEntry {
+    /// Export sequence number (acknowledge with `Command::Exported`).
+    pub seq: u64,
+    /// The telemetry or anomaly to export.
+    pub item: ExportItem,
+}
+
 /// Counters describing a shard replica.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardSummary {
@@ -75,6 +93,10 @@ pub struct ShardSummary {
     pub outbox_pending: usize,
     /// Event ids remembered for duplicate suppression.
     pub event_ids: usize,
+    /// Entries in the export queue.
+    pub export_pending: u64,
+    /// Export-queue entries dropped unexported (queue full, or export switched off).
+    pub export_dropped: u64,
 }
 
 impl ShardReader {
@@ -191,11 +213,59 @@ impl ShardReader {
 
     /// Alerts not yet acknowledged, oldest first, starting after `after_seq`.
     pub fn outbox(&self, after_seq: Option<u64>, limit: usize) -> Result<Vec<OutboxEntry>, Error> {
-        let table = self.table(keys::OUTBOX);
-        let mut from = table.clone();
-        from.extend_from_slice(&after_seq.map_or(0, |s| s.saturating_add(1)).to_be_bytes());
+        let generation = self.store.read().generation;
+        self.queue(
+            generation,
+            keys::OUTBOX,
+            first_after(after_seq),
+            limit,
+            |seq, value| {
+                let json =
+                    String::from_utf8(value.to_vec()).map_err(|e| Error::corrupt("outbox", e))?;
+                let alert = serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
+                Ok(OutboxEntry { seq, json, alert })
+            },
+        )
+    }
+
+    /// Telemetry and anomalies waiting for export, in apply order, starting after `after_seq`.
+    pub fn export_queue(
+        &self,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ExportEntry>, Error> {
+        let (generation, first) = {
+            let applied = self.store.read();
+            (applied.generation, applied.core.rest.export.first)
+        };
+        let from = first_after(after_seq).max(first);
+        self.queue(generation, keys::EXPORT, from, limit, |seq, value| {
+            let item = match value.split_first() {
+                Some((&EXPORT_TELEMETRY, record)) => {
+                    ExportItem::Telemetry(decode("export queue", record)?)
+                }
+                Some((&EXPORT_ANOMALY, json)) => ExportItem::Anomaly(
+                    serde_json::from_slice(json).map_err(|e| Error::corrupt("export queue", e))?,
+                ),
+                _ => return Err(Error::corrupt("export queue", "unknown entry kind")),
+            };
+            Ok(ExportEntry { seq, item })
+        })
+    }
+
+    /// Up to `limit` entries of a table ordered by sequence number, from `from_seq` on.
+    fn queue<T>(
+        &self,
+        generation: u32,
+        table: u8,
+        from_seq: u64,
+        limit: usize,
+        mut decode_entry: impl FnMut(u64, &[u8]) -> Result<T, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let prefix = keys::table(self.store.shard, generation, table);
+        let from = keys::queue_entry(self.store.shard, generation, table, from_seq);
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(prefix_end(&table));
+        options.set_iterate_upper_bound(prefix_end(&prefix));
         let mut out = Vec::new();
         for item in self
             .store
@@ -205,14 +275,9 @@ impl ShardReader {
             .take(limit)
         {
             let (key, value) = item?;
-            let seq = key[table.len()..]
-                .try_into()
-                .map(u64::from_be_bytes)
-                .map_err(|_| Error::corrupt("outbox key", "malformed"))?;
-            let json =
-                String::from_utf8(value.to_vec()).map_err(|e| Error::corrupt("outbox", e))?;
-            let alert = serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
-            out.push(OutboxEntry { seq, json, alert });
+            let seq = keys::queue_seq(&key[prefix.len()..])
+                .ok_or_else(|| Error::corrupt("queue key", "malformed"))?;
+            out.push(decode_entry(seq, &value)?);
         }
         Ok(out)
     }
@@ -238,6 +303,8 @@ impl ShardReader {
             keys: applied.core.detector.key_count(),
             outbox_pending: applied.core.rest.outbox.len(),
             event_ids: applied.core.rest.event_ids.len(),
+            export_pending: applied.core.rest.export.pending(),
+            export_dropped: applied.core.rest.export.dropped,
         }
     }
 
@@ -276,6 +343,11 @@ impl ShardReader {
     pub fn checkpoint(&self) -> Result<(), Error> {
         self.store.checkpoint()
     }
+}
+
+/// The first sequence number after `after_seq` (0 when `None`).
+fn first_after(after_seq: Option<u64>) -> u64 {
+    after_seq.map_or(0, |s| s.saturating_add(1))
 }
 
 /// The first key after every key starting with `prefix`.

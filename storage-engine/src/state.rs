@@ -2,10 +2,11 @@
 //!
 //! The core state is everything that decides how a command applies: detection state,
 //! applied offsets per source partition, recently seen event ids, the outbox's pending
-//! sequence numbers and the shard clock. It lives in memory and is checkpointed whole.
-//! Rows (telemetry, anomalies, outbox entries) are derived from commands with keys that
-//! depend only on the log, so re-applying entries after a restart rewrites them
-//! identically; nothing here ever reads a row to decide anything.
+//! sequence numbers, the export queue's bounds and the shard clock. It lives in memory and
+//! is checkpointed whole. Rows (telemetry, anomalies, outbox and export-queue entries) are
+//! derived from commands with keys that depend only on the log, so re-applying entries
+//! after a restart rewrites them identically; nothing here ever reads a row to decide
+//! anything.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -40,7 +41,70 @@ pub(crate) struct CoreRest {
     pub(crate) outbox: BTreeSet<u64>,
     /// The latest `received_ms` of any batch: the shard's clock.
     pub(crate) clock_ms: i64,
+    /// The telemetry export queue.
+    pub(crate) export: ExportQueue,
 }
+
+/// Settings and bounds of the export queue; its entries are rows `first..next`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ExportQueue {
+    /// Whether applied events and raised anomalies are queued.
+    pub(crate) enabled: bool,
+    /// Most entries held; the oldest are dropped beyond it.
+    pub(crate) max: u64,
+    /// Sequence number of the oldest entry still queued.
+    pub(crate) first: u64,
+    /// Sequence number of the next entry.
+    pub(crate) next: u64,
+    /// Entries removed without being exported (queue full, or export switched off).
+    pub(crate) dropped: u64,
+}
+
+impl ExportQueue {
+    /// Entries queued.
+    pub(crate) fn pending(&self) -> u64 {
+        self.next - self.first
+    }
+
+    /// Queues a row of `kind` holding `payload` if export is on.
+    fn push(&mut self, rows: &mut RowWriter<'_>, kind: u8, payload: &[u8]) {
+        if !self.enabled {
+            return;
+        }
+        let mut value = Vec::with_capacity(payload.len() + 1);
+        value.push(kind);
+        value.extend_from_slice(payload);
+        rows.batch
+            .put(rows.queue_entry(keys::EXPORT, self.next), value);
+        self.next += 1;
+    }
+
+    /// Removes the entries before `end` (clamped to the queue); returns how many.
+    fn remove_before(&mut self, end: u64, rows: &mut RowWriter<'_>) -> u64 {
+        let end = end.clamp(self.first, self.next);
+        if end > self.first {
+            rows.batch.delete_range(
+                rows.queue_entry(keys::EXPORT, self.first),
+                rows.queue_entry(keys::EXPORT, end),
+            );
+        }
+        let removed = end - self.first;
+        self.first = end;
+        removed
+    }
+
+    /// Drops the oldest entries beyond `max`, or every entry when export is off.
+    fn trim(&mut self, rows: &mut RowWriter<'_>) {
+        let keep = if self.enabled { self.max } else { 0 };
+        let end = self.next.saturating_sub(keep);
+        self.dropped += self.remove_before(end, rows);
+    }
+}
+
+/// Kind byte of an export-queue row holding a [`TelemetryRecord`] (MessagePack).
+pub(crate) const EXPORT_TELEMETRY: u8 = b't';
+/// Kind byte of an export-queue row holding an anomaly (JSON, as delivered).
+pub(crate) const EXPORT_ANOMALY: u8 = b'a';
 
 /// Event ids applied within the horizon, as 128-bit hashes, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -119,14 +183,14 @@ impl RowWriter<'_> {
         keys::table(self.shard, self.generation, table)
     }
 
-    /// Stores an event as a [`TelemetryRecord`] (a pair encodes exactly like the record).
-    fn telemetry(&mut self, event: &Event, values: &MetricValues, index: u64, position: u32) {
+    /// Stores an event's encoded [`TelemetryRecord`] under its key.
+    fn telemetry(&mut self, event: &Event, record: &[u8], index: u64, position: u32) {
         let mut key =
             keys::telemetry_key_prefix(self.shard, self.generation, &event.service, &event.model);
         key.extend_from_slice(&keys::time(event.timestamp_ms));
         key.extend_from_slice(&index.to_be_bytes());
         key.extend_from_slice(&position.to_be_bytes());
-        self.batch.put(key, encode(&(event, values)));
+        self.batch.put(key, record);
     }
 
     fn anomaly(&mut self, anomaly: &Anomaly, json: &[u8]) {
@@ -139,11 +203,15 @@ impl RowWriter<'_> {
         self.batch.put(key, value);
     }
 
-    fn outbox_key(&self, seq: u64) -> Vec<u8> {
-        let mut key = self.table(keys::OUTBOX);
-        key.extend_from_slice(&seq.to_be_bytes());
-        key
+    fn queue_entry(&self, table: u8, seq: u64) -> Vec<u8> {
+        keys::queue_entry(self.shard, self.generation, table, seq)
     }
+}
+
+/// A [`TelemetryRecord`]'s encoding, made from borrowed parts (a pair encodes exactly like
+/// the record).
+fn encode_record(event: &Event, values: &MetricValues) -> Vec<u8> {
+    encode(&(event, values))
 }
 
 /// A severity as one byte (its rank).
@@ -171,6 +239,13 @@ impl CoreState {
                 outbox_next: 0,
                 outbox: BTreeSet::new(),
                 clock_ms: i64::MIN,
+                export: ExportQueue {
+                    enabled: settings.export,
+                    max: settings.export_queue_max,
+                    first: 0,
+                    next: 0,
+                    dropped: 0,
+                },
             },
         })
     }
@@ -217,7 +292,7 @@ impl CoreState {
                     if self.rest.outbox.remove(&seq) {
                         acked += 1;
                     }
-                    rows.batch.delete(rows.outbox_key(seq));
+                    rows.batch.delete(rows.queue_entry(keys::OUTBOX, seq));
                 }
                 Response::Acked(acked)
             }
@@ -226,6 +301,9 @@ impl CoreState {
                 match self.detector.set_config(settings.detection) {
                     Ok(()) => {
                         self.rest.event_id_horizon_ms = settings.event_id_horizon_ms;
+                        self.rest.export.enabled = settings.export;
+                        self.rest.export.max = settings.export_queue_max;
+                        self.rest.export.trim(rows);
                         Response::Configured
                     }
                     Err(e) => Response::Rejected(e.to_string()),
@@ -234,6 +312,10 @@ impl CoreState {
             Command::Purge(retention) => {
                 self.purge(retention, rows);
                 Response::Purged
+            }
+            Command::Exported(seq) => {
+                let removed = self.rest.export.remove_before(seq.saturating_add(1), rows);
+                Response::Exported(removed as usize)
             }
         }
     }
@@ -277,18 +359,22 @@ impl CoreState {
                 self.rest.event_ids.insert(self.rest.clock_ms, h);
             }
             let observation = self.detector.observe(&item.event, &item.values);
-            rows.telemetry(&item.event, &item.values, index, position as u32);
+            let record = encode_record(&item.event, &item.values);
+            rows.telemetry(&item.event, &record, index, position as u32);
+            self.rest.export.push(rows, EXPORT_TELEMETRY, &record);
             for anomaly in &observation.anomalies {
                 let json = serde_json::to_vec(anomaly).expect("anomalies always serialise");
                 rows.anomaly(anomaly, &json);
+                self.rest.export.push(rows, EXPORT_ANOMALY, &json);
                 let seq = self.rest.outbox_next;
                 self.rest.outbox_next += 1;
                 self.rest.outbox.insert(seq);
-                rows.batch.put(rows.outbox_key(seq), json);
+                rows.batch.put(rows.queue_entry(keys::OUTBOX, seq), json);
                 outcome.alerts.push(seq);
             }
             outcome.events.push(EventOutcome::Applied);
         }
+        self.rest.export.trim(rows);
         if let (Some(source), Some(offset)) = (&batch.source, applied_offset) {
             self.rest.offsets.insert(source.clone(), offset);
         }
@@ -324,7 +410,7 @@ mod tests {
             ..Event::default()
         };
         let values = MetricValues([Some(1.5), None, Some(3.0), None, None, None]);
-        let record: TelemetryRecord = decode("row", &encode(&(&event, &values))).unwrap();
+        let record: TelemetryRecord = decode("row", &encode_record(&event, &values)).unwrap();
         assert_eq!(record, TelemetryRecord { event, values });
     }
 

@@ -5,7 +5,8 @@ use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use sentinel_core::{extract_metrics, Event, PriceTable};
 use sentinel_storage_engine::{
-    Command, IngestBatch, IngestEvent, Response, ShardStateMachine, SourcePartition, TypeConfig,
+    Command, EngineOptions, IngestBatch, IngestEvent, Response, ShardSettings, ShardStateMachine,
+    SourcePartition, TypeConfig,
 };
 
 /// Start of the test clock (2026-01-01T00:00:00Z).
@@ -79,6 +80,18 @@ pub fn direct_batch(received_ms: i64, events: Vec<IngestEvent>) -> Command {
         source: None,
         events,
     })
+}
+
+/// Engine options whose shards queue telemetry for export, at most `queue_max` entries.
+pub fn export_options(queue_max: u64) -> EngineOptions {
+    EngineOptions {
+        shard_settings: ShardSettings {
+            export: true,
+            export_queue_max: queue_max,
+            ..ShardSettings::default()
+        },
+        ..EngineOptions::default()
+    }
 }
 
 /// A normal log entry at `index` of term 1, leader 1.
