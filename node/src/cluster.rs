@@ -67,10 +67,14 @@ async fn propose(host: &Host, command: RegistryCommand) -> Result<(), Status> {
 /// address changed. Returns once this node is in the registry.
 pub async fn form(host: &Arc<Host>) -> Result<(), NodeError> {
     let address = host.config.node.advertised();
-    let initialized = host.meta.is_initialized().await.map_err(|e| NodeError::Raft {
-        group: METADATA_GROUP,
-        message: e.to_string(),
-    })?;
+    let initialized = host
+        .meta
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft {
+            group: METADATA_GROUP,
+            message: e.to_string(),
+        })?;
     if host.config.node.creates_cluster() {
         if !initialized {
             let members = BTreeMap::from([(host.id, BasicNode::new(address.clone()))]);
@@ -123,10 +127,15 @@ async fn create(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
 async fn initialize_shards(host: &Arc<Host>, shards: u32, address: &str) -> Result<(), NodeError> {
     for shard in 0..shards {
         let replica = host.ensure_replica(shard).await?;
-        if !replica.raft.is_initialized().await.map_err(|e| NodeError::Raft {
-            group: shard,
-            message: e.to_string(),
-        })? {
+        if !replica
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft {
+                group: shard,
+                message: e.to_string(),
+            })?
+        {
             let members = BTreeMap::from([(host.id, BasicNode::new(address))]);
             replica
                 .raft
@@ -249,15 +258,19 @@ fn shards_on(status: &ClusterStatusReply, node: u64) -> u32 {
     status
         .shards
         .iter()
-        .filter(|shard| shard.leader == 0 || shard.replicas.iter().any(|r| r.node == node))
+        .filter(|shard| shard.leader.is_none() || shard.replicas.iter().any(|r| r.node == node))
         .count() as u32
 }
 
-fn local_replica(group: u32, metrics: &RaftMetrics<u64, BasicNode>, digest: String) -> LocalReplica {
+fn local_replica(
+    group: u32,
+    metrics: &RaftMetrics<u64, BasicNode>,
+    digest: String,
+) -> LocalReplica {
     let membership = metrics.membership_config.membership();
     LocalReplica {
         group,
-        leader: metrics.current_leader.unwrap_or(0),
+        leader: metrics.current_leader,
         term: metrics.current_term,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         applied_index: metrics.last_applied.map_or(0, |l| l.index),
@@ -281,7 +294,11 @@ pub async fn local_status(
     host: &Host,
     digests: bool,
 ) -> Result<LocalStatusReply, sentinel_storage_engine::Error> {
-    let mut replicas = vec![local_replica(METADATA_GROUP, &meta_metrics(host), String::new())];
+    let mut replicas = vec![local_replica(
+        METADATA_GROUP,
+        &meta_metrics(host),
+        String::new(),
+    )];
     for replica in host.replicas() {
         let digest = if digests {
             let reader = replica.reader.clone();
@@ -314,7 +331,11 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
                 }
                 let mut client = client(host, &address)?;
                 let mut request = tonic::Request::new(LocalStatusRequest { digests });
-                request.set_timeout(if digests { STATUS_TIMEOUT * 15 } else { STATUS_TIMEOUT });
+                request.set_timeout(if digests {
+                    STATUS_TIMEOUT * 15
+                } else {
+                    STATUS_TIMEOUT
+                });
                 client.local_status(request).await.map(|r| r.into_inner())
             };
             (id, answer.await)
@@ -338,7 +359,10 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
     for (&node, report) in &reports {
         if let Ok(report) = report {
             for replica in &report.replicas {
-                views.entry(replica.group).or_default().insert(node, replica);
+                views
+                    .entry(replica.group)
+                    .or_default()
+                    .insert(node, replica);
             }
         }
     }
@@ -347,7 +371,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
             let view = views.remove(&shard).unwrap_or_default();
             let leader = view
                 .iter()
-                .filter(|(&node, r)| r.leader == node)
+                .filter(|(&node, r)| r.leader == Some(node))
                 .max_by_key(|(_, r)| r.term)
                 .map(|(_, r)| *r);
             let replicas = match leader {
@@ -373,7 +397,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
             };
             ShardInfo {
                 shard,
-                leader: leader.map_or(0, |l| l.leader),
+                leader: leader.and_then(|l| l.leader),
                 term: leader.map_or(0, |l| l.term),
                 desired: placement.replicas(shard).to_vec(),
                 replicas,
@@ -383,7 +407,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
     ClusterStatusReply {
         shard_count: registry.shards,
         replication_factor: registry.replicas,
-        metadata_leader: meta_metrics(host).current_leader.unwrap_or(0),
+        metadata_leader: meta_metrics(host).current_leader,
         nodes,
         shards,
     }
@@ -445,7 +469,10 @@ impl Reconciler {
     }
 
     fn action(&self, action: &str) {
-        self.metrics.rebalance_actions.with_label_values(&[action]).inc();
+        self.metrics
+            .rebalance_actions
+            .with_label_values(&[action])
+            .inc();
     }
 
     /// The metadata leader's round: every registered node a member, the right voters, and
@@ -532,7 +559,9 @@ impl Reconciler {
         let learners: BTreeSet<u64> = membership.learner_ids().collect();
         for &node in desired {
             if !voters.contains(&node) && !learners.contains(&node) {
-                let Some(address) = self.node(node) else { continue };
+                let Some(address) = self.node(node) else {
+                    continue;
+                };
                 self.action("add_learner");
                 return replica
                     .raft
@@ -557,11 +586,8 @@ impl Reconciler {
             .filter(|n| !desired.contains(n))
             .copied()
             .collect();
-        let preferred = desired[0];
-        if all_voters && extra.contains(&self.host.id) {
-            return self.campaign(shard, preferred, metrics).await;
-        }
         if all_voters && !extra.is_empty() {
+            // A leader removing itself steps down once the change commits.
             self.action("remove_voter");
             return change(&replica.raft, ChangeMembers::RemoveVoters(extra), false).await;
         }
@@ -574,14 +600,16 @@ impl Reconciler {
             self.action("remove_learner");
             return change(&replica.raft, ChangeMembers::RemoveNodes(stray), false).await;
         }
+        let preferred = desired[0];
         if preferred != self.host.id && voters.contains(&preferred) {
             return self.campaign(shard, preferred, metrics).await;
         }
         Ok(())
     }
 
-    /// Asks `target` to stand for election once it is caught up; at most every few
-    /// election timeouts per shard.
+    /// Asks `target` to stand for election when it holds every entry (a voter grants its
+    /// vote only to a log at least as long as its own); at most every few election
+    /// timeouts per shard.
     async fn campaign(
         &mut self,
         shard: u32,
@@ -593,7 +621,7 @@ impl Reconciler {
             .last_campaign
             .get(&shard)
             .is_some_and(|at| at.elapsed() < pause)
-            || !caught_up(metrics, target)
+            || !holds_all(metrics, target)
         {
             return Ok(());
         }
@@ -632,7 +660,7 @@ impl Reconciler {
         let counted = report
             .replicas
             .iter()
-            .find(|r| r.group == shard && r.leader == leader)
+            .find(|r| r.group == shard && r.leader == Some(leader))
             .map(|r| r.voters.contains(&self.host.id) || r.learners.contains(&self.host.id));
         if counted != Some(false) {
             self.strays.remove(&shard);
@@ -643,10 +671,7 @@ impl Reconciler {
         if *strikes >= STRAY_ROUNDS {
             self.strays.remove(&shard);
             self.action("drop_replica");
-            self.host
-                .drop_replica(shard)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.host.drop_replica(shard).await;
         }
         Ok(())
     }
@@ -667,6 +692,16 @@ fn caught_up(metrics: &RaftMetrics<u64, BasicNode>, node: u64) -> bool {
 }
 
 /// Proposes a membership change; `retain` keeps removed voters as learners.
+/// Whether the leader knows `node` holds its whole log.
+fn holds_all(metrics: &RaftMetrics<u64, BasicNode>, node: u64) -> bool {
+    let last = metrics.last_log_index;
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&node))
+        .is_some_and(|matched| matched.map(|m| m.index) == last)
+}
+
 async fn change<C>(
     raft: &openraft::Raft<C>,
     change: ChangeMembers<u64, BasicNode>,
@@ -687,7 +722,8 @@ where
 
 /// Hands the leaderships held here to other caught-up voters before this node stops.
 pub async fn hand_over(host: &Host) {
-    let deadline = Instant::now() + Duration::from_millis(host.config.raft.election_timeout_max_ms * 2);
+    let deadline =
+        Instant::now() + Duration::from_millis(host.config.raft.election_timeout_max_ms * 2);
     for replica in host.replicas() {
         let metrics = replica.metrics();
         if metrics.current_leader != Some(host.id) {
@@ -697,7 +733,7 @@ pub async fn hand_over(host: &Host) {
             .membership_config
             .membership()
             .voter_ids()
-            .find(|&n| n != host.id && caught_up(&metrics, n));
+            .find(|&n| n != host.id && holds_all(&metrics, n));
         let Some(address) = successor.and_then(|n| host.address(n)) else {
             continue;
         };
@@ -712,10 +748,15 @@ pub async fn hand_over(host: &Host) {
         }
     }
     while Instant::now() < deadline
-        && host
-            .replicas()
-            .iter()
-            .any(|r| r.metrics().current_leader == Some(host.id) && r.metrics().membership_config.membership().voter_ids().count() > 1)
+        && host.replicas().iter().any(|r| {
+            r.metrics().current_leader == Some(host.id)
+                && r.metrics()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count()
+                    > 1
+        })
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -12,7 +12,9 @@ use sentinel_core::{RedactionConfig, ValidationBounds};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
+use crate::alerting::AlertingConfig;
 use crate::error::NodeError;
+use crate::export::ExportConfig;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SENTINEL_";
@@ -35,6 +37,12 @@ pub struct NodeConfig {
     /// How long telemetry and anomalies are kept.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// Alert delivery from the shards this node leads.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+    /// Telemetry and anomaly export to InfluxDB v2 (off when absent).
+    #[serde(default)]
+    pub export: Option<ExportConfig>,
     /// The HTTP server for metrics and health.
     #[serde(default)]
     pub http: HttpSection,

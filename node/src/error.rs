@@ -38,6 +38,12 @@ pub enum NodeError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// Alert sinks could not be set up.
+    #[error("alerting: {0}")]
+    Alerting(#[from] crate::alerting::AlertingError),
+    /// The exporter could not be set up.
+    #[error("export: {0}")]
+    Export(#[from] crate::export::ExportError),
     /// Joining the cluster through the seeds failed for good.
     #[error("joining the cluster: {0}")]
     Join(String),

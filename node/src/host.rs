@@ -59,7 +59,10 @@ pub struct Host {
     shard_raft: Arc<openraft::Config>,
 }
 
-fn raft_config(config: &NodeConfig, snapshot_every: u64) -> Result<Arc<openraft::Config>, NodeError> {
+fn raft_config(
+    config: &NodeConfig,
+    snapshot_every: u64,
+) -> Result<Arc<openraft::Config>, NodeError> {
     let raft = &config.raft;
     openraft::Config {
         cluster_name: "sentinel".into(),
@@ -200,38 +203,47 @@ impl Host {
         Ok(replica)
     }
 
-    /// Stops the local replica of `shard` and deletes its data: the shard moved away.
-    pub async fn drop_replica(&self, shard: u32) -> Result<(), NodeError> {
-        let _opening = self.opening.lock().await;
-        let Some(replica) = self
-            .replicas
-            .write()
-            .expect("replica map")
-            .remove(&shard)
-        else {
-            return Ok(());
+    /// Stops the local replica of `shard` and deletes its data once nothing uses it any
+    /// more: the shard moved away.
+    pub async fn drop_replica(self: &Arc<Self>, shard: u32) {
+        let Some(replica) = self.replicas.write().expect("replica map").remove(&shard) else {
+            return;
         };
         shutdown(&replica).await;
-        drop(replica);
-        // Queries in flight hold the replica's reader for a moment.
-        for _ in 0..100 {
-            match self.engine.drop_shard(shard) {
-                Err(StorageError::ShardOpen(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-                other => {
-                    other?;
-                    tracing::info!(shard, "dropped shard replica");
-                    return Ok(());
+        let host = self.clone();
+        tokio::spawn(async move {
+            // The caller and queries in flight hold the replica for a moment.
+            let mut replica = replica;
+            while let Err(shared) = Arc::try_unwrap(replica) {
+                replica = shared;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _opening = host.opening.lock().await;
+            for _ in 0..200 {
+                match host.engine.drop_shard(shard) {
+                    Err(StorageError::ShardOpen(_)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "could not delete a dropped replica");
+                        return;
+                    }
+                    Ok(()) => {
+                        tracing::info!(shard, "dropped shard replica");
+                        return;
+                    }
                 }
             }
-        }
-        Err(StorageError::ShardOpen(shard).into())
+            tracing::warn!(shard, "a dropped replica stayed open; its data is kept");
+        });
     }
 
     /// Stops every Raft group and makes all writes durable.
     pub async fn shutdown(&self) {
-        let replicas: Vec<Arc<Replica>> = std::mem::take(&mut *self.replicas.write().expect("replica map"))
-            .into_values()
-            .collect();
+        let replicas: Vec<Arc<Replica>> =
+            std::mem::take(&mut *self.replicas.write().expect("replica map"))
+                .into_values()
+                .collect();
         for replica in &replicas {
             shutdown(replica).await;
         }

@@ -99,7 +99,9 @@ mod tests {
     fn refuses_with_field_level_problems() {
         let intake = intake();
         let shard = shard_of("chat", "gpt-4o", 8);
-        let refused = intake.prepare(&flat("chat", -5.0, ""), shard, 8).unwrap_err();
+        let refused = intake
+            .prepare(&flat("chat", -5.0, ""), shard, 8)
+            .unwrap_err();
         assert_eq!(refused[0].field, "latency_ms");
         let refused = intake.prepare(b"{not json", shard, 8).unwrap_err();
         assert!(!refused[0].problem.is_empty());

@@ -43,13 +43,23 @@ pub struct NodeMetrics {
     replicas: IntGauge,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
     let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
@@ -98,7 +108,12 @@ impl NodeMetrics {
                 "Alerts delivered by shard leaders, by severity and detection method",
                 &["severity", "detector"],
             )?,
-            raft_term: gauge_vec(&registry, "sentinel_raft_term", "Raft term per group", &["group"])?,
+            raft_term: gauge_vec(
+                &registry,
+                "sentinel_raft_term",
+                "Raft term per group",
+                &["group"],
+            )?,
             raft_leader: gauge_vec(
                 &registry,
                 "sentinel_raft_is_leader",

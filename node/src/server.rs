@@ -10,19 +10,24 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::alerting::{AlertMetrics, Dispatcher};
 use crate::cluster::{self, Reconciler};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::export::{ExportMetrics, Exporter};
 use crate::host::Host;
+use crate::leader::LeaderWork;
 use crate::metrics::NodeMetrics;
 use crate::service::NodeService;
 use crate::transport::MAX_MESSAGE_BYTES;
 
 async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(address).await.map_err(|source| NodeError::Io {
-        what: format!("binding the {what} listener on {address}"),
-        source,
-    })
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::Io {
+            what: format!("binding the {what} listener on {address}"),
+            source,
+        })
 }
 
 /// Runs a node until `shutdown` resolves, then hands its leaderships over and stops.
@@ -30,6 +35,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let metrics = NodeMetrics::new()?;
     let grpc = bind(config.node.listen, "gRPC").await?;
     let http = bind(config.http.listen, "HTTP").await?;
+    let dispatcher = Arc::new(
+        Dispatcher::connect(&config.alerting, AlertMetrics::new(&metrics.registry)?).await?,
+    );
+    let exporter = match &config.export {
+        Some(export) => Some(Arc::new(Exporter::new(
+            export,
+            ExportMetrics::new(&metrics.registry)?,
+        )?)),
+        None => None,
+    };
     let host = Host::open(config).await?;
     tracing::info!(
         node = host.id,
@@ -53,9 +68,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )
     });
     let http_server = tokio::spawn({
         let mut stopped = stopped.clone();
@@ -82,6 +100,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             metrics.clone(),
             stopped.clone(),
         )));
+        let leader = LeaderWork::new(host.clone(), metrics.clone(), dispatcher, exporter);
+        loops.push(tokio::spawn(leader.run(stopped.clone())));
         (&mut shutdown).await;
     }
     tracing::info!(node = host.id, "shutting down: handing leaderships over");

@@ -10,11 +10,10 @@ use sentinel_proto::not_leader;
 use sentinel_proto::v1::node_server::Node;
 use sentinel_proto::v1::raft_transport_server::RaftTransport;
 use sentinel_proto::v1::{
-    self as pb, AnomaliesReply, AnomaliesRequest, BaselinesReply, BaselinesRequest,
-    CampaignReply, CampaignRequest, ClusterStatusReply, ClusterStatusRequest, Consistency,
-    DecommissionReply, DecommissionRequest, EventResult, IngestReply, IngestRequest, JoinReply,
-    JoinRequest, LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, TelemetryReply,
-    TelemetryRequest,
+    self as pb, AnomaliesReply, AnomaliesRequest, BaselinesReply, BaselinesRequest, CampaignReply,
+    CampaignRequest, ClusterStatusReply, ClusterStatusRequest, Consistency, DecommissionReply,
+    DecommissionRequest, EventResult, IngestReply, IngestRequest, JoinReply, JoinRequest,
+    LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, TelemetryReply, TelemetryRequest,
 };
 use sentinel_storage_engine::{
     Command, EventOutcome, IngestBatch, IngestEvent, Response as ShardResponse, SourcePartition,
@@ -68,7 +67,8 @@ impl NodeService {
     /// Maps an openraft error: a redirect to the leader, or unavailable.
     fn raft_error<E>(&self, shard: u32, error: RaftError<u64, E>) -> Status
     where
-        E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, openraft::BasicNode>>,
+        E: std::error::Error
+            + openraft::TryAsRef<openraft::error::ForwardToLeader<u64, openraft::BasicNode>>,
     {
         match error.forward_to_leader::<openraft::BasicNode>() {
             Some(forward) => self.not_leader(shard, forward.leader_id),
@@ -158,15 +158,18 @@ fn check_ingest(request: &IngestRequest, max_events: usize) -> Result<(), Status
             problems.push("source.topic: must not be empty".to_string());
         }
         if source.partition < 0 {
-            problems.push(format!("source.partition: {} is negative", source.partition));
+            problems.push(format!(
+                "source.partition: {} is negative",
+                source.partition
+            ));
         }
         let mut previous = None;
         for (i, event) in request.events.iter().enumerate() {
             match event.offset {
                 None => problems.push(format!("events[{i}].offset: required with a source")),
-                Some(offset) if previous.is_some_and(|p| offset <= p) => problems.push(format!(
-                    "events[{i}].offset: {offset} does not increase"
-                )),
+                Some(offset) if previous.is_some_and(|p| offset <= p) => {
+                    problems.push(format!("events[{i}].offset: {offset} does not increase"))
+                }
                 Some(offset) => previous = Some(offset),
             }
         }
@@ -306,13 +309,13 @@ impl Node for NodeService {
         request: Request<AnomaliesRequest>,
     ) -> Result<Response<AnomaliesReply>, Status> {
         let request = request.into_inner();
-        let severity = match request.min_severity.as_str() {
+        let severity = match request.severity.as_str() {
             "" => None,
             name => Some(
                 serde_json::from_value::<Severity>(serde_json::Value::String(name.to_owned()))
                     .map_err(|_| {
                         Status::invalid_argument(format!(
-                            "min_severity: `{name}` is not one of low, medium, high, critical"
+                            "severity: `{name}` is not one of low, medium, high, critical"
                         ))
                     })?,
             ),

@@ -40,22 +40,12 @@ pub trait Document:
 
 /// A type config whose state machine is a [`Document`].
 pub trait DocumentConfig<S: Document>:
-    LogConfig<
-    Node = BasicNode,
-    D = S::Command,
-    R = S::Response,
-    SnapshotData = Cursor<Vec<u8>>,
->
+    LogConfig<Node = BasicNode, D = S::Command, R = S::Response, SnapshotData = Cursor<Vec<u8>>>
 {
 }
 
 impl<S: Document, C> DocumentConfig<S> for C where
-    C: LogConfig<
-        Node = BasicNode,
-        D = S::Command,
-        R = S::Response,
-        SnapshotData = Cursor<Vec<u8>>,
-    >
+    C: LogConfig<Node = BasicNode, D = S::Command, R = S::Response, SnapshotData = Cursor<Vec<u8>>>
 {
 }
 

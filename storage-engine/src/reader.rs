@@ -9,7 +9,7 @@ use sentinel_core::engine::KeyBaseline;
 use sentinel_core::{Anomaly, Severity};
 use sha2::{Digest, Sha256};
 
-use crate::command::SourcePartition;
+use crate::command::{ShardSettings, SourcePartition};
 use crate::error::{decode, Error};
 use crate::keys;
 use crate::machine::ShardStore;
@@ -287,6 +287,18 @@ impl ShardReader {
         self.store.read().core.detector.baselines(service, model)
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> ShardSettings {
+        let applied = self.store.read();
+        let rest = &applied.core.rest;
+        ShardSettings {
+            detection: applied.core.detector.config().clone(),
+            event_id_horizon_ms: rest.event_id_horizon_ms,
+            export: rest.export.enabled,
+            export_queue_max: rest.export.max,
+        }
+    }
+
     /// Highest applied offset of every source partition.
     pub fn applied_offsets(&self) -> BTreeMap<SourcePartition, u64> {
         self.store.read().core.rest.offsets.clone()
@@ -308,17 +320,11 @@ impl ShardReader {
         }
     }
 
-    /// SHA-256 (hex) of the applied log index, the core state and every row: equal on
-    /// replicas that applied the same entries.
+    /// SHA-256 (hex) of the core state and every row: equal on replicas with the same
+    /// state, whatever entries without effect (blank, membership) their logs hold.
     pub fn digest(&self) -> Result<String, Error> {
         let applied = self.store.read();
         let mut hash = Sha256::new();
-        hash.update(
-            applied
-                .last_applied
-                .map_or(0, |l| l.index + 1)
-                .to_be_bytes(),
-        );
         hash.update(applied.core.to_bytes());
         let prefix = keys::rows(self.store.shard, applied.generation);
         let mut options = ReadOptions::default();

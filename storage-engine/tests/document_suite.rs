@@ -84,7 +84,9 @@ async fn document_survives_restart_and_shard_groups_beside_it() {
         let answers = machine.apply(entries).await.expect("apply");
         assert_eq!(answers, vec![1, 1, 2]);
         assert_eq!(reader.read().document.0["a"], 2);
-        engine.open_shard(0).expect("a shard opens beside the document");
+        engine
+            .open_shard(0)
+            .expect("a shard opens beside the document");
         engine.sync().expect("sync");
     }
     let engine = Engine::open(dir.path(), EngineOptions::default()).expect("engine reopens");

@@ -16,8 +16,14 @@ use sentinel_proto::v1::{
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-/// Start of the test clock (2026-01-01T00:00:00Z).
-pub const T0: i64 = 1_767_225_600_000;
+/// Start of the test clock: the wall clock, to the minute, so retention keeps the events.
+pub fn t0() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    now - now % 60_000
+}
 
 /// A free TCP port on 127.0.0.1.
 fn free_port() -> u16 {
@@ -39,6 +45,8 @@ pub struct NodeProcess {
 /// Several node processes forming one cluster.
 pub struct Cluster {
     dir: TempDir,
+    /// When the test's events start.
+    pub t0: i64,
     pub shards: u32,
     pub replicas: u32,
     pub nodes: BTreeMap<u64, NodeProcess>,
@@ -53,11 +61,17 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], with extra `SENTINEL_*` variables for every node.
-    pub fn start_with(n: u64, shards: u32, replicas: u32, extra_env: Vec<(String, String)>) -> Cluster {
+    pub fn start_with(
+        n: u64,
+        shards: u32,
+        replicas: u32,
+        extra_env: Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let seed = format!("127.0.0.1:{}", free_port());
         let mut cluster = Cluster {
             dir,
+            t0: t0(),
             shards,
             replicas,
             nodes: BTreeMap::new(),
@@ -133,7 +147,11 @@ impl Cluster {
 
     /// Process id of node `id`.
     pub fn pid(&self, id: u64) -> u32 {
-        self.nodes[&id].child.as_ref().expect("node is running").id()
+        self.nodes[&id]
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id()
     }
 
     /// Stops node `id` with SIGTERM and returns its exit status.
@@ -160,7 +178,11 @@ impl Cluster {
 
     /// Ids of running nodes.
     pub fn live(&self) -> Vec<u64> {
-        self.nodes.keys().copied().filter(|&id| self.running(id)).collect()
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|&id| self.running(id))
+            .collect()
     }
 
     /// A gRPC client of node `id`.
@@ -172,7 +194,10 @@ impl Cluster {
     pub async fn status(&self, digests: bool) -> Option<ClusterStatusReply> {
         for id in self.live() {
             let mut client = self.client(id).await;
-            if let Ok(reply) = client.cluster_status(ClusterStatusRequest { digests }).await {
+            if let Ok(reply) = client
+                .cluster_status(ClusterStatusRequest { digests })
+                .await
+            {
                 return Some(reply.into_inner());
             }
         }
@@ -185,26 +210,50 @@ impl Cluster {
         let mut last = None;
         let converged = wait_for(timeout, async || {
             let status = self.status(false).await?;
-            last = Some(format!("{status:#?}"));
-            let nodes_ok = status.nodes.iter().all(|n| n.state == "active") && status.nodes.len() == self.live().len();
-            let shards_ok = status.shard_count == self.shards && status.shards.iter().all(|s| {
-                let voters: BTreeSet<u64> = s.replicas.iter().filter(|r| r.role == "voter").map(|r| r.node).collect();
-                let desired: BTreeSet<u64> = s.desired.iter().copied().collect();
-                s.leader != 0 && voters == desired && s.replicas.len() == desired.len() && s.replicas.iter().all(|r| r.lag == 0)
-            });
+            last = Some(summary(&status));
+            let nodes_ok = status.nodes.iter().all(|n| n.state == "active")
+                && status.nodes.len() == self.live().len();
+            let shards_ok = status.shard_count == self.shards
+                && status.shards.iter().all(|s| {
+                    let voters: BTreeSet<u64> = s
+                        .replicas
+                        .iter()
+                        .filter(|r| r.role == "voter")
+                        .map(|r| r.node)
+                        .collect();
+                    let desired: BTreeSet<u64> = s.desired.iter().copied().collect();
+                    s.leader.is_some()
+                        && s.leader == s.desired.first().copied()
+                        && voters == desired
+                        && s.replicas.len() == desired.len()
+                        && s.replicas.iter().all(|r| r.lag == 0)
+                });
             (nodes_ok && shards_ok).then_some(status)
         })
         .await;
-        converged.unwrap_or_else(|| panic!("cluster did not converge; last status: {}\n{}", last.unwrap_or_default(), self.logs()))
+        converged.unwrap_or_else(|| {
+            panic!(
+                "cluster did not converge; last status: {}\n{}",
+                last.unwrap_or_default(),
+                self.logs()
+            )
+        })
     }
 
     /// Every node's log.
     pub fn logs(&self) -> String {
-        self.nodes.keys().map(|&id| format!("--- node {id} ---\n{}", tail(&self.log(id), 60))).collect()
+        self.nodes
+            .keys()
+            .map(|&id| format!("--- node {id} ---\n{}", tail(&self.log(id), 60)))
+            .collect()
     }
 
     /// Ingests `events` into their shard through its leader, following redirects.
-    pub async fn ingest(&self, shard: u32, events: Vec<InputEvent>) -> Result<IngestReply, tonic::Status> {
+    pub async fn ingest(
+        &self,
+        shard: u32,
+        events: Vec<InputEvent>,
+    ) -> Result<IngestReply, tonic::Status> {
         let mut address = self.nodes[&self.live()[0]].grpc.clone();
         let mut last = tonic::Status::unavailable("no attempt");
         for _ in 0..20 {
@@ -223,7 +272,9 @@ impl Cluster {
                         address = leader;
                     } else {
                         let live = self.live();
-                        address = self.nodes[&live[(live.len() + 1) % live.len().max(1)]].grpc.clone();
+                        address = self.nodes[&live[(live.len() + 1) % live.len().max(1)]]
+                            .grpc
+                            .clone();
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     last = status;
@@ -239,6 +290,10 @@ impl Drop for Cluster {
         for id in self.nodes.keys().copied().collect::<Vec<_>>() {
             self.kill(id);
         }
+        if std::thread::panicking() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("node data and logs kept in {}", dir.keep().display());
+        }
     }
 }
 
@@ -249,6 +304,30 @@ pub fn sigkill(pid: u32) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "SIGKILL {pid}");
+}
+
+/// One line per node and shard of a status.
+pub fn summary(status: &ClusterStatusReply) -> String {
+    let mut out = format!("metadata leader {:?}\n", status.metadata_leader);
+    for node in &status.nodes {
+        out += &format!("node {} {} {}\n", node.id, node.address, node.state);
+    }
+    for shard in &status.shards {
+        let replicas: Vec<String> = shard
+            .replicas
+            .iter()
+            .map(|r| format!("{}:{}:lag{}", r.node, r.role, r.lag))
+            .collect();
+        out += &format!(
+            "shard {} leader {:?} term {} desired {:?} replicas {}\n",
+            shard.shard,
+            shard.leader,
+            shard.term,
+            shard.desired,
+            replicas.join(" ")
+        );
+    }
+    out
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -267,7 +346,10 @@ pub async fn client(address: &str) -> NodeClient<Channel> {
 }
 
 /// Polls `check` until it answers `Some` or `timeout` passes.
-pub async fn wait_for<T>(timeout: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+pub async fn wait_for<T>(
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
