@@ -1,6 +1,8 @@
 //! A cluster of real `sentinel node` processes on loopback: formation, ingestion and
 //! queries, a leader killed under load, restarts, scale-out and decommission, bad input.
 
+#[path = "../../node/tests/services/mod.rs"]
+mod services;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -259,6 +261,115 @@ async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
     cluster.spawn(victim);
     cluster.wait_converged(CONVERGE).await;
     assert_replicas_agree(&cluster).await;
+}
+
+/// Every alert id in the anomalies of every shard, read from the shard leaders.
+async fn raised_alert_ids(cluster: &Cluster) -> BTreeSet<String> {
+    let status = cluster.status(false).await.expect("status");
+    let mut ids = BTreeSet::new();
+    for shard in &status.shards {
+        let leader = shard.leader.expect("a leader");
+        let alerts = cluster
+            .client(leader)
+            .await
+            .anomalies(AnomaliesRequest {
+                shard: shard.shard,
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("anomalies")
+            .into_inner()
+            .alerts;
+        for alert in alerts {
+            let alert: serde_json::Value = serde_json::from_str(&alert).expect("alert JSON");
+            ids.insert(alert["alert_id"].as_str().expect("alert id").to_owned());
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() {
+    services::ensure_rabbitmq();
+    let mut queue = services::AlertQueue::bind(services::RABBITMQ_URL).await;
+    let hook = services::WebhookReceiver::start(
+        b"hook-secret",
+        services::Replies::AlwaysFail(axum::http::StatusCode::SERVICE_UNAVAILABLE),
+    )
+    .await;
+    let env = vec![
+        ("HOOK_SECRET".to_owned(), "hook-secret".to_owned()),
+        (
+            "SENTINEL_ALERTING__RABBITMQ".to_owned(),
+            format!("{{url: '{}'}}", services::RABBITMQ_URL),
+        ),
+        (
+            "SENTINEL_ALERTING__WEBHOOKS".to_owned(),
+            format!(
+                "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
+                hook.url()
+            ),
+        ),
+        (
+            "SENTINEL_ALERTING__RETRY__INITIAL_BACKOFF_MS".to_owned(),
+            "20".to_owned(),
+        ),
+        (
+            "SENTINEL_ALERTING__BREAKER__OPEN_MS".to_owned(),
+            "200".to_owned(),
+        ),
+    ];
+    let mut cluster = Cluster::start_with(3, 8, 3, env);
+    let status = cluster.wait_converged(CONVERGE).await;
+    write(&cluster, 0..40).await;
+    for (service, model) in keys() {
+        let spike = event(
+            &service,
+            &model,
+            cluster.t0 + 41_000,
+            60_000.0,
+            &format!("{service}-spike"),
+        );
+        cluster
+            .ingest(shard(&service, &model, 8), vec![spike])
+            .await
+            .expect("spike ingested");
+    }
+    let raised = raised_alert_ids(&cluster).await;
+    assert!(
+        raised.len() >= keys().len(),
+        "every spike raised an alert: {raised:?}"
+    );
+    let (service, model) = &keys()[0];
+    let victim = status.shards[shard(service, model, 8) as usize]
+        .leader
+        .expect("a leader");
+    cluster.kill(victim);
+    hook.set_replies(services::Replies::Accept);
+    write(&cluster, 41..60).await;
+
+    let raised = raised_alert_ids(&cluster).await;
+    let delivered = wait_for(CONVERGE, async || {
+        let accepted: BTreeSet<String> = hook.accepted_alert_ids().into_iter().collect();
+        raised.is_subset(&accepted).then_some(accepted)
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "webhook got {:?} of {raised:?}\n{}",
+        hook.accepted_alert_ids(),
+        cluster.logs()
+    );
+    assert!(hook.requests().iter().all(|r| r.signature_valid));
+    let mut published = BTreeSet::new();
+    while !raised.is_subset(&published) {
+        let message = queue.next().await;
+        assert_eq!(message.properties.delivery_mode(), &Some(2), "persistent");
+        if let Some(id) = message.properties.message_id() {
+            published.insert(id.to_string());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,25 +157,25 @@ impl AlertQueue {
         }
     }
 
+    /// The next message, waiting at most the alert wait.
+    pub async fn next(&mut self) -> Delivery {
+        let next = self.consumer.next();
+        tokio::time::timeout(ALERT_WAIT, next)
+            .await
+            .unwrap_or_else(|_| panic!("no message within {ALERT_WAIT:?}"))
+            .expect("consumer open")
+            .expect("delivery")
+    }
+
     /// The next message whose `message_id` is `id`, skipping alerts of other tests.
     pub async fn next_with_message_id(&mut self, id: &str) -> Delivery {
-        let wait = async {
-            loop {
-                let delivery = self
-                    .consumer
-                    .next()
-                    .await
-                    .expect("consumer open")
-                    .expect("delivery");
-                let message_id = delivery.properties.message_id().as_ref();
-                if message_id.map(|m| m.as_str()) == Some(id) {
-                    return delivery;
-                }
+        loop {
+            let delivery = self.next().await;
+            let message_id = delivery.properties.message_id().as_ref();
+            if message_id.map(|m| m.as_str()) == Some(id) {
+                return delivery;
             }
-        };
-        tokio::time::timeout(ALERT_WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("no message {id} within {ALERT_WAIT:?}"))
+        }
     }
 }
 
@@ -283,6 +283,11 @@ impl WebhookReceiver {
             state,
             server,
         }
+    }
+
+    /// Answers further requests per `replies`.
+    pub fn set_replies(&self, replies: Replies) {
+        lock(&self.state).replies = replies;
     }
 
     /// The URL to configure as the webhook.
