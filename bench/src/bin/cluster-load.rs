@@ -1,0 +1,347 @@
+//! Load on a local 3-node cluster (three nodes in this process, real gRPC on loopback,
+//! real RocksDB in a temporary directory).
+//!
+//! `ingest`: sustained events/s and ack latency of gRPC ingestion for several batch sizes.
+//! `idle`: CPU used by an idle cluster with many shards.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sentinel_bench::replay::{Replay, ReplayConfig};
+use sentinel_core::shard::shard_of;
+use sentinel_core::Event;
+use sentinel_node::NodeConfig;
+use sentinel_proto::leader_hint;
+use sentinel_proto::v1::node_client::NodeClient;
+use sentinel_proto::v1::{ClusterStatusRequest, IngestRequest, InputEvent};
+use tokio::sync::{oneshot, Mutex};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Load on a local 3-node Sentinel cluster")]
+struct Args {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Sustained gRPC ingestion: events/s and ack latency per batch size.
+    Ingest {
+        /// Batch sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+        batches: Vec<usize>,
+        /// Seconds of load per batch size.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Concurrent ingest calls in flight.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Shards.
+        #[arg(long, default_value_t = 32)]
+        shards: u32,
+    },
+    /// CPU of an idle cluster.
+    Idle {
+        /// Shards.
+        #[arg(long, default_value_t = 64)]
+        shards: u32,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Three nodes running in this process.
+struct LocalCluster {
+    addresses: Vec<String>,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    async fn start(shards: u32) -> anyhow::Result<LocalCluster> {
+        let dir = tempfile::tempdir()?;
+        let addresses: Vec<String> = (0..3)
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()?;
+        let mut stops = Vec::new();
+        let mut tasks = Vec::new();
+        for (id, address) in addresses.iter().enumerate() {
+            let env = [
+                ("SENTINEL_NODE__ID", id.to_string()),
+                ("SENTINEL_NODE__LISTEN", address.clone()),
+                (
+                    "SENTINEL_NODE__DATA_DIR",
+                    dir.path().join(id.to_string()).display().to_string(),
+                ),
+                ("SENTINEL_NODE__SEEDS", format!("[{}]", addresses[0])),
+                (
+                    "SENTINEL_HTTP__LISTEN",
+                    format!("127.0.0.1:{}", free_port()?),
+                ),
+                ("SENTINEL_CLUSTER__SHARDS", shards.to_string()),
+                ("SENTINEL_CLUSTER__REPLICAS", "3".into()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v));
+            let config = NodeConfig::load(None, env)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            stops.push(stop);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = sentinel_node::run(config, async {
+                    let _ = stopped.await;
+                })
+                .await
+                {
+                    eprintln!("node {id} failed: {e}");
+                }
+            }));
+        }
+        let cluster = LocalCluster {
+            addresses,
+            stops,
+            tasks,
+            _dir: dir,
+        };
+        cluster.wait_converged(shards).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until every shard has three voters and its preferred leader.
+    async fn wait_converged(&self, shards: u32) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut client = client(&self.addresses[0]);
+        loop {
+            if let Ok(status) = client
+                .cluster_status(ClusterStatusRequest { digests: false })
+                .await
+            {
+                let status = status.into_inner();
+                let done = status.shard_count == shards
+                    && status.shards.iter().all(|s| {
+                        s.leader.is_some()
+                            && s.leader == s.desired.first().copied()
+                            && s.replicas.iter().filter(|r| r.role == "voter").count() == 3
+                    });
+                if done {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not converge within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The address of each shard's leader.
+    async fn leaders(&self) -> anyhow::Result<BTreeMap<u32, String>> {
+        let status = client(&self.addresses[0])
+            .cluster_status(ClusterStatusRequest { digests: false })
+            .await?
+            .into_inner();
+        let addresses: BTreeMap<u64, String> = status
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.address.clone()))
+            .collect();
+        Ok(status
+            .shards
+            .iter()
+            .filter_map(|s| Some((s.shard, addresses.get(&s.leader?)?.clone())))
+            .collect())
+    }
+
+    async fn stop(self) {
+        for stop in self.stops {
+            let _ = stop.send(());
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn client(address: &str) -> NodeClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("address")
+        .tcp_nodelay(true)
+        .connect_lazy();
+    NodeClient::new(channel).max_decoding_message_size(64 << 20)
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat format")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Realistic events (ten minutes of the replay), grouped by shard, in replay order.
+fn events_by_shard(shards: u32) -> anyhow::Result<BTreeMap<u32, Vec<Event>>> {
+    let mut by_shard: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
+    let replay = Replay::new(ReplayConfig {
+        duration_s: 600.0,
+        incidents: false,
+        ..ReplayConfig::default()
+    })?;
+    for labeled in replay {
+        let shard = shard_of(&labeled.event.service, &labeled.event.model, shards);
+        by_shard.entry(shard).or_default().push(labeled.event);
+    }
+    Ok(by_shard)
+}
+
+/// `count` events of `pool` from `start` on, each with a fresh event id.
+fn batch_of(
+    pool: &[Event],
+    start: usize,
+    count: usize,
+    ids: &mut u64,
+    worker: usize,
+) -> Vec<InputEvent> {
+    pool.iter()
+        .cycle()
+        .skip(start)
+        .take(count)
+        .map(|event| {
+            *ids += 1;
+            let mut event = event.clone();
+            event.event_id = Some(format!("load-{worker}-{ids}"));
+            InputEvent {
+                offset: None,
+                json: event.to_nested_json().to_string().into_bytes(),
+            }
+        })
+        .collect()
+}
+
+async fn ingest(
+    batches: Vec<usize>,
+    seconds: u64,
+    concurrency: usize,
+    shards: u32,
+) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(shards).await?;
+    let leaders = Arc::new(Mutex::new(cluster.leaders().await?));
+    let events = Arc::new(events_by_shard(shards)?);
+    let shard_ids: Vec<u32> = events.keys().copied().collect();
+    println!("batch  events/s  ack p50 ms  ack p99 ms  calls  rejected");
+    for batch in batches {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let started = Instant::now();
+        let mut workers = Vec::new();
+        for worker in 0..concurrency {
+            let (leaders, events, shard_ids) = (leaders.clone(), events.clone(), shard_ids.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let (mut sent, mut rejected, mut ids) = (0usize, 0usize, 0u64);
+                let mut round = worker;
+                while Instant::now() < deadline {
+                    let shard = shard_ids[round % shard_ids.len()];
+                    round += concurrency;
+                    let pool = &events[&shard];
+                    let start = (round * batch) % pool.len().max(1);
+                    let inputs = batch_of(pool, start, batch, &mut ids, worker);
+                    let address = leaders.lock().await.get(&shard).cloned();
+                    let Some(address) = address else { continue };
+                    let began = Instant::now();
+                    match client(&address)
+                        .ingest(IngestRequest {
+                            shard,
+                            source: None,
+                            events: inputs,
+                        })
+                        .await
+                    {
+                        Ok(reply) => {
+                            latencies.push(began.elapsed());
+                            sent += batch;
+                            rejected += reply
+                                .into_inner()
+                                .results
+                                .iter()
+                                .filter(|r| r.outcome == 4)
+                                .count();
+                        }
+                        Err(status) => {
+                            if let Some((_, leader)) = leader_hint(&status) {
+                                leaders.lock().await.insert(shard, leader);
+                            }
+                        }
+                    }
+                }
+                (latencies, sent, rejected)
+            }));
+        }
+        let (mut latencies, mut sent, mut rejected) = (Vec::new(), 0, 0);
+        for worker in workers {
+            let (l, s, r) = worker.await?;
+            latencies.extend(l);
+            sent += s;
+            rejected += r;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        println!(
+            "{batch:>5}  {:>8.0}  {:>10.2}  {:>10.2}  {:>5}  {rejected}",
+            sent as f64 / elapsed,
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            latencies.len()
+        );
+    }
+    cluster.stop().await;
+    Ok(())
+}
+
+async fn idle(shards: u32, seconds: u64) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(shards).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = cpu_seconds()?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let used = cpu_seconds()? - before;
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "idle 3-node cluster, {shards} shards, R = 3: {:.1} % of one core for all three nodes ({used:.2} CPU s in {wall:.1} s)",
+        100.0 * used / wall
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Mode::Ingest {
+            batches,
+            seconds,
+            concurrency,
+            shards,
+        } => ingest(batches, seconds, concurrency, shards).await,
+        Mode::Idle { shards, seconds } => idle(shards, seconds).await,
+    }
+}
