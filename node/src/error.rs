@@ -32,9 +32,6 @@ pub enum NodeError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
