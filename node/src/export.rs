@@ -26,6 +26,8 @@ use sentinel_core::{Anomaly, Metric};
 use sentinel_storage_engine::{ExportEntry, ExportItem, TelemetryRecord};
 use serde::Deserialize;
 
+use crate::alerting::RetryConfig;
+
 /// Measurement of exported telemetry.
 pub const TELEMETRY_MEASUREMENT: &str = "llm_telemetry";
 /// Measurement of exported anomalies.
@@ -49,24 +51,8 @@ pub struct ExportConfig {
     pub batch_size: usize,
     /// Retries of a failed write request.
     pub retry: RetryConfig,
-    /// How often the shard leader looks for new queue entries, in milliseconds.
-    pub interval_ms: u64,
     /// Bound on one write request, in milliseconds.
     pub timeout_ms: u64,
-}
-
-/// Exponential backoff between tries of one write request.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Total tries, the first one included.
-    pub attempts: u32,
-    /// Wait after the first failed try, in milliseconds.
-    pub initial_backoff_ms: u64,
-    /// Factor applied to the wait after each further failed try.
-    pub multiplier: f64,
-    /// Upper bound on one wait, in milliseconds.
-    pub max_backoff_ms: u64,
 }
 
 impl Default for ExportConfig {
@@ -79,29 +65,8 @@ impl Default for ExportConfig {
             token_file: None,
             batch_size: 100,
             retry: RetryConfig::default(),
-            interval_ms: 1000,
             timeout_ms: 10_000,
         }
-    }
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        RetryConfig {
-            attempts: 5,
-            initial_backoff_ms: 500,
-            multiplier: 2.0,
-            max_backoff_ms: 10_000,
-        }
-    }
-}
-
-impl RetryConfig {
-    /// Wait before the next try after `failed_tries` tries (≥ 1) have failed.
-    pub fn delay_after(&self, failed_tries: u32) -> Duration {
-        let exponent = i32::try_from(failed_tries.saturating_sub(1)).unwrap_or(i32::MAX);
-        let ms = self.initial_backoff_ms as f64 * self.multiplier.powi(exponent);
-        Duration::from_millis(ms.min(self.max_backoff_ms as f64) as u64)
     }
 }
 
@@ -129,14 +94,8 @@ impl ExportConfig {
         if self.batch_size == 0 {
             return invalid("batch_size", "must be at least 1");
         }
-        if self.retry.attempts == 0 {
-            return invalid("retry.attempts", "must be at least 1");
-        }
-        if !(self.retry.multiplier.is_finite() && self.retry.multiplier >= 1.0) {
-            return invalid("retry.multiplier", "must be a finite number ≥ 1");
-        }
-        if self.interval_ms == 0 {
-            return invalid("interval_ms", "must be at least 1");
+        if let Some((field, reason)) = self.retry.problem() {
+            return invalid(field, reason);
         }
         if self.timeout_ms == 0 {
             return invalid("timeout_ms", "must be at least 1");
@@ -587,16 +546,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_the_initial_wait_up_to_the_cap() {
-        let retry = RetryConfig::default();
-        let waits: Vec<u64> = (1..=7)
-            .map(|n| retry.delay_after(n).as_millis() as u64)
-            .collect();
-        assert_eq!(waits, vec![500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
-        assert_eq!(retry.delay_after(u32::MAX), Duration::from_secs(10));
-    }
-
-    #[test]
     fn configuration_has_defaults_and_refuses_unknown_or_bad_values() {
         let config: ExportConfig = serde_yaml::from_str(
             "url: http://influx:8086\nbucket: llm\ntoken_env: INFLUX_TOKEN\nretry:\n  attempts: 2\n",
@@ -607,7 +556,6 @@ mod tests {
         assert_eq!(config.bucket, "llm");
         assert_eq!(config.token_env.as_deref(), Some("INFLUX_TOKEN"));
         assert_eq!(config.batch_size, 100);
-        assert_eq!(config.interval_ms, 1000);
         assert_eq!(
             config.retry,
             RetryConfig {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use sentinel_core::anomaly::{AnomalyContext, AnomalyDetails};
 use sentinel_core::{Anomaly, AnomalyType, Event, MetricValues, Severity};
-use sentinel_node::export::{ExportConfig, ExportError, ExportMetrics, Exporter, RetryConfig};
+use sentinel_node::alerting::RetryConfig;
+use sentinel_node::export::{ExportConfig, ExportError, ExportMetrics, Exporter};
 use sentinel_storage_engine::{ExportEntry, ExportItem, TelemetryRecord};
 use serde::Deserialize;
 use tempfile::TempDir;

@@ -54,7 +54,7 @@ pub struct WebhookConfig {
     pub timeout_ms: u64,
 }
 
-/// Exponential backoff between tries of one delivery to one sink.
+/// Exponential backoff between tries of one delivery to one sink, or of one export write.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
@@ -107,6 +107,17 @@ impl Default for BreakerConfig {
 }
 
 impl RetryConfig {
+    /// The first out-of-range field (as `retry.<key>`) and why.
+    pub fn problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.attempts == 0 {
+            return Some(("retry.attempts", "must be at least 1"));
+        }
+        if !(self.multiplier.is_finite() && self.multiplier >= 1.0) {
+            return Some(("retry.multiplier", "must be a finite number ≥ 1"));
+        }
+        None
+    }
+
     /// Wait before the next try after `failed_tries` tries (≥ 1) have failed.
     pub fn delay_after(&self, failed_tries: u32) -> Duration {
         let exponent = i32::try_from(failed_tries.saturating_sub(1)).unwrap_or(i32::MAX);
@@ -118,11 +129,8 @@ impl RetryConfig {
 impl AlertingConfig {
     /// Checks every value the defaults do not guarantee, naming the offending field.
     pub fn validate(&self) -> Result<(), AlertingError> {
-        if self.retry.attempts == 0 {
-            return Err(invalid("retry.attempts", "must be at least 1"));
-        }
-        if !(self.retry.multiplier.is_finite() && self.retry.multiplier >= 1.0) {
-            return Err(invalid("retry.multiplier", "must be a finite number ≥ 1"));
+        if let Some((field, reason)) = self.retry.problem() {
+            return Err(invalid(field, reason));
         }
         if self.breaker.failure_threshold == 0 {
             return Err(invalid("breaker.failure_threshold", "must be at least 1"));
