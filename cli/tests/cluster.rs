@@ -373,6 +373,61 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_export_resumes_after_a_leader_kill_and_loses_nothing() {
+    let influx = services::VictoriaMetrics::start().await;
+    let env = vec![
+        ("INFLUX_TOKEN".to_owned(), "test-token".to_owned()),
+        (
+            "SENTINEL_EXPORT".to_owned(),
+            format!(
+                "{{url: '{}', org: sentinel, bucket: llm, token_env: INFLUX_TOKEN}}",
+                influx.url
+            ),
+        ),
+    ];
+    let mut cluster = Cluster::start_with(3, 8, 3, env);
+    let status = cluster.wait_converged(CONVERGE).await;
+    let mut acked = write(&cluster, 0..30).await;
+    let (service, model) = &keys()[0];
+    let victim = status.shards[shard(service, model, 8) as usize]
+        .leader
+        .expect("a leader");
+    cluster.kill(victim);
+    acked.extend(write(&cluster, 30..60).await);
+
+    let expected: BTreeSet<(String, i64)> = keys()
+        .into_iter()
+        .flat_map(|(service, _)| (0..60).map(move |n| (service.clone(), cluster.t0 + n * 1000)))
+        .collect();
+    assert_eq!(expected.len(), acked.len());
+    let mut seen = BTreeSet::new();
+    let exported = wait_for(CONVERGE, async || {
+        seen = influx
+            .series("llm_telemetry_latency_ms")
+            .await
+            .into_iter()
+            .flat_map(|series| {
+                let service = series.metric.get("service").cloned().unwrap_or_default();
+                series
+                    .timestamps
+                    .into_iter()
+                    .map(move |t| (service.clone(), t))
+            })
+            .collect();
+        (seen == expected).then_some(())
+    })
+    .await;
+    assert!(
+        exported.is_some(),
+        "exported {} of {} points; missing {:?}\n{}",
+        seen.len(),
+        expected.len(),
+        expected.difference(&seen).take(5).collect::<Vec<_>>(),
+        cluster.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_every_node_keeps_the_same_state() {
     let mut cluster = Cluster::start(3, 8, 3);
     cluster.wait_converged(CONVERGE).await;

@@ -13,6 +13,7 @@ use sentinel_proto::v1::{
     LocalStatusReply, LocalStatusRequest, NodeInfo, ReplicaInfo, ShardInfo,
 };
 use sentinel_proto::{leader_hint, not_leader};
+use sentinel_storage_engine::Command;
 use tonic::Status;
 
 use crate::error::NodeError;
@@ -140,6 +141,26 @@ async fn initialize_shards(host: &Arc<Host>, shards: u32, address: &str) -> Resu
             replica
                 .raft
                 .initialize(members)
+                .await
+                .map_err(|e| NodeError::Raft {
+                    group: shard,
+                    message: e.to_string(),
+                })?;
+        }
+        let settings = host.shard_settings();
+        if replica.reader.settings() != settings {
+            replica
+                .raft
+                .wait(Some(Duration::from_secs(30)))
+                .current_leader(host.id, "the creating node leads the new shard")
+                .await
+                .map_err(|e| NodeError::Raft {
+                    group: shard,
+                    message: e.to_string(),
+                })?;
+            replica
+                .raft
+                .client_write(Command::Configure(Box::new(settings)))
                 .await
                 .map_err(|e| NodeError::Raft {
                     group: shard,

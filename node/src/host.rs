@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
 use sentinel_storage_engine::{
-    DocumentReader, Engine, EngineOptions, Error as StorageError, ShardReader, TypeConfig,
+    DocumentReader, Engine, EngineOptions, Error as StorageError, ShardReader, ShardSettings,
+    TypeConfig,
 };
 
 use crate::config::NodeConfig;
@@ -124,6 +125,14 @@ impl Host {
             }
         }
         Ok(host)
+    }
+
+    /// The shard settings this node's configuration asks for.
+    pub fn shard_settings(&self) -> ShardSettings {
+        ShardSettings {
+            export: self.config.export.is_some(),
+            ..ShardSettings::default()
+        }
     }
 
     /// The registry as this node last applied it.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sentinel_storage_engine::{Command, Response, Retention, ShardSettings};
+use sentinel_storage_engine::{Command, Response, Retention};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -29,7 +29,6 @@ pub struct LeaderWork {
     metrics: NodeMetrics,
     dispatcher: Arc<Dispatcher>,
     exporter: Option<Arc<Exporter>>,
-    settings: ShardSettings,
 }
 
 impl LeaderWork {
@@ -40,16 +39,11 @@ impl LeaderWork {
         dispatcher: Arc<Dispatcher>,
         exporter: Option<Arc<Exporter>>,
     ) -> Arc<LeaderWork> {
-        let settings = ShardSettings {
-            export: exporter.is_some(),
-            ..ShardSettings::default()
-        };
         Arc::new(LeaderWork {
             host,
             metrics,
             dispatcher,
             exporter,
-            settings,
         })
     }
 
@@ -123,10 +117,11 @@ impl LeaderWork {
 
     /// Replicates this node's shard settings when the shard's differ.
     async fn configure(&self, replica: &Replica) -> Result<(), String> {
-        if replica.reader.settings() == self.settings {
+        let settings = self.host.shard_settings();
+        if replica.reader.settings() == settings {
             return Ok(());
         }
-        self.propose(replica, Command::Configure(Box::new(self.settings.clone())))
+        self.propose(replica, Command::Configure(Box::new(settings)))
             .await
             .map(|_| tracing::info!(shard = replica.shard, "shard settings replicated"))
     }

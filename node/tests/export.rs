@@ -2,9 +2,9 @@
 //! VictoriaMetrics (Debian package `victoria-metrics`, installed by `scripts/setup`), started
 //! on an ephemeral port with its own data directory and read back through its export API.
 
+mod services;
+
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sentinel_core::anomaly::{AnomalyContext, AnomalyDetails};
@@ -12,10 +12,9 @@ use sentinel_core::{Anomaly, AnomalyType, Event, MetricValues, Severity};
 use sentinel_node::alerting::RetryConfig;
 use sentinel_node::export::{ExportConfig, ExportError, ExportMetrics, Exporter};
 use sentinel_storage_engine::{ExportEntry, ExportItem, TelemetryRecord};
-use serde::Deserialize;
+use services::{closed_port_addr, Series, VictoriaMetrics};
 use tempfile::TempDir;
 
-const VICTORIA_METRICS: &str = "/usr/bin/victoria-metrics";
 /// 2025-01-01T00:00:00Z; the server keeps 100 years, so these points are in its retention.
 const T0: i64 = 1_735_689_600_000;
 const SERVICES: [&str; 2] = ["chat", "support bot, eu=west"];
@@ -23,98 +22,6 @@ const MODELS: [&str; 2] = ["gpt-4o", "claude 3"];
 const EVENTS: usize = 300;
 /// One anomaly after every this many events.
 const ANOMALY_EVERY: usize = 15;
-
-/// A VictoriaMetrics process, killed on drop.
-struct VictoriaMetrics {
-    child: Child,
-    url: String,
-    _dir: TempDir,
-}
-
-/// One series as `/api/v1/export` answers it.
-#[derive(Debug, Deserialize)]
-struct Series {
-    metric: BTreeMap<String, String>,
-    values: Vec<f64>,
-    timestamps: Vec<i64>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl VictoriaMetrics {
-    /// Starts a server and waits until it is healthy (another port if the first was taken).
-    async fn start() -> VictoriaMetrics {
-        assert!(
-            std::path::Path::new(VICTORIA_METRICS).exists(),
-            "{VICTORIA_METRICS} is missing: run scripts/setup"
-        );
-        let http = reqwest::Client::new();
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("http://127.0.0.1:{}", free_port());
-            let mut server = VictoriaMetrics {
-                child: Command::new(VICTORIA_METRICS)
-                    .arg(format!("-storageDataPath={}", dir.path().display()))
-                    .arg(format!("-httpListenAddr={}", &url["http://".len()..]))
-                    .arg("-retentionPeriod=100y")
-                    .arg("-loggerLevel=ERROR")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("victoria-metrics starts"),
-                url,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && server.child.try_wait().unwrap().is_none() {
-                let health = http.get(format!("{}/health", server.url)).send().await;
-                if health.is_ok_and(|r| r.status().is_success()) {
-                    return server;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("victoria-metrics did not become healthy");
-    }
-
-    /// Every series whose name matches `name_regex`, after making written points searchable.
-    async fn series(&self, name_regex: &str) -> Vec<Series> {
-        let http = reqwest::Client::new();
-        http.get(format!("{}/internal/force_flush", self.url))
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
-        let body = http
-            .get(format!("{}/api/v1/export", self.url))
-            .query(&[("match[]", format!("{{__name__=~\"{name_regex}\"}}"))])
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        body.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for VictoriaMetrics {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The `i`-th event's metrics; cost only on events not divisible by 3.
 fn values(i: usize) -> MetricValues {
@@ -368,7 +275,7 @@ async fn a_server_that_is_down_hangs_or_refuses_gives_an_error_without_hanging()
     let entries = entries();
     let (silent, silent_task) = silent_server().await;
     let (refusing, refusing_task) = refusing_server().await;
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let down = format!("http://{}", closed_port_addr());
     for (url, tries) in [(&down, 3), (&silent, 3), (&refusing, 1)] {
         let registry = prometheus::Registry::new();
         let config = ExportConfig {

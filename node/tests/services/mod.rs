@@ -1,11 +1,12 @@
-//! Real services for integration tests: RabbitMQ, a signature-checking webhook receiver, and a
-//! TCP proxy whose connections can be cut. Each test file uses the parts it needs.
+//! Real services for integration tests: RabbitMQ, a signature-checking webhook receiver, a
+//! TCP proxy whose connections can be cut, and VictoriaMetrics (the InfluxDB v2 write API).
+//! Each test file uses the parts it needs.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -23,8 +24,12 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sentinel_node::alerting::{verify, ALERT_ID_HEADER, SIGNATURE_HEADER};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+/// The VictoriaMetrics binary (Debian package `victoria-metrics`, installed by `scripts/setup`).
+const VICTORIA_METRICS: &str = "/usr/bin/victoria-metrics";
 
 /// Where tests reach RabbitMQ.
 pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
@@ -379,5 +384,93 @@ impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.acceptor.abort();
         self.cut();
+    }
+}
+
+/// A VictoriaMetrics process, killed on drop.
+pub struct VictoriaMetrics {
+    child: Child,
+    /// Base URL of its HTTP API.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// One series as `/api/v1/export` answers it.
+#[derive(Debug, Deserialize)]
+pub struct Series {
+    /// Name and labels.
+    pub metric: BTreeMap<String, String>,
+    /// Sample values.
+    pub values: Vec<f64>,
+    /// Sample times, ms.
+    pub timestamps: Vec<i64>,
+}
+
+impl VictoriaMetrics {
+    /// Starts a server and waits until it is healthy (another port if the first was taken).
+    pub async fn start() -> VictoriaMetrics {
+        assert!(
+            std::path::Path::new(VICTORIA_METRICS).exists(),
+            "{VICTORIA_METRICS} is missing: run scripts/setup"
+        );
+        let http = reqwest::Client::new();
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("http://127.0.0.1:{}", closed_port_addr().port());
+            let mut server = VictoriaMetrics {
+                child: Command::new(VICTORIA_METRICS)
+                    .arg(format!("-storageDataPath={}", dir.path().display()))
+                    .arg(format!("-httpListenAddr={}", &url["http://".len()..]))
+                    .arg("-retentionPeriod=100y")
+                    .arg("-loggerLevel=ERROR")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("victoria-metrics starts"),
+                url,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && server.child.try_wait().unwrap().is_none() {
+                let health = http.get(format!("{}/health", server.url)).send().await;
+                if health.is_ok_and(|r| r.status().is_success()) {
+                    return server;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("victoria-metrics did not become healthy");
+    }
+
+    /// Every series whose name matches `name_regex`, after making written points searchable.
+    pub async fn series(&self, name_regex: &str) -> Vec<Series> {
+        let http = reqwest::Client::new();
+        http.get(format!("{}/internal/force_flush", self.url))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        let body = http
+            .get(format!("{}/api/v1/export", self.url))
+            .query(&[("match[]", format!("{{__name__=~\"{name_regex}\"}}"))])
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
