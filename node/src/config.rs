@@ -349,6 +349,16 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_is_a_valid_configuration() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sentinel-node.example.yaml");
+        let config = NodeConfig::load(Some(&path), Vec::new()).unwrap();
+        config.alerting.validate().unwrap();
+        config.export.as_ref().unwrap().validate().unwrap();
+        assert_eq!(config.alerting.webhooks.len(), 1);
+        assert_eq!(config.cluster.shards, 32);
+    }
+
+    #[test]
     fn a_node_seeded_by_others_joins() {
         let config = NodeConfig::load(
             None,
