@@ -236,11 +236,13 @@ pub async fn admit(host: &Host, id: u64, address: String) -> Result<JoinReply, S
     let membership = meta_metrics(host).membership_config.clone();
     let node = BasicNode::new(address);
     let change = match membership.membership().get_node(&id) {
-        None => ChangeMembers::AddNodes(BTreeMap::from([(id, node)])),
-        Some(known) if *known != node => ChangeMembers::SetNodes(BTreeMap::from([(id, node)])),
-        Some(_) => ChangeMembers::SetNodes(BTreeMap::new()),
+        None => Some(ChangeMembers::AddNodes(BTreeMap::from([(id, node)]))),
+        Some(known) if *known != node => {
+            Some(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])))
+        }
+        Some(_) => None,
     };
-    if !matches!(&change, ChangeMembers::SetNodes(nodes) if nodes.is_empty()) {
+    if let Some(change) = change {
         host.meta
             .change_membership(change, true)
             .await
