@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{StorageHelper, Vote};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::StorageHelper;
 use sentinel_storage_engine::{
     Command, Engine, EngineOptions, ExportEntry, ExportItem, Response, ShardReader, ShardSettings,
     ShardStateMachine,
@@ -259,25 +259,6 @@ async fn a_full_queue_drops_the_oldest_entries_and_counts_them() {
     assert_eq!((summary.export_pending, summary.export_dropped), (0, total));
 }
 
-/// Appends `commands` to shard 5's log as committed and applies them one by one.
-async fn write_and_apply(engine: &Arc<Engine>, commands: Vec<Command>) -> ShardReader {
-    let (mut log, mut machine, reader) = engine.open_shard(5).unwrap();
-    let entries: Vec<_> = commands
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| entry(i as u64, c))
-        .collect();
-    log.save_vote(&Vote::new(3, 1)).await.unwrap();
-    log.blocking_append(entries.clone()).await.unwrap();
-    log.save_committed(Some(entries.last().unwrap().log_id))
-        .await
-        .unwrap();
-    for e in entries {
-        machine.apply([e]).await.unwrap();
-    }
-    reader
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_survives_a_restart() {
     let options = EngineOptions {
@@ -290,7 +271,7 @@ async fn the_queue_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (digest, entries, summary) = {
         let engine = Engine::open(dir.path(), options.clone()).unwrap();
-        let reader = write_and_apply(&engine, commands).await;
+        let reader = write_log(&engine, 5, commands, true).await;
         (reader.digest().unwrap(), queue(&reader), reader.summary())
     };
     assert_eq!(entries.len(), 150);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{StorageHelper, Vote};
 use sentinel_core::Severity;
 use sentinel_storage_engine::{
@@ -310,27 +310,6 @@ fn restart_commands() -> Vec<Command> {
         .collect()
 }
 
-/// Appends the batches to `shard`'s log as committed, applying them one by one when `apply`.
-async fn write_shard(engine: &Arc<Engine>, shard: u32, apply: bool) -> ShardReader {
-    let (mut log, mut machine, reader) = engine.open_shard(shard).unwrap();
-    let entries: Vec<_> = restart_commands()
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| entry(i as u64, c))
-        .collect();
-    log.save_vote(&Vote::new(3, 1)).await.unwrap();
-    log.blocking_append(entries.clone()).await.unwrap();
-    log.save_committed(Some(entries.last().unwrap().log_id))
-        .await
-        .unwrap();
-    if apply {
-        for e in entries {
-            machine.apply([e]).await.unwrap();
-        }
-    }
-    reader
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_shard_comes_back_with_the_digest_of_its_log() {
     let options = EngineOptions {
@@ -342,8 +321,11 @@ async fn a_restarted_shard_comes_back_with_the_digest_of_its_log() {
     let digest = {
         let applied = Engine::open(applied_dir.path(), options.clone()).unwrap();
         let logged = Engine::open(logged_dir.path(), options.clone()).unwrap();
-        write_shard(&logged, 5, false).await;
-        write_shard(&applied, 5, true).await.digest().unwrap()
+        write_log(&logged, 5, restart_commands(), false).await;
+        write_log(&applied, 5, restart_commands(), true)
+            .await
+            .digest()
+            .unwrap()
     };
     for (dir, checkpoint) in [(&applied_dir, Some(29)), (&logged_dir, None)] {
         let engine = Engine::open(dir.path(), options.clone()).unwrap();
@@ -373,7 +355,7 @@ async fn a_clean_checkpoint_leaves_nothing_to_re_apply() {
     let dir = tempfile::tempdir().unwrap();
     let digest = {
         let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
-        let reader = write_shard(&engine, 2, true).await;
+        let reader = write_log(&engine, 2, restart_commands(), true).await;
         reader.checkpoint().unwrap();
         reader.digest().unwrap()
     };

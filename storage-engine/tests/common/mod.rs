@@ -1,12 +1,14 @@
 //! Shared helpers: deterministic events and log entries, and applying them to a shard.
 #![allow(dead_code)]
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use std::sync::Arc;
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
 use sentinel_core::{extract_metrics, Event, PriceTable};
 use sentinel_storage_engine::{
-    Command, EngineOptions, IngestBatch, IngestEvent, Response, ShardSettings, ShardStateMachine,
-    SourcePartition, TypeConfig,
+    Command, Engine, EngineOptions, IngestBatch, IngestEvent, Response, ShardReader, ShardSettings,
+    ShardStateMachine, SourcePartition, TypeConfig,
 };
 
 /// Start of the test clock (2026-01-01T00:00:00Z).
@@ -115,4 +117,30 @@ pub async fn apply_all(
         .map(|(i, c)| entry(first_index + i as u64, c))
         .collect();
     machine.apply(entries).await.expect("apply")
+}
+
+/// Appends `commands` to `shard`'s log as committed, applying them one by one when `apply`.
+pub async fn write_log(
+    engine: &Arc<Engine>,
+    shard: u32,
+    commands: Vec<Command>,
+    apply: bool,
+) -> ShardReader {
+    let (mut log, mut machine, reader) = engine.open_shard(shard).unwrap();
+    let entries: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| entry(i as u64, c))
+        .collect();
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
+    log.blocking_append(entries.clone()).await.unwrap();
+    log.save_committed(Some(entries.last().unwrap().log_id))
+        .await
+        .unwrap();
+    if apply {
+        for e in entries {
+            machine.apply([e]).await.unwrap();
+        }
+    }
+    reader
 }
