@@ -140,6 +140,11 @@ impl Host {
         self.registry.read().document.clone()
     }
 
+    /// Number of shards (0 before the cluster is created), without copying the registry.
+    pub fn shard_count(&self) -> u32 {
+        self.registry.read().document.shards
+    }
+
     /// The placement the registry asks for.
     pub fn placement(&self) -> Placement {
         Placement::compute(&self.registry.read().document)

@@ -47,7 +47,7 @@ impl NodeService {
 
     /// The shard's local replica, or the status sending the caller elsewhere.
     fn replica(&self, shard: u32) -> Result<Arc<Replica>, Status> {
-        let shards = self.host.registry().shards;
+        let shards = self.host.shard_count();
         if shard >= shards {
             return Err(Status::invalid_argument(format!(
                 "shard: {shard} does not exist (the cluster has {shards} shards)"
@@ -91,7 +91,7 @@ impl NodeService {
 
     /// The local replica a Raft message for shard `group` goes to, created when missing.
     async fn raft_replica(&self, group: u32) -> Result<Arc<Replica>, Status> {
-        let shards = self.host.registry().shards;
+        let shards = self.host.shard_count();
         if shards != 0 && group >= shards {
             return Err(Status::invalid_argument(format!(
                 "group: shard {group} does not exist"
@@ -189,7 +189,7 @@ impl Node for NodeService {
         let request = request.into_inner();
         check_ingest(&request, self.host.config.ingest.max_batch_events)?;
         let replica = self.replica(request.shard)?;
-        let shards = self.host.registry().shards;
+        let shards = self.host.shard_count();
         let metrics = replica.metrics();
         if metrics.current_leader != Some(self.host.id) {
             return Err(self.not_leader(request.shard, metrics.current_leader));
