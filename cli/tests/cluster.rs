@@ -242,16 +242,7 @@ async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
     cluster.kill(victim);
     acked.extend(write(&cluster, 80..120).await);
 
-    let status = wait_for(CONVERGE, async || {
-        let status = cluster.status(false).await?;
-        status
-            .shards
-            .iter()
-            .all(|s| s.leader.is_some_and(|l| l != victim))
-            .then_some(status)
-    })
-    .await
-    .expect("every shard has a live leader");
+    let status = leaders_without(&cluster, victim).await;
     let stored = stored_ids(&cluster, &status).await;
     assert_eq!(
         stored, acked,
@@ -263,9 +254,22 @@ async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
     assert_replicas_agree(&cluster).await;
 }
 
-/// Every alert id in the anomalies of every shard, read from the shard leaders.
-async fn raised_alert_ids(cluster: &Cluster) -> BTreeSet<String> {
-    let status = cluster.status(false).await.expect("status");
+/// The cluster status once every shard has a leader other than the killed `victim`.
+async fn leaders_without(cluster: &Cluster, victim: u64) -> ClusterStatusReply {
+    wait_for(CONVERGE, async || {
+        let status = cluster.status(false).await?;
+        status
+            .shards
+            .iter()
+            .all(|s| s.leader.is_some_and(|l| l != victim))
+            .then_some(status)
+    })
+    .await
+    .expect("every shard has a live leader")
+}
+
+/// Every alert id in the anomalies of every shard, read from the leaders in `status`.
+async fn raised_alert_ids(cluster: &Cluster, status: &ClusterStatusReply) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     for shard in &status.shards {
         let leader = shard.leader.expect("a leader");
@@ -336,7 +340,7 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
             .await
             .expect("spike ingested");
     }
-    let raised = raised_alert_ids(&cluster).await;
+    let raised = raised_alert_ids(&cluster, &status).await;
     assert!(
         raised.len() >= keys().len(),
         "every spike raised an alert: {raised:?}"
@@ -349,7 +353,7 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
     hook.set_replies(services::Replies::Accept);
     write(&cluster, 41..60).await;
 
-    let raised = raised_alert_ids(&cluster).await;
+    let raised = raised_alert_ids(&cluster, &leaders_without(&cluster, victim).await).await;
     let delivered = wait_for(CONVERGE, async || {
         let accepted: BTreeSet<String> = hook.accepted_alert_ids().into_iter().collect();
         raised.is_subset(&accepted).then_some(accepted)
@@ -652,6 +656,28 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         .await
         .expect("still serving");
     assert_eq!(again.results[0].outcome, Outcome::Applied as i32);
+
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.nodes[&0].http))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    let count = |method: &str, code: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("sentinel_grpc_requests_total{")
+                    && l.contains(&format!("method=\"{method}\""))
+                    && l.contains(&format!("code=\"{code}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(count("Ingest", "InvalidArgument"), Some(3), "{metrics}");
+    assert_eq!(count("Anomalies", "InvalidArgument"), Some(1));
+    assert_eq!(count("Telemetry", "InvalidArgument"), Some(1));
+    assert_eq!(count("AppendEntries", "InvalidArgument"), Some(1));
+    assert!(count("Ingest", "Ok").is_some_and(|n| n >= 2));
 }
 
 /// A stale vote request (term 0) as MessagePack.

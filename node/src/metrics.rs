@@ -1,10 +1,16 @@
 //! The node's Prometheus metrics (`sentinel_*`), sampled Raft state included.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::http;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 use sentinel_core::Anomaly;
 use sentinel_proto::v1::Outcome;
+use tonic::Code;
 
 use crate::host::Host;
 
@@ -23,6 +29,8 @@ pub struct NodeMetrics {
     pub ingest_seconds: Histogram,
     /// Membership and leadership actions taken by the reconciler.
     pub rebalance_actions: IntCounterVec,
+    /// gRPC requests answered, by method and status code.
+    grpc_requests: IntCounterVec,
     /// Alerts delivered by shard leaders, by severity and detector.
     anomalies: IntCounterVec,
     /// Raft term per group.
@@ -102,6 +110,12 @@ impl NodeMetrics {
                 "Membership and leadership actions taken by the reconciler",
                 &["action"],
             )?,
+            grpc_requests: counter_vec(
+                &registry,
+                "sentinel_grpc_requests_total",
+                "gRPC requests answered, by method and status code",
+                &["method", "code"],
+            )?,
             anomalies: counter_vec(
                 &registry,
                 "sentinel_anomalies_total",
@@ -169,6 +183,13 @@ impl NodeMetrics {
         self.events_processed.with_label_values(&[name]).inc();
     }
 
+    /// A layer for the gRPC server counting every answer by method and status code.
+    pub fn grpc_layer(&self) -> CountRequests {
+        CountRequests {
+            counter: self.grpc_requests.clone(),
+        }
+    }
+
     /// Counts one delivered alert.
     pub fn count_alert(&self, alert: &Anomaly) {
         self.anomalies
@@ -216,4 +237,80 @@ impl NodeMetrics {
         }
         self.replicas.set(hosted - 1);
     }
+}
+
+/// Counts gRPC answers by method and status code (see [`NodeMetrics::grpc_layer`]).
+#[derive(Clone)]
+pub struct CountRequests {
+    counter: IntCounterVec,
+}
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            counter: self.counter.clone(),
+        }
+    }
+}
+
+/// A gRPC service whose answers are counted.
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    counter: IntCounterVec,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Counted<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let counter = self.counter.clone();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            let code = response_code(&response);
+            // Unknown paths all answer Unimplemented; one label keeps them from
+            // growing the metric without bound.
+            let method = if code == Code::Unimplemented {
+                "unknown"
+            } else {
+                method.as_str()
+            };
+            counter
+                .with_label_values(&[method, &format!("{code:?}")])
+                .inc();
+            Ok(response)
+        })
+    }
+}
+
+/// The status of an answer: in the headers when it failed at once, otherwise Ok
+/// (a streamed status arrives in trailers, after the count is taken).
+fn response_code<R>(response: &http::Response<R>) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
 }

@@ -58,6 +58,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let grpc_server = tokio::spawn({
         let mut stopped = stopped.clone();
         tonic::transport::Server::builder()
+            .layer(metrics.grpc_layer())
             .add_service(
                 NodeServer::new(service.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -3,9 +3,12 @@
 //!
 //! `ingest`: sustained events/s and ack latency of gRPC ingestion for several batch sizes.
 //! `idle`: CPU used by an idle cluster with many shards.
+//! `move`: time to copy one large shard to a node that joins.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,71 +57,95 @@ enum Mode {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// Time to move one shard: fill it on a single node, then add a second node and
+    /// wait until that node's replica has caught up.
+    Move {
+        /// Size to fill the shard to: MiB of the first node's RocksDB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Events per ingest call while filling.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
 }
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Three nodes running in this process.
+/// Nodes running in this process.
 struct LocalCluster {
     addresses: Vec<String>,
+    shards: u32,
+    replicas: u32,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl LocalCluster {
-    async fn start(shards: u32) -> anyhow::Result<LocalCluster> {
-        let dir = tempfile::tempdir()?;
-        let addresses: Vec<String> = (0..3)
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<_, _>>()?;
-        let mut stops = Vec::new();
-        let mut tasks = Vec::new();
-        for (id, address) in addresses.iter().enumerate() {
-            let env = [
-                ("SENTINEL_NODE__ID", id.to_string()),
-                ("SENTINEL_NODE__LISTEN", address.clone()),
-                (
-                    "SENTINEL_NODE__DATA_DIR",
-                    dir.path().join(id.to_string()).display().to_string(),
-                ),
-                ("SENTINEL_NODE__SEEDS", format!("[{}]", addresses[0])),
-                (
-                    "SENTINEL_HTTP__LISTEN",
-                    format!("127.0.0.1:{}", free_port()?),
-                ),
-                ("SENTINEL_CLUSTER__SHARDS", shards.to_string()),
-                ("SENTINEL_CLUSTER__REPLICAS", "3".into()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v));
-            let config = NodeConfig::load(None, env)?;
-            let (stop, stopped) = oneshot::channel::<()>();
-            stops.push(stop);
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = sentinel_node::run(config, async {
-                    let _ = stopped.await;
-                })
-                .await
-                {
-                    eprintln!("node {id} failed: {e}");
-                }
-            }));
-        }
-        let cluster = LocalCluster {
-            addresses,
-            stops,
-            tasks,
-            _dir: dir,
+    /// Starts `nodes` nodes forming a cluster of `shards` shards with `replicas` each.
+    async fn start(nodes: usize, shards: u32, replicas: u32) -> anyhow::Result<LocalCluster> {
+        let mut cluster = LocalCluster {
+            addresses: Vec::new(),
+            shards,
+            replicas,
+            stops: Vec::new(),
+            tasks: Vec::new(),
+            dir: tempfile::tempdir()?,
         };
-        cluster.wait_converged(shards).await?;
+        for _ in 0..nodes {
+            cluster.spawn()?;
+        }
+        cluster.wait_converged().await?;
         Ok(cluster)
     }
 
-    /// Waits until every shard has three voters and its preferred leader.
-    async fn wait_converged(&self, shards: u32) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    /// Starts one more node, seeded with the first.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let id = self.addresses.len();
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let seed = self.addresses.first().unwrap_or(&address).clone();
+        let env = [
+            ("SENTINEL_NODE__ID", id.to_string()),
+            ("SENTINEL_NODE__LISTEN", address.clone()),
+            (
+                "SENTINEL_NODE__DATA_DIR",
+                self.data_dir(id).display().to_string(),
+            ),
+            ("SENTINEL_NODE__SEEDS", format!("[{seed}]")),
+            (
+                "SENTINEL_HTTP__LISTEN",
+                format!("127.0.0.1:{}", free_port()?),
+            ),
+            ("SENTINEL_CLUSTER__SHARDS", self.shards.to_string()),
+            ("SENTINEL_CLUSTER__REPLICAS", self.replicas.to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v));
+        let config = NodeConfig::load(None, env)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stops.push(stop);
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = sentinel_node::run(config, async {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("node {id} failed: {e}");
+            }
+        }));
+        self.addresses.push(address);
+        Ok(())
+    }
+
+    fn data_dir(&self, node: usize) -> std::path::PathBuf {
+        self.dir.path().join(node.to_string())
+    }
+
+    /// Waits until every shard has its desired voters, its preferred leader and no lag.
+    async fn wait_converged(&self) -> anyhow::Result<()> {
+        let limit = Duration::from_secs(3600);
+        let deadline = Instant::now() + limit;
         let mut client = client(&self.addresses[0]);
         loop {
             if let Ok(status) = client
@@ -126,20 +153,22 @@ impl LocalCluster {
                 .await
             {
                 let status = status.into_inner();
-                let done = status.shard_count == shards
+                let done = status.shard_count == self.shards
+                    && status.nodes.len() == self.addresses.len()
                     && status.shards.iter().all(|s| {
                         s.leader.is_some()
                             && s.leader == s.desired.first().copied()
-                            && s.replicas.iter().filter(|r| r.role == "voter").count() == 3
+                            && s.replicas.len() == s.desired.len()
+                            && s.replicas.iter().all(|r| r.role == "voter" && r.lag == 0)
                     });
                 if done {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("the cluster did not converge within 120 s");
+                bail!("the cluster did not converge within {limit:?}");
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -244,7 +273,7 @@ async fn ingest(
     concurrency: usize,
     shards: u32,
 ) -> anyhow::Result<()> {
-    let cluster = LocalCluster::start(shards).await?;
+    let cluster = LocalCluster::start(3, shards, 3).await?;
     let leaders = Arc::new(Mutex::new(cluster.leaders().await?));
     let events = Arc::new(events_by_shard(shards)?);
     let shard_ids: Vec<u32> = events.keys().copied().collect();
@@ -318,7 +347,7 @@ async fn ingest(
 }
 
 async fn idle(shards: u32, seconds: u64) -> anyhow::Result<()> {
-    let cluster = LocalCluster::start(shards).await?;
+    let cluster = LocalCluster::start(3, shards, 3).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = cpu_seconds()?;
     let started = Instant::now();
@@ -328,6 +357,79 @@ async fn idle(shards: u32, seconds: u64) -> anyhow::Result<()> {
     println!(
         "idle 3-node cluster, {shards} shards, R = 3: {:.1} % of one core for all three nodes ({used:.2} CPU s in {wall:.1} s)",
         100.0 * used / wall
+    );
+    cluster.stop().await;
+    Ok(())
+}
+
+/// Bytes of the files under `path`.
+fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+async fn move_shard(target_mib: u64, batch: usize) -> anyhow::Result<()> {
+    let mut cluster = LocalCluster::start(1, 1, 2).await?;
+    let pool = Arc::new(events_by_shard(1)?.remove(&0).context("replay events")?);
+    let full = Arc::new(AtomicBool::new(false));
+    let filled = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (pool, full, filled) = (pool.clone(), full.clone(), filled.clone());
+        let mut node = client(&cluster.addresses[0]);
+        workers.push(tokio::spawn(async move {
+            let (mut ids, mut round) = (0u64, worker);
+            while !full.load(Ordering::Relaxed) {
+                let inputs = batch_of(&pool, (round * batch) % pool.len(), batch, &mut ids, worker);
+                round += 4;
+                node.ingest(IngestRequest {
+                    shard: 0,
+                    source: None,
+                    events: inputs,
+                })
+                .await?;
+                filled.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let db = cluster.data_dir(0).join("db");
+    while dir_bytes(&db) < target_mib << 20 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    full.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await??;
+    }
+    println!(
+        "filled shard 0 with {} events in {:.0} s: first node's RocksDB {:.0} MiB",
+        filled.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        mib(dir_bytes(&db))
+    );
+    let moving = Instant::now();
+    cluster.spawn()?;
+    cluster.wait_converged().await?;
+    let second = cluster.data_dir(1);
+    println!(
+        "second node joined and caught up in {:.1} s; it holds {:.0} MiB of snapshot files and {:.0} MiB of RocksDB",
+        moving.elapsed().as_secs_f64(),
+        mib(dir_bytes(&second.join("snapshots"))),
+        mib(dir_bytes(&second.join("db")))
     );
     cluster.stop().await;
     Ok(())
@@ -343,5 +445,6 @@ async fn main() -> anyhow::Result<()> {
             shards,
         } => ingest(batches, seconds, concurrency, shards).await,
         Mode::Idle { shards, seconds } => idle(shards, seconds).await,
+        Mode::Move { mib, batch } => move_shard(mib, batch).await,
     }
 }
