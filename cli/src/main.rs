@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sentinel_node::config::LogFormat;
+use sentinel_config::LogFormat;
 use sentinel_node::NodeConfig;
+use sentinel_router::RouterConfig;
 use tracing_subscriber::EnvFilter;
 
 /// Sentinel: real-time anomaly detection for LLM applications.
@@ -27,6 +28,18 @@ enum Command {
     /// Example: `sentinel node --config node.yaml`
     Node {
         /// YAML configuration file (see `node/sentinel-node.example.yaml`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Runs a stateless router (a Deployment): the REST API for ingestion and queries,
+    /// forwarding events in per-shard batches to shard leaders and fanning queries out.
+    ///
+    /// Every configuration key can be set by environment variable, e.g.
+    /// `SENTINEL_ROUTER__SEEDS='[sentinel-0.sentinel:7400]' SENTINEL_HTTP__LISTEN=0.0.0.0:8080`.
+    ///
+    /// Example: `sentinel router --config router.yaml`
+    Router {
+        /// YAML configuration file (see `router/sentinel-router.example.yaml`).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -60,17 +73,25 @@ async fn termination() {
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node { config } => {
             let config = NodeConfig::load(config.as_deref(), std::env::vars())?;
             init_logging(config.log.format, &config.log.level)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(sentinel_node::run(config, termination()))?;
+            runtime()?.block_on(sentinel_node::run(config, termination()))?;
+        }
+        Command::Router { config } => {
+            let config = RouterConfig::load(config.as_deref(), std::env::vars())?;
+            init_logging(config.log.format, &config.log.level)?;
+            runtime()?.block_on(sentinel_router::run(config, termination()))?;
         }
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! A node's configuration: one YAML file, every key overridable by environment variable.
+//! A node's configuration: one YAML file, every key overridable by environment variable
+//! (loaded by `sentinel-config`).
 //!
 //! `SENTINEL_<SECTION>__<KEY>` overrides `section.key` (a double underscore separates
 //! levels, so keys keep their single underscores): `SENTINEL_NODE__DATA_DIR=/data`,
@@ -8,16 +9,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use sentinel_config::{LogFormat, LogSection};
 use sentinel_core::{RedactionConfig, ValidationBounds};
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
 
 use crate::alerting::AlertingConfig;
 use crate::error::NodeError;
 use crate::export::ExportConfig;
-
-/// Prefix of environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "SENTINEL_";
 
 /// Everything a node is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -197,107 +195,19 @@ impl Default for HttpSection {
     }
 }
 
-/// Logging.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSection {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// A tracing filter, e.g. `info` or `info,openraft=warn`.
-    pub level: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            format: LogFormat::Text,
-            level: "info,openraft=warn".into(),
-        }
-    }
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 impl NodeConfig {
     /// Reads `path` (when given) and applies `SENTINEL_*` overrides from `env`.
     pub fn load(
         path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
+        env: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
     ) -> Result<NodeConfig, NodeError> {
-        let mut root = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| NodeError::Config {
-                    key: path.display().to_string(),
-                    problem: e.to_string(),
-                })?;
-                serde_yaml::from_str(&text).map_err(|e| NodeError::Config {
-                    key: path.display().to_string(),
-                    problem: e.to_string(),
-                })?
-            }
-            None => Value::Mapping(Mapping::new()),
-        };
-        if root.is_null() {
-            root = Value::Mapping(Mapping::new());
-        }
-        for (name, value) in env {
-            if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
-                override_key(&mut root, rest, &value)?;
-            }
-        }
-        serde_yaml::from_value(root).map_err(|e| NodeError::Config {
-            key: "configuration".into(),
-            problem: e.to_string(),
-        })
+        Ok(sentinel_config::load(path, env)?)
     }
-}
-
-/// Sets the key named by `SECTION__KEY` (case-insensitive) to `value` read as YAML.
-fn override_key(root: &mut Value, path: &str, value: &str) -> Result<(), NodeError> {
-    let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if parts.iter().any(String::is_empty) {
-        return Err(NodeError::Config {
-            key: format!("{ENV_PREFIX}{path}"),
-            problem: "expected SENTINEL_<SECTION>__<KEY>".into(),
-        });
-    }
-    let parsed: Value = serde_yaml::from_str(value).unwrap_or(Value::String(value.to_owned()));
-    let mut at = root;
-    for part in &parts[..parts.len() - 1] {
-        let map = at.as_mapping_mut().ok_or_else(|| NodeError::Config {
-            key: format!("{ENV_PREFIX}{path}"),
-            problem: format!("`{part}` is not a section"),
-        })?;
-        at = map
-            .entry(Value::String(part.clone()))
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
-    }
-    let map = at.as_mapping_mut().ok_or_else(|| NodeError::Config {
-        key: format!("{ENV_PREFIX}{path}"),
-        problem: "the parent is not a section".into(),
-    })?;
-    map.insert(Value::String(parts[parts.len() - 1].clone()), parsed);
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn environment_overrides_the_file_and_fills_defaults() {
@@ -310,12 +220,12 @@ mod tests {
         .unwrap();
         let config = NodeConfig::load(
             Some(&path),
-            env(&[
+            [
                 ("SENTINEL_NODE__DATA_DIR", "/data"),
                 ("SENTINEL_CLUSTER__REPLICAS", "5"),
                 ("SENTINEL_INGEST__VALIDATION__MAX_TOKENS", "5000"),
                 ("HOME", "/root"),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(config.node.data_dir, PathBuf::from("/data"));
@@ -329,29 +239,29 @@ mod tests {
     fn unknown_and_ill_typed_keys_are_named() {
         let err = NodeConfig::load(
             None,
-            env(&[
+            [
                 ("SENTINEL_NODE__ID", "1"),
                 ("SENTINEL_NODE__DATA_DIR", "/d"),
                 ("SENTINEL_NODE__COLOUR", "red"),
-            ]),
+            ],
         )
         .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
         let err = NodeConfig::load(
             None,
-            env(&[
+            [
                 ("SENTINEL_NODE__ID", "one"),
                 ("SENTINEL_NODE__DATA_DIR", "/d"),
-            ]),
+            ],
         )
         .unwrap_err();
-        assert!(err.to_string().contains("id"), "{err}");
+        assert!(err.to_string().contains("node.id"), "{err}");
     }
 
     #[test]
     fn the_annotated_example_is_a_valid_configuration() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sentinel-node.example.yaml");
-        let config = NodeConfig::load(Some(&path), Vec::new()).unwrap();
+        let config = NodeConfig::load(Some(&path), std::iter::empty::<(&str, &str)>()).unwrap();
         config.alerting.validate().unwrap();
         config.export.as_ref().unwrap().validate().unwrap();
         assert_eq!(config.alerting.webhooks.len(), 1);
@@ -362,12 +272,12 @@ mod tests {
     fn a_node_seeded_by_others_joins() {
         let config = NodeConfig::load(
             None,
-            env(&[
+            [
                 ("SENTINEL_NODE__ID", "2"),
                 ("SENTINEL_NODE__DATA_DIR", "/d"),
                 ("SENTINEL_NODE__ADVERTISE", "sentinel-2.sentinel:7400"),
                 ("SENTINEL_NODE__SEEDS", "[sentinel-0.sentinel:7400]"),
-            ]),
+            ],
         )
         .unwrap();
         assert!(!config.node.creates_cluster());

@@ -13,6 +13,9 @@ pub enum NodeError {
         /// What is wrong.
         problem: String,
     },
+    /// The configuration file or environment could not be loaded.
+    #[error(transparent)]
+    Load(#[from] sentinel_config::ConfigError),
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] sentinel_storage_engine::Error),

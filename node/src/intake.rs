@@ -1,19 +1,16 @@
-//! Turning received JSON into events a shard applies: parse (any input shape), validate,
-//! redact, check the shard, extract metrics.
+//! Turning received JSON into events a shard applies: the shared intake of
+//! `sentinel-core` (parse any input shape, redact, validate), then the shard check and
+//! metric extraction.
 
 use sentinel_core::shard::shard_of;
-use sentinel_core::{
-    extract_metrics, parse_event, validate, Event, FieldError, MetricValues, PriceTable, Redactor,
-    ValidationBounds,
-};
+use sentinel_core::{extract_metrics, Event, FieldError, MetricValues, PriceTable};
 
 use crate::config::IngestSection;
 use crate::error::NodeError;
 
 /// The checks and transformations every received event goes through.
 pub struct Intake {
-    bounds: ValidationBounds,
-    redactor: Redactor,
+    checks: sentinel_core::Intake,
     prices: &'static PriceTable,
 }
 
@@ -24,11 +21,11 @@ impl Intake {
     /// An intake with the configured bounds and redaction.
     pub fn new(config: &IngestSection) -> Result<Intake, NodeError> {
         Ok(Intake {
-            bounds: config.validation.clone(),
-            redactor: Redactor::new(&config.redaction).map_err(|e| NodeError::Config {
-                key: "ingest.redaction".into(),
-                problem: e.to_string(),
-            })?,
+            checks: sentinel_core::Intake::new(config.validation.clone(), &config.redaction)
+                .map_err(|e| NodeError::Config {
+                    key: "ingest.redaction".into(),
+                    problem: e.to_string(),
+                })?,
             prices: PriceTable::builtin(),
         })
     }
@@ -40,11 +37,7 @@ impl Intake {
         shard: u32,
         shards: u32,
     ) -> Result<(Event, MetricValues), Refusal> {
-        let mut event = parse_event(json).map_err(|e| match e.field_errors() {
-            [] => vec![FieldError::new("", e.to_string())],
-            problems => problems.to_vec(),
-        })?;
-        validate(&mut event, &self.bounds).map_err(|e| e.violations)?;
+        let event = self.checks.prepare(json)?;
         let owner = shard_of(&event.service, &event.model, shards);
         if owner != shard {
             return Err(vec![FieldError::new(
@@ -55,7 +48,6 @@ impl Intake {
                 ),
             )]);
         }
-        self.redactor.redact_event(&mut event);
         let values = extract_metrics(&event, self.prices).values;
         Ok((event, values))
     }

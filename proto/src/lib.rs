@@ -5,6 +5,14 @@ pub mod v1 {
     tonic::include_proto!("sentinel.v1");
 }
 
+/// The OTLP trace messages Sentinel decodes from OTLP/HTTP protobuf bodies.
+pub mod otlp {
+    tonic::include_proto!("sentinel.otlp");
+}
+
+/// The encoded descriptors of every `sentinel.v1` file and its imports, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sentinel");
+
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 

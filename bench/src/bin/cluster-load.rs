@@ -4,6 +4,7 @@
 //! `ingest`: sustained events/s and ack latency of gRPC ingestion for several batch sizes.
 //! `idle`: CPU used by an idle cluster with many shards.
 //! `move`: time to copy one large shard to a node that joins.
+//! `query`: REST query throughput through a router, measured with `wrk`.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -56,6 +57,23 @@ enum Mode {
         /// Seconds measured.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// REST query throughput through a router in this process, measured with `wrk`
+    /// (Debian package `wrk`) on `/api/v1/anomalies/recent` and `/api/v1/baselines`.
+    Query {
+        /// Seconds of load per route.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Open connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Redis URL for the router's answer cache (e.g. `redis://127.0.0.1:6379/0`);
+        /// without it every query goes to the shards.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Shards.
+        #[arg(long, default_value_t = 32)]
+        shards: u32,
     },
     /// Time to move one shard: fill it on a single node, then add a second node and
     /// wait until that node's replica has caught up.
@@ -228,12 +246,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Realistic events (ten minutes of the replay), grouped by shard, in replay order.
-fn events_by_shard(shards: u32) -> anyhow::Result<BTreeMap<u32, Vec<Event>>> {
+/// Realistic events (ten minutes of the replay, with injected incidents when
+/// `incidents`), grouped by shard, in replay order.
+fn events_by_shard(shards: u32, incidents: bool) -> anyhow::Result<BTreeMap<u32, Vec<Event>>> {
     let mut by_shard: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
     let replay = Replay::new(ReplayConfig {
         duration_s: 600.0,
-        incidents: false,
+        incidents,
         ..ReplayConfig::default()
     })?;
     for labeled in replay {
@@ -275,7 +294,7 @@ async fn ingest(
 ) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(3, shards, 3).await?;
     let leaders = Arc::new(Mutex::new(cluster.leaders().await?));
-    let events = Arc::new(events_by_shard(shards)?);
+    let events = Arc::new(events_by_shard(shards, false)?);
     let shard_ids: Vec<u32> = events.keys().copied().collect();
     println!("batch  events/s  ack p50 ms  ack p99 ms  calls  rejected");
     for batch in batches {
@@ -346,6 +365,123 @@ async fn ingest(
     Ok(())
 }
 
+/// One `wrk` run: requests/s, latency p50 and p99, and the non-2xx answers.
+struct WrkRun {
+    requests_per_second: f64,
+    p50: String,
+    p99: String,
+    errors: String,
+}
+
+/// Runs `wrk` against `url` and reads its summary.
+async fn wrk(url: String, seconds: u64, connections: usize) -> anyhow::Result<WrkRun> {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("wrk")
+            .args([
+                "-t2",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+                &url,
+            ])
+            .output()
+    })
+    .await?
+    .context("running wrk (Debian package wrk)")?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+    };
+    Ok(WrkRun {
+        requests_per_second: field("Requests/sec:")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("wrk printed no rate:\n{text}"))?,
+        p50: field("50%").unwrap_or_default(),
+        p99: field("99%").unwrap_or_default(),
+        errors: field("Non-2xx or 3xx responses:").unwrap_or_else(|| "0".into()),
+    })
+}
+
+async fn query(
+    seconds: u64,
+    connections: usize,
+    redis: Option<String>,
+    shards: u32,
+) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(3, shards, 3).await?;
+    let leaders = cluster.leaders().await?;
+    let mut ids = 0;
+    for (shard, events) in events_by_shard(shards, true)? {
+        for start in (0..events.len()).step_by(500) {
+            let inputs = batch_of(&events, start, 500.min(events.len() - start), &mut ids, 0);
+            client(&leaders[&shard])
+                .ingest(IngestRequest {
+                    shard,
+                    source: None,
+                    events: inputs,
+                })
+                .await?;
+        }
+    }
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let mut env = vec![
+        (
+            "SENTINEL_ROUTER__SEEDS".to_owned(),
+            format!("[{}]", cluster.addresses.join(", ")),
+        ),
+        ("SENTINEL_HTTP__LISTEN".to_owned(), http.clone()),
+        (
+            "SENTINEL_GRPC__LISTEN".to_owned(),
+            format!("127.0.0.1:{}", free_port()?),
+        ),
+    ];
+    if let Some(url) = &redis {
+        env.push(("SENTINEL_CACHE__REDIS_URL".to_owned(), url.clone()));
+    }
+    let config = sentinel_router::RouterConfig::load(None, env)?;
+    let (stop_router, router_stopped) = oneshot::channel::<()>();
+    let router = tokio::spawn(sentinel_router::run(config, async {
+        let _ = router_stopped.await;
+    }));
+    let ready = format!("http://{http}/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("the router did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let anomalies: serde_json::Value =
+        reqwest::get(format!("http://{http}/api/v1/anomalies/recent?limit=20"))
+            .await?
+            .json()
+            .await?;
+    println!(
+        "3 nodes, {shards} shards, R = 3; {} anomalies in the recent answer; cache: {}",
+        anomalies["count"],
+        redis.as_deref().unwrap_or("none")
+    );
+    println!("route                          queries/s   p50        p99        non-2xx");
+    for path in [
+        "/api/v1/anomalies/recent",
+        "/api/v1/baselines?service=chat-api&model=gpt-4o",
+    ] {
+        let run = wrk(format!("http://{http}{path}"), seconds, connections).await?;
+        println!(
+            "{path:<30} {:>9.0}   {:<10} {:<10} {}",
+            run.requests_per_second, run.p50, run.p99, run.errors
+        );
+    }
+    let _ = stop_router.send(());
+    router.await??;
+    cluster.stop().await;
+    Ok(())
+}
+
 async fn idle(shards: u32, seconds: u64) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(3, shards, 3).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -383,7 +519,11 @@ fn mib(bytes: u64) -> f64 {
 
 async fn move_shard(target_mib: u64, batch: usize) -> anyhow::Result<()> {
     let mut cluster = LocalCluster::start(1, 1, 2).await?;
-    let pool = Arc::new(events_by_shard(1)?.remove(&0).context("replay events")?);
+    let pool = Arc::new(
+        events_by_shard(1, false)?
+            .remove(&0)
+            .context("replay events")?,
+    );
     let full = Arc::new(AtomicBool::new(false));
     let filled = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -446,5 +586,11 @@ async fn main() -> anyhow::Result<()> {
         } => ingest(batches, seconds, concurrency, shards).await,
         Mode::Idle { shards, seconds } => idle(shards, seconds).await,
         Mode::Move { mib, batch } => move_shard(mib, batch).await,
+        Mode::Query {
+            seconds,
+            connections,
+            redis,
+            shards,
+        } => query(seconds, connections, redis, shards).await,
     }
 }

@@ -2,8 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,8 +12,11 @@ use sentinel_proto::v1::node_client::NodeClient;
 use sentinel_proto::v1::{
     ClusterStatusReply, ClusterStatusRequest, IngestReply, IngestRequest, InputEvent,
 };
+use serde_json::Value;
 use tempfile::TempDir;
 use tonic::transport::Channel;
+
+use crate::services::free_port;
 
 /// Start of the test clock: the wall clock, to the minute, so retention keeps the events.
 pub fn t0() -> i64 {
@@ -23,14 +25,6 @@ pub fn t0() -> i64 {
         .expect("clock after 1970")
         .as_millis() as i64;
     now - now % 60_000
-}
-
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One node process and its addresses.
@@ -104,36 +98,75 @@ impl Cluster {
 
     /// Starts (or restarts) the process of node `id` with its data directory.
     pub fn spawn(&mut self, id: u64) {
-        let (shards, replicas, seed) = (self.shards, self.replicas, self.seed.clone());
         let log = self.dir.path().join(format!("node-{id}.log"));
-        let node = self.nodes.get_mut(&id).expect("known node");
+        let node = &self.nodes[&id];
         assert!(node.child.is_none(), "node {id} is running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-            .arg("node")
-            .env("SENTINEL_NODE__ID", id.to_string())
-            .env("SENTINEL_NODE__LISTEN", &node.grpc)
-            .env("SENTINEL_NODE__DATA_DIR", &node.data_dir)
-            .env("SENTINEL_NODE__SEEDS", format!("[{seed}]"))
-            .env("SENTINEL_HTTP__LISTEN", &node.http)
-            .env("SENTINEL_CLUSTER__SHARDS", shards.to_string())
-            .env("SENTINEL_CLUSTER__REPLICAS", replicas.to_string())
-            .env("SENTINEL_RAFT__HEARTBEAT_MS", "100")
-            .env("SENTINEL_RAFT__ELECTION_TIMEOUT_MIN_MS", "400")
-            .env("SENTINEL_RAFT__ELECTION_TIMEOUT_MAX_MS", "800")
-            .env("SENTINEL_RAFT__RECONCILE_MS", "200")
-            .env("SENTINEL_LOG__LEVEL", "info,openraft=warn")
-            .envs(self.extra_env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("sentinel node starts");
-        node.child = Some(child);
+        let mut env = vec![
+            ("SENTINEL_NODE__ID".to_owned(), id.to_string()),
+            ("SENTINEL_NODE__LISTEN".to_owned(), node.grpc.clone()),
+            (
+                "SENTINEL_NODE__DATA_DIR".to_owned(),
+                node.data_dir.display().to_string(),
+            ),
+            (
+                "SENTINEL_NODE__SEEDS".to_owned(),
+                format!("[{}]", self.seed),
+            ),
+            ("SENTINEL_HTTP__LISTEN".to_owned(), node.http.clone()),
+            (
+                "SENTINEL_CLUSTER__SHARDS".to_owned(),
+                self.shards.to_string(),
+            ),
+            (
+                "SENTINEL_CLUSTER__REPLICAS".to_owned(),
+                self.replicas.to_string(),
+            ),
+            ("SENTINEL_RAFT__HEARTBEAT_MS".to_owned(), "100".to_owned()),
+            (
+                "SENTINEL_RAFT__ELECTION_TIMEOUT_MIN_MS".to_owned(),
+                "400".to_owned(),
+            ),
+            (
+                "SENTINEL_RAFT__ELECTION_TIMEOUT_MAX_MS".to_owned(),
+                "800".to_owned(),
+            ),
+            ("SENTINEL_RAFT__RECONCILE_MS".to_owned(), "200".to_owned()),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        let child = launch("node", &env, &log);
+        self.nodes.get_mut(&id).expect("known node").child = Some(child);
+    }
+
+    /// A router in front of this cluster (seeded with every node), with `env` on top of
+    /// the defaults; it is started and ready.
+    pub async fn router(&self, env: &[(&str, &str)]) -> RouterProcess {
+        let seeds: Vec<&str> = self.nodes.values().map(|n| n.grpc.as_str()).collect();
+        let http = format!("127.0.0.1:{}", free_port());
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let mut settings = vec![
+            (
+                "SENTINEL_ROUTER__SEEDS".to_owned(),
+                format!("[{}]", seeds.join(", ")),
+            ),
+            ("SENTINEL_HTTP__LISTEN".to_owned(), http.clone()),
+            ("SENTINEL_GRPC__LISTEN".to_owned(), grpc.clone()),
+        ];
+        settings.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut router = RouterProcess {
+            http,
+            grpc,
+            env: settings,
+            log: self.dir.path().join("router.log"),
+            child: None,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("HTTP client"),
+            api_key: None,
+        };
+        router.spawn();
+        router.wait_ready().await;
+        router
     }
 
     /// Kills node `id` with SIGKILL.
@@ -297,6 +330,149 @@ impl Drop for Cluster {
     }
 }
 
+/// Starts `sentinel <command>` with `env`, its output appended to `log`.
+fn launch(command: &str, env: &[(String, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg(command)
+        .env("SENTINEL_LOG__LEVEL", "info,openraft=warn")
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("sentinel {command} starts: {e}"))
+}
+
+/// A `sentinel router` process and an HTTP client of its REST API.
+pub struct RouterProcess {
+    /// Address of its HTTP listener.
+    pub http: String,
+    /// Address of its public gRPC listener.
+    pub grpc: String,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    client: reqwest::Client,
+    /// Sent as `X-API-Key` with every request, when set.
+    pub api_key: Option<String>,
+}
+
+impl RouterProcess {
+    /// Starts (or restarts) the process.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the router is running");
+        self.child = Some(launch("router", &self.env, &self.log));
+    }
+
+    /// Kills the process with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+        }
+    }
+
+    /// The router's log, for failure messages.
+    pub fn log(&self) -> String {
+        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 60)
+    }
+
+    /// Waits until `/health/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let ready = wait_for(Duration::from_secs(60), async || {
+            let (status, _) = self.get("/health/ready").await;
+            (status == reqwest::StatusCode::OK).then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "the router never became ready\n{}",
+            self.log()
+        );
+    }
+
+    /// The URL of `path` on this router.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// GETs `path`: the status and the JSON answer (null when it is not JSON or the
+    /// router did not answer, with status 599 standing for "no answer").
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        answer(self.keyed(self.client.get(self.url(path)))).await
+    }
+
+    fn keyed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => request.header("x-api-key", key),
+            None => request,
+        }
+    }
+
+    /// POSTs `body` to `path` with `headers`.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self.keyed(self.client.post(self.url(path)).body(body));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        answer(request).await
+    }
+
+    /// POSTs `events` as JSON to `/api/v1/events`.
+    pub async fn post_events(&self, events: &Value) -> (reqwest::StatusCode, Value) {
+        self.post(
+            "/api/v1/events",
+            events.to_string().into_bytes(),
+            &[("content-type", "application/json")],
+        )
+        .await
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await;
+        match response {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- router ---\n{}", self.log());
+        }
+    }
+}
+
+/// Sends `request`; the status and JSON answer (599 and null when nothing answered).
+async fn answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
+    let Ok(response) = request.send().await else {
+        return (
+            reqwest::StatusCode::from_u16(599).expect("status"),
+            Value::Null,
+        );
+    };
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 /// Sends SIGKILL to a process.
 pub fn sigkill(pid: u32) {
     let status = Command::new("kill")
@@ -362,9 +538,19 @@ pub async fn wait_for<T>(
     }
 }
 
-/// A flat-shape event of `service`/`model` at `t` with id `id`.
+/// A flat-shape event of `service`/`model` at `t` with id `id`, for the gRPC API.
 pub fn event(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> InputEvent {
-    let json = serde_json::json!({
+    InputEvent {
+        offset: None,
+        json: event_json(service, model, t, latency_ms, id)
+            .to_string()
+            .into_bytes(),
+    }
+}
+
+/// A flat-shape event of `service`/`model` at `t` with id `id`, as JSON.
+pub fn event_json(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> Value {
+    serde_json::json!({
         "timestamp": rfc3339(t),
         "service_name": service,
         "model_name": model,
@@ -374,15 +560,11 @@ pub fn event(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> I
         "total_tokens": 520,
         "user_id": "user-1",
         "request_id": id,
-    });
-    InputEvent {
-        offset: None,
-        json: json.to_string().into_bytes(),
-    }
+    })
 }
 
 /// RFC 3339 (UTC, milliseconds) of a Unix-ms time.
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .expect("time in range")
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -90,6 +90,73 @@ pub fn ensure_rabbitmq() -> &'static str {
     RABBITMQ_URL
 }
 
+/// A `redis-server` of a test's own on a free port (nothing kept on disk), killed on drop.
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run redis-server (Debian package redis-server)");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.command(&["PING"]).as_deref() != Some("+PONG\r\n") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Sends one command and returns the raw reply (None when nothing answers).
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request += &format!("${}\r\n{arg}\r\n", arg.len());
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = vec![0u8; 64 * 1024];
+        let read = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..read]).into_owned())
+    }
+
+    /// Kills the server (SIGKILL): Redis goes away.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Exchange that nodes publish alerts to.
 pub const ALERT_EXCHANGE: &str = "sentinel.alerts";
 
@@ -184,10 +251,36 @@ impl AlertQueue {
     }
 }
 
-/// A local address on which nothing listens (a port that was just free).
+/// Ports each test process may hand out, and where the blocks start.
+const PORTS_PER_PROCESS: u16 = 25;
+const FIRST_PORT: u16 = 20_000;
+const PORT_BLOCKS: u16 = 480;
+
+/// A 127.0.0.1 port nothing listens on, for a server a test starts later.
+///
+/// The port lies below the kernel's ephemeral range (32768 and up), so no outgoing
+/// connection can take it before the server binds it, and in a block of its own for this
+/// test process (by process id), so tests running beside it do not hand it out either.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let block =
+        FIRST_PORT + (std::process::id() % u32::from(PORT_BLOCKS)) as u16 * PORTS_PER_PROCESS;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            n < usize::from(PORTS_PER_PROCESS),
+            "a test process uses at most {PORTS_PER_PROCESS} ports"
+        );
+        let port = block + n as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A local address on which nothing listens.
 pub fn closed_port_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// How a [`WebhookReceiver`] answers requests that carry a valid signature.

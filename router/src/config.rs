@@ -1,0 +1,238 @@
+//! A router's configuration: one YAML file, every key overridable by environment variable
+//! (`SENTINEL_<SECTION>__<KEY>`, loaded by `sentinel-config`), e.g.
+//! `SENTINEL_ROUTER__SEEDS='[sentinel-0.sentinel:7400]'`, `SENTINEL_HTTP__LISTEN=0.0.0.0:8080`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use sentinel_config::LogSection;
+use sentinel_core::{RedactionConfig, ValidationBounds};
+use serde::Deserialize;
+
+pub use crate::cache::CacheSection;
+use crate::error::RouterError;
+
+/// Everything a router is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// How the router finds the cluster and talks to its nodes.
+    pub router: RouterSection,
+    /// What ingestion accepts and how events are batched toward shard leaders.
+    #[serde(default)]
+    pub ingest: IngestSection,
+    /// The REST server.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// The public gRPC server.
+    #[serde(default)]
+    pub grpc: GrpcSection,
+    /// Who may call the API.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// The optional Redis cache of query answers.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// Kafka ingestion (off unless `kafka.brokers` is set).
+    #[serde(default)]
+    pub kafka: crate::kafka::KafkaSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+impl RouterConfig {
+    /// Reads `path` (when given) and applies `SENTINEL_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
+    ) -> Result<RouterConfig, RouterError> {
+        Ok(sentinel_config::load(path, env)?)
+    }
+}
+
+/// How the router finds the cluster and talks to its nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    /// Nodes (host:port of their gRPC listener) asked for the cluster layout; any one suffices.
+    pub seeds: Vec<String>,
+    /// How often the routing table is refreshed when nothing prompts it.
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// Longest wait for one call to a node.
+    #[serde(default = "default_rpc_timeout_ms")]
+    pub rpc_timeout_ms: u64,
+    /// How long a call keeps retrying while its shard has no reachable leader.
+    #[serde(default = "default_retry_for_ms")]
+    pub retry_for_ms: u64,
+    /// First pause between retries; it doubles after each.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest pause between retries.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_refresh_ms() -> u64 {
+    5_000
+}
+
+fn default_rpc_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_retry_for_ms() -> u64 {
+    30_000
+}
+
+fn default_backoff_initial_ms() -> u64 {
+    50
+}
+
+fn default_backoff_max_ms() -> u64 {
+    2_000
+}
+
+impl RouterSection {
+    /// [`RouterSection::refresh_ms`] as a duration.
+    pub fn refresh(&self) -> Duration {
+        Duration::from_millis(self.refresh_ms)
+    }
+
+    /// [`RouterSection::rpc_timeout_ms`] as a duration.
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.rpc_timeout_ms)
+    }
+
+    /// [`RouterSection::retry_for_ms`] as a duration.
+    pub fn retry_for(&self) -> Duration {
+        Duration::from_millis(self.retry_for_ms)
+    }
+}
+
+/// What ingestion accepts and how events are batched.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    /// Validation bounds (the same keys as a node's).
+    pub validation: ValidationBounds,
+    /// PII redaction (the same keys as a node's).
+    pub redaction: RedactionConfig,
+    /// Batching toward shard leaders.
+    pub batch: BatchConfig,
+}
+
+/// Batching toward shard leaders and the memory it may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events in one ingest call (at most the nodes' `ingest.max_batch_events`).
+    pub max_events: usize,
+    /// Most event bytes in one ingest call.
+    pub max_bytes: usize,
+    /// Longest an event waits for its batch to fill before it is sent.
+    pub max_delay_ms: u64,
+    /// Event bytes queued or in flight, all shards together; callers wait beyond it.
+    pub max_in_flight_bytes: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: 1_000,
+            max_bytes: 4 << 20,
+            max_delay_ms: 5,
+            max_in_flight_bytes: 64 << 20,
+        }
+    }
+}
+
+/// The REST server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Listen address of the REST API, `/metrics` and `/health/*`.
+    pub listen: SocketAddr,
+    /// Largest request body, before and after gzip decoding; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Longest a REST or gRPC request may take; slower ones get 504 (DEADLINE_EXCEEDED).
+    pub request_timeout_ms: u64,
+    /// Origins browsers may call the API from (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 10 << 20,
+            request_timeout_ms: 60_000,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// Who may call ingestion and queries (REST and gRPC); health, metrics and the OpenAPI
+/// document stay open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSection {
+    /// SHA-256 hashes of the accepted API keys, `sha256:<hex>`; empty: no key needed.
+    pub api_keys: Vec<String>,
+}
+
+/// The public gRPC server (`sentinel.v1.Sentinel`, with server reflection).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSection {
+    /// Listen address of the gRPC API.
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        GrpcSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7500)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_config::LogFormat;
+
+    #[test]
+    fn the_annotated_example_is_a_valid_configuration() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sentinel-router.example.yaml");
+        let config = RouterConfig::load(Some(&path), std::iter::empty::<(&str, &str)>()).unwrap();
+        assert_eq!(config.router.seeds.len(), 3);
+        assert_eq!(config.http.listen.port(), 8080);
+        assert_eq!(config.grpc.listen.port(), 7500);
+        assert_eq!(config.ingest.batch.max_events, 1_000);
+        assert_eq!(config.ingest.validation.max_tokens, 100_000);
+        assert_eq!(config.ingest.redaction.extra_patterns.len(), 1);
+        assert_eq!(config.log.format, LogFormat::Text);
+        sentinel_core::Intake::new(config.ingest.validation, &config.ingest.redaction).unwrap();
+    }
+
+    #[test]
+    fn seeds_are_required_and_the_environment_overrides() {
+        let err = RouterConfig::load(None, std::iter::empty::<(&str, &str)>()).unwrap_err();
+        assert!(err.to_string().contains("router"), "{err}");
+        let config = RouterConfig::load(
+            None,
+            [
+                ("SENTINEL_ROUTER__SEEDS", "[127.0.0.1:7400]"),
+                ("SENTINEL_HTTP__MAX_BODY_BYTES", "1024"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(config.router.seeds, ["127.0.0.1:7400"]);
+        assert_eq!(config.http.max_body_bytes, 1024);
+        assert_eq!(config.router.retry_for(), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,309 @@
+//! The public gRPC API (`sentinel.v1.Sentinel`): the REST API's ingestion and queries
+//! with the same parameters and answers, records as `google.protobuf.Struct`.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use prost_types::value::Kind;
+use prost_types::{ListValue, Struct};
+use sentinel_proto::v1::sentinel_server::Sentinel;
+use sentinel_proto::v1::{
+    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, FieldError, IngestEventsReply,
+    IngestEventsRequest, IngestedEvent, QueryReply, RecentAnomaliesQuery, TelemetryQuery,
+};
+use serde_json::Value;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::api::{
+    cluster_status_answer, ingest_events, prepare_documents, query_answer, shard_count, ApiError,
+    ApiState, QueryRoute,
+};
+use crate::query::Query;
+
+/// Trailer listing every bad parameter or event as a JSON array.
+pub const DETAILS_TRAILER: &str = "sentinel-details";
+
+/// The `sentinel.v1.Sentinel` service over the REST API's state.
+pub struct PublicApi {
+    api: Arc<ApiState>,
+}
+
+impl PublicApi {
+    /// The service answering from `api`.
+    pub fn new(api: Arc<ApiState>) -> PublicApi {
+        PublicApi { api }
+    }
+
+    /// The answer of `query` on `route`, its records taken from `list`.
+    async fn reply(
+        &self,
+        route: QueryRoute,
+        query: Query,
+        list: &str,
+    ) -> Result<Response<QueryReply>, Status> {
+        let answer = query_answer(&self.api, route, query).await?;
+        Ok(Response::new(query_reply(answer, list)))
+    }
+}
+
+/// The (name, value) pairs of the fields a request set, as a REST query would give them.
+#[derive(Default)]
+struct Pairs(Vec<(String, String)>);
+
+impl Pairs {
+    fn text(mut self, name: &str, value: &str) -> Pairs {
+        if !value.is_empty() {
+            self.0.push((name.to_owned(), value.to_owned()));
+        }
+        self
+    }
+
+    fn number(mut self, name: &str, value: Option<impl ToString>) -> Pairs {
+        if let Some(value) = value {
+            self.0.push((name.to_owned(), value.to_string()));
+        }
+        self
+    }
+
+    fn query(self) -> Query {
+        Query(self.0)
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let code = match error.status {
+            StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
+            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+            StatusCode::NOT_FOUND => tonic::Code::NotFound,
+            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            StatusCode::GATEWAY_TIMEOUT => tonic::Code::DeadlineExceeded,
+            _ => tonic::Code::Internal,
+        };
+        let mut message = error.message;
+        for detail in &error.details {
+            if let (Some(field), Some(problem)) =
+                (detail["field"].as_str(), detail["problem"].as_str())
+            {
+                message += &format!("; {field}: {problem}");
+            }
+        }
+        let mut status = Status::new(code, message);
+        if !error.details.is_empty() {
+            if let Ok(value) = MetadataValue::try_from(Value::Array(error.details).to_string()) {
+                status.metadata_mut().insert(DETAILS_TRAILER, value);
+            }
+        }
+        status
+    }
+}
+
+/// A JSON object as a `Struct` (anything else becomes an empty one).
+pub fn to_struct(value: Value) -> Struct {
+    match value {
+        Value::Object(map) => Struct {
+            fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
+        },
+        _ => Struct::default(),
+    }
+}
+
+fn to_value(value: Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(items) => Kind::ListValue(ListValue {
+            values: items.into_iter().map(to_value).collect(),
+        }),
+        object @ Value::Object(_) => Kind::StructValue(to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A REST query answer as a [`QueryReply`]: its count, the records under `list`, and
+/// its next cursor.
+fn query_reply(mut answer: Value, list: &str) -> QueryReply {
+    let records = match answer[list].take() {
+        Value::Array(records) => records.into_iter().map(to_struct).collect(),
+        _ => Vec::new(),
+    };
+    QueryReply {
+        count: answer["count"].as_u64().unwrap_or(0) as u32,
+        records,
+        next_cursor: answer["next_cursor"].as_str().unwrap_or("").to_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl Sentinel for PublicApi {
+    async fn ingest_events(
+        &self,
+        request: Request<IngestEventsRequest>,
+    ) -> Result<Response<IngestEventsReply>, Status> {
+        let shards = shard_count(&self.api)?;
+        let events = request.into_inner().events;
+        let intake = self.api.intake.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let documents = events
+                .iter()
+                .map(|event| serde_json::from_str(event).map_err(|e| format!("not JSON: {e}")));
+            prepare_documents(&intake, documents)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let reports = ingest_events(&self.api, shards, prepared).await;
+        let tally = |status: &str| reports.iter().filter(|r| r.status == status).count() as u32;
+        let (applied, duplicates) = (tally("applied"), tally("duplicate"));
+        Ok(Response::new(IngestEventsReply {
+            accepted: applied + duplicates,
+            applied,
+            duplicates,
+            rejected: tally("rejected"),
+            failed: tally("failed"),
+            results: reports
+                .into_iter()
+                .map(|report| IngestedEvent {
+                    index: report.index as u32,
+                    event_id: report.event_id.unwrap_or_default(),
+                    status: report.status.to_owned(),
+                    errors: report
+                        .errors
+                        .into_iter()
+                        .map(|e| FieldError {
+                            field: e.field,
+                            problem: e.problem,
+                        })
+                        .collect(),
+                    message: report.message.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn telemetry(
+        &self,
+        request: Request<TelemetryQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .text("service", &q.service)
+            .text("model", &q.model)
+            .number("hours", q.hours)
+            .number("limit", q.limit)
+            .text("cursor", &q.cursor)
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::Telemetry, query, "records").await
+    }
+
+    async fn anomalies(
+        &self,
+        request: Request<AnomaliesQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .text("severity", &q.severity)
+            .number("hours", q.hours)
+            .number("limit", q.limit)
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::Anomalies, query, "anomalies").await
+    }
+
+    async fn recent_anomalies(
+        &self,
+        request: Request<RecentAnomaliesQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .number("limit", q.limit)
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::RecentAnomalies, query, "anomalies")
+            .await
+    }
+
+    async fn baselines(
+        &self,
+        request: Request<BaselinesQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .text("service", &q.service)
+            .text("model", &q.model)
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::Baselines, query, "baselines").await
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusQuery>,
+    ) -> Result<Response<Struct>, Status> {
+        Ok(Response::new(to_struct(
+            cluster_status_answer(&self.api).await?,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn answers_keep_every_field_as_json() {
+        let answer = json!({
+            "count": 1,
+            "anomalies": [{"alert_id": "a-1", "confidence": 0.9, "details": {"metric": "latency_ms"},
+                           "remediation": ["scale"], "root_cause": null, "ok": true}],
+        });
+        let reply = query_reply(answer, "anomalies");
+        assert_eq!(reply.count, 1);
+        assert_eq!(reply.next_cursor, "");
+        let record = &reply.records[0].fields;
+        assert_eq!(
+            record["alert_id"].kind,
+            Some(Kind::StringValue("a-1".into()))
+        );
+        assert_eq!(record["confidence"].kind, Some(Kind::NumberValue(0.9)));
+        assert_eq!(record["root_cause"].kind, Some(Kind::NullValue(0)));
+        let Some(Kind::StructValue(details)) = &record["details"].kind else {
+            panic!("details is an object");
+        };
+        assert_eq!(
+            details.fields["metric"].kind,
+            Some(Kind::StringValue("latency_ms".into()))
+        );
+    }
+
+    #[test]
+    fn bad_parameters_become_invalid_argument_listing_each() {
+        let error = ApiError::parameters(vec![
+            sentinel_core::FieldError::new("limit", "`0` is not between 1 and 10000"),
+            sentinel_core::FieldError::new("severity", "`urgent` is not one of low"),
+        ]);
+        let status = Status::from(error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("limit: `0`"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("severity: `urgent`"));
+        let details: Value = serde_json::from_str(
+            status
+                .metadata()
+                .get(DETAILS_TRAILER)
+                .unwrap()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(details.as_array().unwrap().len(), 2);
+    }
+}

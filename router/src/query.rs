@@ -1,0 +1,673 @@
+//! Query parameters of the REST routes (every problem reported by parameter), the
+//! opaque telemetry cursor, and the merging of per-shard answers.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, VecDeque};
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sentinel_core::FieldError;
+use sentinel_proto::v1::Consistency;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Most records one query answers (what a node answers per call).
+pub const MAX_LIMIT: u32 = 10_000;
+/// Longest look-back of `hours` (a year).
+const MAX_HOURS: f64 = 24.0 * 366.0;
+/// Default look-back of `hours`.
+const DEFAULT_HOURS: f64 = 24.0;
+
+/// Parameters of `GET /api/v1/telemetry`.
+pub const TELEMETRY_PARAMETERS: &[&str] = &[
+    "service",
+    "model",
+    "hours",
+    "limit",
+    "cursor",
+    "consistency",
+];
+/// Parameters of `GET /api/v1/anomalies`.
+pub const ANOMALIES_PARAMETERS: &[&str] = &["severity", "hours", "limit", "consistency"];
+/// Parameters of `GET /api/v1/anomalies/recent`.
+pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = &["limit", "consistency"];
+/// Parameters of `GET /api/v1/baselines`.
+pub const BASELINES_PARAMETERS: &[&str] = &["service", "model", "consistency"];
+
+/// The parameters of one query as (name, value) pairs: a REST query string, or the
+/// fields a gRPC request set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query(pub Vec<(String, String)>);
+
+impl From<Option<&str>> for Query {
+    fn from(query: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect(),
+        )
+    }
+}
+
+/// The raw parameters of one request and the problems found so far.
+struct Params {
+    values: BTreeMap<String, String>,
+    problems: Vec<FieldError>,
+}
+
+impl Params {
+    /// Reads a query, noting repeated and unknown parameters.
+    fn new(query: impl Into<Query>, allowed: &[&str]) -> Params {
+        let mut params = Params {
+            values: BTreeMap::new(),
+            problems: Vec::new(),
+        };
+        for (name, value) in query.into().0 {
+            if !allowed.contains(&name.as_str()) {
+                params.problem(
+                    &name,
+                    format!("unknown parameter; this route takes {}", allowed.join(", ")),
+                );
+            } else {
+                match params.values.entry(name) {
+                    Entry::Occupied(seen) => params
+                        .problems
+                        .push(FieldError::new(seen.key().as_str(), "given more than once")),
+                    Entry::Vacant(slot) => {
+                        slot.insert(value);
+                    }
+                }
+            }
+        }
+        params
+    }
+
+    fn problem(&mut self, field: &str, problem: impl Into<String>) {
+        self.problems.push(FieldError::new(field, problem));
+    }
+
+    /// A text parameter; empty counts as absent.
+    fn text(&mut self, name: &str) -> Option<String> {
+        self.values.remove(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// A number parameter within `min..=max`, `default` when absent.
+    fn number<T>(&mut self, name: &str, default: T, min: T, max: T) -> T
+    where
+        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+    {
+        let Some(text) = self.text(name) else {
+            return default;
+        };
+        match text.trim().parse::<T>() {
+            Ok(n) if n >= min && n <= max => n,
+            Ok(_) => {
+                self.problem(name, format!("`{text}` is not between {min} and {max}"));
+                default
+            }
+            Err(_) => {
+                self.problem(name, format!("`{text}` is not a number"));
+                default
+            }
+        }
+    }
+
+    fn limit(&mut self, default: u32) -> u32 {
+        self.number("limit", default, 1, MAX_LIMIT)
+    }
+
+    /// `hours` as the start of the look-back, in ms since the Unix epoch.
+    fn since(&mut self, now_ms: i64) -> i64 {
+        let hours = self.number("hours", DEFAULT_HOURS, 0.0, MAX_HOURS);
+        if hours <= 0.0 && self.problems.iter().all(|p| p.field != "hours") {
+            self.problem("hours", "must be above 0");
+        }
+        now_ms - (hours * 3_600_000.0) as i64
+    }
+
+    fn consistency(&mut self) -> Consistency {
+        match self.text("consistency").as_deref() {
+            None | Some("linearizable") => Consistency::Linearizable,
+            Some("stale") => Consistency::StaleOk,
+            Some(other) => {
+                self.problem(
+                    "consistency",
+                    format!("`{other}` is not one of linearizable, stale"),
+                );
+                Consistency::Linearizable
+            }
+        }
+    }
+
+    /// `service` and `model`, where a model needs a service.
+    fn service_model(&mut self) -> (Option<String>, Option<String>) {
+        let (service, model) = (self.text("service"), self.text("model"));
+        if service.is_none() && model.is_some() {
+            self.problem("model", "needs service");
+        }
+        (service, model)
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+        if self.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.problems)
+        }
+    }
+}
+
+/// `GET /api/v1/telemetry` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryParams {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this model (with a service).
+    pub model: Option<String>,
+    /// Where to resume (also fixes the look-back of the first page).
+    pub cursor: TelemetryCursor,
+    /// Records per page.
+    pub limit: u32,
+    /// Read freshness.
+    pub consistency: Consistency,
+}
+
+impl TelemetryParams {
+    /// Parses `service`, `model`, `hours`, `limit`, `cursor`, `consistency`, at `now_ms`.
+    pub fn parse(
+        query: impl Into<Query>,
+        now_ms: i64,
+        shards: u32,
+    ) -> Result<TelemetryParams, Vec<FieldError>> {
+        let mut p = Params::new(query, TELEMETRY_PARAMETERS);
+        let (service, model) = p.service_model();
+        let since = p.since(now_ms);
+        let limit = p.limit(100);
+        let consistency = p.consistency();
+        let cursor = match p.text("cursor") {
+            Some(text) => TelemetryCursor::decode(&text, shards).unwrap_or_else(|problem| {
+                p.problem("cursor", problem);
+                TelemetryCursor::start(since, [])
+            }),
+            None => {
+                let shards: Vec<u32> = match (&service, &model) {
+                    (Some(service), Some(model)) => {
+                        vec![sentinel_core::shard::shard_of(service, model, shards)]
+                    }
+                    _ => (0..shards).collect(),
+                };
+                TelemetryCursor::start(since, shards)
+            }
+        };
+        p.finish(TelemetryParams {
+            service,
+            model,
+            cursor,
+            limit,
+            consistency,
+        })
+    }
+}
+
+/// `GET /api/v1/anomalies` and `/api/v1/anomalies/recent` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomaliesParams {
+    /// Only this severity.
+    pub severity: Option<String>,
+    /// Raised at or after, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// Most anomalies answered.
+    pub limit: u32,
+    /// Read freshness.
+    pub consistency: Consistency,
+}
+
+impl AnomaliesParams {
+    /// Parses `severity`, `hours`, `limit`, `consistency` of `/api/v1/anomalies` at `now_ms`.
+    pub fn parse(query: impl Into<Query>, now_ms: i64) -> Result<AnomaliesParams, Vec<FieldError>> {
+        let mut p = Params::new(query, ANOMALIES_PARAMETERS);
+        let severity = p.text("severity").map(|s| s.to_ascii_lowercase());
+        if let Some(severity) = &severity {
+            if !["low", "medium", "high", "critical"].contains(&severity.as_str()) {
+                p.problem(
+                    "severity",
+                    format!("`{severity}` is not one of low, medium, high, critical"),
+                );
+            }
+        }
+        let since_ms = p.since(now_ms);
+        let limit = p.limit(100);
+        let consistency = p.consistency();
+        p.finish(AnomaliesParams {
+            severity,
+            since_ms,
+            limit,
+            consistency,
+        })
+    }
+
+    /// Parses `limit`, `consistency` of `/api/v1/anomalies/recent` (any age, any severity).
+    pub fn parse_recent(query: impl Into<Query>) -> Result<AnomaliesParams, Vec<FieldError>> {
+        let mut p = Params::new(query, RECENT_ANOMALIES_PARAMETERS);
+        let limit = p.limit(20);
+        let consistency = p.consistency();
+        p.finish(AnomaliesParams {
+            severity: None,
+            since_ms: 0,
+            limit,
+            consistency,
+        })
+    }
+}
+
+/// `GET /api/v1/baselines` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BaselinesParams {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Read freshness (`stale` may read any replica).
+    pub consistency: Consistency,
+}
+
+impl BaselinesParams {
+    /// Parses `service`, `model`, `consistency`.
+    pub fn parse(query: impl Into<Query>) -> Result<BaselinesParams, Vec<FieldError>> {
+        let mut p = Params::new(query, BASELINES_PARAMETERS);
+        let (service, model) = (p.text("service"), p.text("model"));
+        let consistency = p.consistency();
+        p.finish(BaselinesParams {
+            service,
+            model,
+            consistency,
+        })
+    }
+}
+
+/// Where a paged telemetry query stands on each shard not yet exhausted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryCursor {
+    /// Start of the look-back, fixed by the first page.
+    #[serde(rename = "f")]
+    pub from_ms: i64,
+    /// Per shard still to read.
+    #[serde(rename = "p")]
+    pub positions: Vec<ShardPosition>,
+}
+
+/// Where a paged query stands on one shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardPosition {
+    /// The shard.
+    #[serde(rename = "s")]
+    pub shard: u32,
+    /// The node's cursor of the page being read (empty: the first page).
+    #[serde(rename = "c", default, skip_serializing_if = "String::is_empty")]
+    pub cursor: String,
+    /// Records of that page already answered.
+    #[serde(rename = "k", default, skip_serializing_if = "is_zero")]
+    pub skip: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl TelemetryCursor {
+    /// The first page of `shards`, looking back to `from_ms`.
+    pub fn start(from_ms: i64, shards: impl IntoIterator<Item = u32>) -> TelemetryCursor {
+        TelemetryCursor {
+            from_ms,
+            positions: shards
+                .into_iter()
+                .map(|shard| ShardPosition {
+                    shard,
+                    cursor: String::new(),
+                    skip: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// The opaque text form.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("cursors serialize"))
+    }
+
+    /// Reads the text form, checking it against a cluster of `shards` shards.
+    pub fn decode(text: &str, shards: u32) -> Result<TelemetryCursor, String> {
+        let invalid = || "not a cursor this API returned".to_string();
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| invalid())?;
+        let cursor: TelemetryCursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if cursor.positions.is_empty()
+            || cursor
+                .positions
+                .iter()
+                .any(|p| p.shard >= shards || p.skip > MAX_LIMIT)
+        {
+            return Err(invalid());
+        }
+        Ok(cursor)
+    }
+}
+
+/// One shard's answer to a telemetry page request made from `position`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPage {
+    /// Where the request started.
+    pub position: ShardPosition,
+    /// The records, in the node's order.
+    pub records: Vec<Value>,
+    /// The node's cursor after these records (empty: none left).
+    pub next_cursor: String,
+}
+
+fn telemetry_key(record: &Value) -> (&str, &str, i64) {
+    let event = &record["event"];
+    (
+        event["service"].as_str().unwrap_or(""),
+        event["model"].as_str().unwrap_or(""),
+        event["timestamp_ms"].as_i64().unwrap_or(0),
+    )
+}
+
+/// Merges shard pages into one page of at most `limit` records in (service, model, time)
+/// order, and the cursor of the rest (`None` when nothing is left).
+pub fn merge_telemetry(
+    from_ms: i64,
+    pages: Vec<ShardPage>,
+    limit: usize,
+) -> (Vec<Value>, Option<TelemetryCursor>) {
+    let mut heads: Vec<(ShardPage, VecDeque<Value>)> = pages
+        .into_iter()
+        .map(|mut page| {
+            let records: VecDeque<Value> = std::mem::take(&mut page.records)
+                .into_iter()
+                .skip(page.position.skip as usize)
+                .collect();
+            (page, records)
+        })
+        .collect();
+    let mut taken = vec![0u32; heads.len()];
+    let mut merged = Vec::new();
+    while merged.len() < limit {
+        let next = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, records))| records.front().map(|r| (i, telemetry_key(r))))
+            .min_by(|a, b| a.1.cmp(&b.1))
+            .map(|(i, _)| i);
+        let Some(i) = next else { break };
+        merged.extend(heads[i].1.pop_front());
+        taken[i] += 1;
+    }
+    let positions: Vec<ShardPosition> = heads
+        .into_iter()
+        .zip(taken)
+        .filter_map(|((page, rest), taken)| {
+            if !rest.is_empty() {
+                Some(ShardPosition {
+                    skip: page.position.skip + taken,
+                    ..page.position
+                })
+            } else if page.next_cursor.is_empty() {
+                None
+            } else {
+                Some(ShardPosition {
+                    shard: page.position.shard,
+                    cursor: page.next_cursor,
+                    skip: 0,
+                })
+            }
+        })
+        .collect();
+    let cursor = (!positions.is_empty()).then_some(TelemetryCursor { from_ms, positions });
+    (merged, cursor)
+}
+
+/// Merges shard answers of anomalies: newest first (ties by alert id), at most `limit`.
+pub fn merge_anomalies(shards: Vec<Vec<Value>>, limit: usize) -> Vec<Value> {
+    let mut all: Vec<Value> = shards.into_iter().flatten().collect();
+    all.sort_by(|a, b| {
+        let key = |v: &Value| {
+            (
+                v["timestamp_ms"].as_i64().unwrap_or(0),
+                v["alert_id"].as_str().unwrap_or("").to_owned(),
+            )
+        };
+        key(b).cmp(&key(a))
+    });
+    all.truncate(limit);
+    all
+}
+
+/// Merges shard answers of baselines in (service, model) order.
+pub fn merge_baselines(shards: Vec<Vec<Value>>) -> Vec<Value> {
+    let mut all: Vec<Value> = shards.into_iter().flatten().collect();
+    all.sort_by(|a, b| {
+        let key = |v: &Value| {
+            (
+                v["service_name"].as_str().unwrap_or("").to_owned(),
+                v["model"].as_str().unwrap_or("").to_owned(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn fields(problems: &[FieldError]) -> Vec<&str> {
+        problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn telemetry_parameters_have_defaults_and_a_single_shard_for_a_key() {
+        let params = TelemetryParams::parse(Query::default(), NOW, 8).unwrap();
+        assert_eq!(params.limit, 100);
+        assert_eq!(params.cursor.from_ms, NOW - 24 * 3_600_000);
+        assert_eq!(params.cursor.positions.len(), 8);
+        assert_eq!(params.consistency, Consistency::Linearizable);
+        let params = TelemetryParams::parse(
+            Some("service=chat&model=gpt-4o&hours=0.5&limit=7&consistency=stale"),
+            NOW,
+            8,
+        )
+        .unwrap();
+        assert_eq!(params.cursor.positions.len(), 1);
+        assert_eq!(
+            params.cursor.positions[0].shard,
+            sentinel_core::shard::shard_of("chat", "gpt-4o", 8)
+        );
+        assert_eq!(params.cursor.from_ms, NOW - 1_800_000);
+        assert_eq!(
+            (params.limit, params.consistency),
+            (7, Consistency::StaleOk)
+        );
+    }
+
+    #[test]
+    fn every_bad_parameter_is_listed() {
+        let problems = TelemetryParams::parse(
+            Some("model=m&hours=-1&limit=abc&cursor=zzz&consistency=eventual&colour=red&limit=2"),
+            NOW,
+            8,
+        )
+        .unwrap_err();
+        let mut named = fields(&problems);
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                "colour",
+                "consistency",
+                "cursor",
+                "hours",
+                "limit",
+                "limit",
+                "model"
+            ]
+        );
+        let problems =
+            AnomaliesParams::parse(Some("severity=urgent&limit=0&hours=0"), NOW).unwrap_err();
+        assert_eq!(fields(&problems), ["severity", "hours", "limit"]);
+        let problems = AnomaliesParams::parse_recent(Some("limit=10001")).unwrap_err();
+        assert!(problems[0].problem.contains("between 1 and 10000"));
+        let problems = BaselinesParams::parse(Some("consistency=weak&x=1")).unwrap_err();
+        assert_eq!(fields(&problems).len(), 2);
+        let params = AnomaliesParams::parse(Some("severity=HIGH&limit=5"), NOW).unwrap();
+        assert_eq!(params.severity.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_foreign_ones_are_refused() {
+        let cursor = TelemetryCursor {
+            from_ms: 42,
+            positions: vec![
+                ShardPosition {
+                    shard: 3,
+                    cursor: "node-cursor".into(),
+                    skip: 5,
+                },
+                ShardPosition {
+                    shard: 0,
+                    cursor: String::new(),
+                    skip: 0,
+                },
+            ],
+        };
+        let text = cursor.encode();
+        assert!(text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(TelemetryCursor::decode(&text, 8).unwrap(), cursor);
+        assert!(TelemetryCursor::decode(&text, 3).is_err());
+        assert!(TelemetryCursor::decode("e30", 8).is_err());
+        assert!(TelemetryCursor::decode("!!", 8).is_err());
+        let params =
+            TelemetryParams::parse(Some(format!("cursor={text}&hours=1").as_str()), NOW, 8)
+                .unwrap();
+        assert_eq!(params.cursor, cursor);
+    }
+
+    fn record(service: &str, t: i64) -> Value {
+        json!({"event": {"service": service, "model": "m", "timestamp_ms": t}, "values": {}})
+    }
+
+    fn page(shard: u32, skip: u32, records: Vec<Value>, next: &str) -> ShardPage {
+        ShardPage {
+            position: ShardPosition {
+                shard,
+                cursor: "c0".into(),
+                skip,
+            },
+            records,
+            next_cursor: next.into(),
+        }
+    }
+
+    #[test]
+    fn telemetry_pages_merge_in_key_order_and_resume_exactly() {
+        let pages = vec![
+            page(
+                0,
+                1,
+                vec![record("a", 0), record("a", 1), record("c", 1)],
+                "n0",
+            ),
+            page(1, 0, vec![record("b", 1), record("b", 2)], ""),
+            page(2, 0, vec![record("d", 1)], ""),
+        ];
+        let (merged, cursor) = merge_telemetry(9, pages, 3);
+        let keys: Vec<_> = merged.iter().map(telemetry_key).collect();
+        assert_eq!(keys, [("a", "m", 1), ("b", "m", 1), ("b", "m", 2)]);
+        let cursor = cursor.unwrap();
+        assert_eq!(cursor.from_ms, 9);
+        assert_eq!(
+            cursor.positions,
+            [
+                ShardPosition {
+                    shard: 0,
+                    cursor: "c0".into(),
+                    skip: 2
+                },
+                ShardPosition {
+                    shard: 2,
+                    cursor: "c0".into(),
+                    skip: 0
+                },
+            ]
+        );
+        let (merged, cursor) = merge_telemetry(9, vec![page(0, 0, vec![record("a", 0)], "n0")], 5);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(cursor.unwrap().positions[0].cursor, "n0");
+        let (_, cursor) = merge_telemetry(9, vec![page(0, 0, vec![record("a", 0)], "")], 5);
+        assert_eq!(cursor, None);
+    }
+
+    #[test]
+    fn anomalies_merge_newest_first_within_the_limit() {
+        let alert = |id: &str, t: i64| json!({"alert_id": id, "timestamp_ms": t});
+        let merged = merge_anomalies(
+            vec![
+                vec![alert("a", 30), alert("b", 10)],
+                vec![alert("c", 20), alert("d", 30)],
+            ],
+            3,
+        );
+        let ids: Vec<_> = merged
+            .iter()
+            .map(|a| a["alert_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["d", "a", "c"]);
+        let baselines = merge_baselines(vec![
+            vec![json!({"service_name": "b", "model": "m"})],
+            vec![json!({"service_name": "a", "model": "z"})],
+        ]);
+        assert_eq!(baselines[0]["service_name"], "a");
+    }
+
+    proptest! {
+        #[test]
+        fn query_parsing_never_panics(query in ".{0,200}", shards in 1u32..64) {
+            let _ = TelemetryParams::parse(Some(query.as_str()), NOW, shards);
+            let _ = AnomaliesParams::parse(Some(query.as_str()), NOW);
+            let _ = AnomaliesParams::parse_recent(Some(query.as_str()));
+            let _ = BaselinesParams::parse(Some(query.as_str()));
+            let _ = TelemetryCursor::decode(&query, shards);
+        }
+
+        #[test]
+        fn structured_queries_never_panic(
+            pairs in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("service".to_string()), Just("model".to_string()),
+                        Just("hours".to_string()), Just("limit".to_string()),
+                        Just("cursor".to_string()), Just("severity".to_string()),
+                        Just("consistency".to_string()), "[a-z]{1,5}",
+                    ],
+                    prop_oneof![
+                        "-?[0-9]{0,25}(\\.[0-9]{0,5})?", "[A-Za-z0-9_-]{0,40}",
+                        Just("NaN".to_string()), Just("inf".to_string()), Just("1e308".to_string()),
+                    ],
+                ),
+                0..8,
+            ),
+        ) {
+            let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let query = query.join("&");
+            let _ = TelemetryParams::parse(Some(query.as_str()), NOW, 16);
+            let _ = AnomaliesParams::parse(Some(query.as_str()), NOW);
+        }
+    }
+}
