@@ -434,14 +434,15 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
     );
     // Its query answers are cached in a Redis of the test's own, for a minute.
     let mut redis = services::RedisServer::start();
-    let (mut cluster, mut h) = start(&[
+    let redis_url = redis.url();
+    let settings = [
         ("SENTINEL_ROUTER__REFRESH_MS", "3600000"),
-        ("SENTINEL_AUTH__API_KEYS", &keys),
-        ("SENTINEL_CACHE__REDIS_URL", &redis.url()),
+        ("SENTINEL_AUTH__API_KEYS", keys.as_str()),
+        ("SENTINEL_CACHE__REDIS_URL", redis_url.as_str()),
         ("SENTINEL_CACHE__TTL_MS", "60000"),
         ("SENTINEL_CACHE__TIMEOUT_MS", "500"),
-    ])
-    .await;
+    ];
+    let (mut cluster, mut h) = start(&settings).await;
     let (status, answer) = h.get("/api/v1/anomalies/recent").await;
     assert_eq!(
         (status, answer["code"].as_str()),
@@ -550,7 +551,8 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
     let missing: Vec<&String> = acknowledged.difference(&unique).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 
-    // A repeated query is answered from Redis; an explicitly linearizable one is not.
+    // A repeated query is answered from the router's memory, the same query on another
+    // router from Redis; an explicitly linearizable query never from the cache.
     let cache =
         |result: &str| format!("sentinel_router_cache_lookups_total{{result=\"{result}\"}}");
     let query = "/api/v1/baselines?service=svc-1&model=gpt-4o";
@@ -563,23 +565,33 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
     })
     .await;
     assert!(stored_key.is_some(), "the answer is stored in Redis");
-    let hits = counter(&h.metrics().await, &cache("hit"));
-    let (_, again) = h.get(&format!("{query}&consistency=stale")).await;
+    let local_hits = counter(&h.metrics().await, &cache("local_hit"));
     let (_, repeated) = h.get(query).await;
     assert_eq!(repeated, first);
     assert_eq!(
-        again["baselines"][0]["events"],
-        first["baselines"][0]["events"]
+        counter(&h.metrics().await, &cache("local_hit")),
+        local_hits + 1.0
     );
-    assert_eq!(counter(&h.metrics().await, &cache("hit")), hits + 1.0);
+    let mut other = cluster.router(&settings).await;
+    other.api_key = Some("test-key-2".into());
+    let (_, shared) = other.get(query).await;
+    assert_eq!(shared, first);
+    assert_eq!(counter(&other.metrics().await, &cache("hit")), 1.0);
+    let lookups = h.metrics().await;
     let (status, _) = h.get(&format!("{query}&consistency=linearizable")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(counter(&h.metrics().await, &cache("hit")), hits + 1.0);
+    let after = h.metrics().await;
+    for result in ["hit", "local_hit", "miss"] {
+        assert_eq!(
+            counter(&after, &cache(result)),
+            counter(&lookups, &cache(result))
+        );
+    }
 
     // Redis goes away: queries are still answered, from the cluster.
     redis.kill();
     let errors = counter(&h.metrics().await, &cache("error"));
-    let (status, without) = h.get(query).await;
+    let (status, without) = h.get(&format!("{query}&consistency=stale")).await;
     assert_eq!(status, StatusCode::OK, "{without}");
     assert_eq!(
         without["baselines"][0]["events"],

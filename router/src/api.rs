@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, RawQuery, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
@@ -684,7 +684,7 @@ pub async fn query_answer(
     api: &ApiState,
     route: QueryRoute,
     query: Query,
-) -> Result<Value, ApiError> {
+) -> Result<Bytes, ApiError> {
     let compute = async {
         match route {
             QueryRoute::Telemetry => telemetry_answer(api, query.clone()).await,
@@ -704,13 +704,12 @@ async fn answer(
     api: &ApiState,
     route: QueryRoute,
     query: Option<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        query_answer(api, route, query.as_deref().into()).await?,
-    ))
+) -> Result<Response, ApiError> {
+    let json = query_answer(api, route, query.as_deref().into()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
-async fn telemetry(State(api): Shared, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn telemetry(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     answer(&api, QueryRoute::Telemetry, query).await
 }
 
@@ -783,18 +782,18 @@ fn anomalies_params(query: Query, recent: bool) -> Result<AnomaliesParams, ApiEr
     params.map_err(ApiError::parameters)
 }
 
-async fn anomalies(State(api): Shared, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn anomalies(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     answer(&api, QueryRoute::Anomalies, query).await
 }
 
 async fn recent_anomalies(
     State(api): Shared,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     answer(&api, QueryRoute::RecentAnomalies, query).await
 }
 
-async fn baselines(State(api): Shared, RawQuery(query): RawQuery) -> Result<Json<Value>, ApiError> {
+async fn baselines(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     answer(&api, QueryRoute::Baselines, query).await
 }
 

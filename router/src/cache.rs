@@ -1,16 +1,23 @@
-//! An optional cache of query answers in Redis, shared by every router, with a short TTL.
+//! An optional cache of query answers, kept in this router's memory and in Redis (shared
+//! by every router), with a short TTL.
 //!
-//! The cache only ever saves work: when Redis is slow, down or unset, the answer is
-//! computed from the cluster as if there were no cache (and the failure is counted).
-//! Queries asking for `consistency=linearizable` explicitly always bypass it.
+//! A lookup tries memory, then Redis, then the cluster; concurrent misses of one answer
+//! compute it once. An answer taken from Redis is kept in memory only for the time it has
+//! left there, so no answer is served older than the TTL. The cache only ever saves work:
+//! when Redis is slow, down or unset, answers come from the cluster as if there were no
+//! cache (and the failure is counted). Queries asking for `consistency=linearizable`
+//! explicitly always bypass it.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::metrics::RouterMetrics;
 use crate::query::Query;
@@ -25,6 +32,8 @@ pub struct CacheSection {
     pub ttl_ms: u64,
     /// Longest wait for Redis before the cache is skipped for that request.
     pub timeout_ms: u64,
+    /// Most answers kept in this router's memory.
+    pub local_entries: usize,
 }
 
 impl Default for CacheSection {
@@ -33,6 +42,7 @@ impl Default for CacheSection {
             redis_url: String::new(),
             ttl_ms: 1_000,
             timeout_ms: 50,
+            local_entries: 1_024,
         }
     }
 }
@@ -40,11 +50,21 @@ impl Default for CacheSection {
 /// Prefix of every cache key.
 const KEY_PREFIX: &str = "sentinel:answer:";
 
+/// Answers in this router's memory, each until its deadline.
+#[derive(Default)]
+struct Local {
+    answers: HashMap<String, (Instant, Bytes)>,
+    /// One lock per answer being computed, so concurrent misses compute it once.
+    computing: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
 /// The query-answer cache.
 pub struct QueryCache {
     redis: Option<ConnectionManager>,
+    local: Mutex<Local>,
     ttl: Duration,
     timeout: Duration,
+    capacity: usize,
     metrics: RouterMetrics,
 }
 
@@ -69,50 +89,53 @@ impl QueryCache {
         };
         Ok(QueryCache {
             redis,
+            local: Mutex::default(),
             ttl: Duration::from_millis(config.ttl_ms.max(1)),
             timeout,
+            capacity: config.local_entries.max(1),
             metrics,
         })
     }
 
-    /// The answer of `query` on `route`: from the cache when it holds one, otherwise
-    /// from `compute` (then cached when it succeeded).
+    /// The answer of `query` on `route` as JSON: from the cache when it holds one,
+    /// otherwise from `compute` (then cached when it succeeded).
     pub async fn answer<E>(
         &self,
         route: &str,
         query: &Query,
         compute: impl Future<Output = Result<Value, E>>,
-    ) -> Result<Value, E> {
+    ) -> Result<Bytes, E> {
+        let encode =
+            |answer: Value| Bytes::from(serde_json::to_vec(&answer).expect("answers serialize"));
         let Some(redis) = self.redis.clone().filter(|_| cacheable(query)) else {
-            return compute.await;
+            return compute.await.map(encode);
         };
         let key = cache_key(route, query);
-        let mut connection = redis.clone();
-        let cached: Option<Result<Option<Vec<u8>>, _>> =
-            tokio::time::timeout(self.timeout, connection.get(&key))
-                .await
-                .ok();
-        match cached {
-            Some(Ok(Some(bytes))) => match serde_json::from_slice(&bytes) {
-                Ok(answer) => {
-                    self.count("hit");
-                    return Ok(answer);
-                }
-                Err(_) => self.count("error"),
-            },
-            Some(Ok(None)) => self.count("miss"),
-            Some(Err(_)) | None => self.count("error"),
+        if let Some(answer) = self.remembered(&key) {
+            self.count("local_hit");
+            return Ok(answer);
         }
-        let answer = compute.await?;
-        let bytes = serde_json::to_vec(&answer).expect("answers serialize");
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let (timeout, metrics) = (self.timeout, self.metrics.clone());
+        let computing = self.lock_for(&key);
+        let _only_one = computing.lock().await;
+        if let Some(answer) = self.remembered(&key) {
+            self.count("local_hit");
+            return Ok(answer);
+        }
+        if let Some((answer, left)) = self.in_redis(redis.clone(), &key).await {
+            self.count("hit");
+            self.remember(&key, answer.clone(), left);
+            return Ok(answer);
+        }
+        let answer = encode(compute.await?);
+        self.remember(&key, answer.clone(), self.ttl);
+        let (bytes, ttl_ms, timeout) = (answer.clone(), self.ttl.as_millis() as u64, self.timeout);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let mut connection = redis;
-            let stored =
-                tokio::time::timeout(timeout, connection.pset_ex::<_, _, ()>(key, bytes, ttl_ms))
-                    .await;
-            if !matches!(stored, Ok(Ok(()))) {
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(bytes.as_ref()).arg("PX").arg(ttl_ms);
+            let store = set.query_async::<()>(&mut connection);
+            if !matches!(tokio::time::timeout(timeout, store).await, Ok(Ok(()))) {
                 metrics
                     .cache_lookups
                     .with_label_values(&["store_error"])
@@ -120,6 +143,58 @@ impl QueryCache {
             }
         });
         Ok(answer)
+    }
+
+    /// The answer in Redis under `key` and how long it has left there.
+    async fn in_redis(&self, mut redis: ConnectionManager, key: &str) -> Option<(Bytes, Duration)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let lookup = pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut redis);
+        match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(Ok((Some(bytes), left_ms))) if left_ms > 0 => {
+                Some((Bytes::from(bytes), Duration::from_millis(left_ms as u64)))
+            }
+            Ok(Ok(_)) => {
+                self.count("miss");
+                None
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.count("error");
+                None
+            }
+        }
+    }
+
+    fn remembered(&self, key: &str) -> Option<Bytes> {
+        let local = self.local.lock().expect("cache lock");
+        local
+            .answers
+            .get(key)
+            .filter(|(deadline, _)| *deadline > Instant::now())
+            .map(|(_, answer)| answer.clone())
+    }
+
+    fn remember(&self, key: &str, answer: Bytes, ttl: Duration) {
+        let now = Instant::now();
+        let mut local = self.local.lock().expect("cache lock");
+        if local.answers.len() >= self.capacity {
+            local.answers.retain(|_, (deadline, _)| *deadline > now);
+            if local.answers.len() >= self.capacity {
+                local.answers.clear();
+            }
+        }
+        local.answers.insert(key.to_owned(), (now + ttl, answer));
+    }
+
+    /// The lock that lets one caller at a time compute the answer under `key`.
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut local = self.local.lock().expect("cache lock");
+        if local.computing.len() >= self.capacity {
+            local
+                .computing
+                .retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        local.computing.entry(key.to_owned()).or_default().clone()
     }
 
     fn count(&self, result: &str) {
@@ -197,13 +272,13 @@ mod tests {
             QueryCache::new(&CacheSection::default(), RouterMetrics::new().unwrap()).unwrap();
         let mut computed = 0;
         for _ in 0..2 {
-            let answer: Result<Value, ()> = cache
+            let answer: Result<Bytes, ()> = cache
                 .answer("/api/v1/baselines", &query(&[]), async {
                     computed += 1;
                     Ok(Value::Null)
                 })
                 .await;
-            assert_eq!(answer, Ok(Value::Null));
+            assert_eq!(answer, Ok(Bytes::from_static(b"null")));
         }
         assert_eq!(computed, 2);
     }

@@ -42,7 +42,8 @@ impl PublicApi {
         query: Query,
         list: &str,
     ) -> Result<Response<QueryReply>, Status> {
-        let answer = query_answer(&self.api, route, query).await?;
+        let json = query_answer(&self.api, route, query).await?;
+        let answer = serde_json::from_slice(&json).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(query_reply(answer, list)))
     }
 }

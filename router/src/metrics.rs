@@ -29,7 +29,7 @@ pub struct RouterMetrics {
     pub table_refreshes: IntCounterVec,
     /// Calls refused for want of a valid API key, by reason (`missing`, `wrong`).
     pub auth_refusals: IntCounterVec,
-    /// Query-cache lookups by result (`hit`, `miss`, `error`, `store_error`).
+    /// Query-cache lookups by result (`local_hit`, `hit`, `miss`, `error`, `store_error`).
     pub cache_lookups: IntCounterVec,
     /// Kafka ingestion.
     pub kafka: KafkaMetrics,

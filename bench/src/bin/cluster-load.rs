@@ -246,12 +246,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Realistic events (ten minutes of the replay, with injected incidents when
-/// `incidents`), grouped by shard, in replay order.
+/// Realistic events grouped by shard, in replay order: ten minutes of the replay, or
+/// thirty with its injected incidents when `incidents`.
 fn events_by_shard(shards: u32, incidents: bool) -> anyhow::Result<BTreeMap<u32, Vec<Event>>> {
     let mut by_shard: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
     let replay = Replay::new(ReplayConfig {
-        duration_s: 600.0,
+        duration_s: if incidents { 1800.0 } else { 600.0 },
         incidents,
         ..ReplayConfig::default()
     })?;
@@ -410,6 +410,7 @@ async fn query(
     shards: u32,
 ) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(3, shards, 3).await?;
+    eprintln!("cluster converged; ingesting the replay with its incidents");
     let leaders = cluster.leaders().await?;
     let mut ids = 0;
     for (shard, events) in events_by_shard(shards, true)? {
@@ -424,6 +425,7 @@ async fn query(
                 .await?;
         }
     }
+    eprintln!("{ids} events ingested; starting the router");
     let http = format!("127.0.0.1:{}", free_port()?);
     let mut env = vec![
         (

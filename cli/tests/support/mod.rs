@@ -152,11 +152,15 @@ impl Cluster {
             ("SENTINEL_GRPC__LISTEN".to_owned(), grpc.clone()),
         ];
         settings.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let log = self
+            .dir
+            .path()
+            .join(format!("router-{}.log", http.replace(':', "-")));
         let mut router = RouterProcess {
             http,
             grpc,
             env: settings,
-            log: self.dir.path().join("router.log"),
+            log,
             child: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
