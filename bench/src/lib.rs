@@ -2,6 +2,7 @@
 //! false-alarm stream, NAB accuracy scoring, and the naive baseline the speed
 //! benchmarks compare against.
 
+pub mod cluster;
 pub mod nab;
 pub mod naive;
 pub mod outcome;

@@ -215,6 +215,7 @@ mod tests {
         assert_eq!(config.ingest.validation.max_tokens, 100_000);
         assert_eq!(config.ingest.redaction.extra_patterns.len(), 1);
         assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.kafka, crate::kafka::KafkaSection::default());
         sentinel_core::Intake::new(config.ingest.validation, &config.ingest.redaction).unwrap();
     }
 
@@ -234,5 +235,39 @@ mod tests {
         assert_eq!(config.router.seeds, ["127.0.0.1:7400"]);
         assert_eq!(config.http.max_body_bytes, 1024);
         assert_eq!(config.router.retry_for(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn kafka_is_off_unless_brokers_are_set_and_every_key_comes_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("SENTINEL_ROUTER__SEEDS", "[127.0.0.1:7400]")];
+            all.extend_from_slice(pairs);
+            RouterConfig::load(
+                None,
+                all.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())),
+            )
+        };
+        let config = env(&[]).unwrap();
+        assert!(!config.kafka.enabled());
+        assert_eq!(config.kafka.topics, ["llm.telemetry", "llm-telemetry"]);
+        let config = env(&[
+            ("SENTINEL_KAFKA__BROKERS", "kafka-0:9092,kafka-1:9092"),
+            ("SENTINEL_KAFKA__TOPICS", "[llm.telemetry]"),
+            ("SENTINEL_KAFKA__GROUP_ID", "routers"),
+            ("SENTINEL_KAFKA__COMMIT_INTERVAL_MS", "250"),
+            ("SENTINEL_KAFKA__PROPERTIES__SASL.PASSWORD", "secret"),
+            ("SENTINEL_KAFKA__PROPERTIES__FETCH.WAIT.MAX.MS", "20"),
+        ])
+        .unwrap();
+        let kafka = &config.kafka;
+        assert!(kafka.enabled());
+        assert_eq!(kafka.brokers, ["kafka-0:9092", "kafka-1:9092"]);
+        assert_eq!(kafka.topics, ["llm.telemetry"]);
+        assert_eq!(kafka.group_id, "routers");
+        assert_eq!(kafka.commit_interval(), Duration::from_millis(250));
+        assert_eq!(kafka.properties["sasl.password"], "secret");
+        assert_eq!(kafka.properties["fetch.wait.max.ms"], "20");
+        let err = env(&[("SENTINEL_KAFKA__BROKER", "x:1")]).unwrap_err();
+        assert!(err.to_string().contains("kafka"), "{err}");
     }
 }

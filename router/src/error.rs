@@ -25,6 +25,9 @@ pub enum RouterError {
     /// The Redis URL of the query cache is unusable.
     #[error("configuration cache.redis_url: {0}")]
     Cache(#[from] redis::RedisError),
+    /// The Kafka configuration is unusable, or its client could not be created.
+    #[error("configuration kafka: {0}")]
+    Kafka(String),
     /// A configured API key hash is unusable.
     #[error("configuration {0}")]
     ApiKey(#[from] crate::auth::KeyHashError),

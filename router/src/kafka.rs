@@ -11,8 +11,8 @@
 //! * Offsets: a partition's offset is committed only when every message up to it has
 //!   settled: its event is committed by its shard (applied, or a duplicate of one
 //!   applied before) or the message went to the dead-letter topic (see [`tracker`]).
-//!   Commits are asynchronous, every `kafka.commit_interval_ms`, and synchronous when
-//!   partitions are revoked and on shutdown.
+//!   Commits happen every `kafka.commit_interval_ms`, when partitions are revoked and
+//!   on shutdown; each is one synchronous round trip, so a failed one is retried.
 //! * Exactly once: each shard skips offsets at or below the highest it applied for the
 //!   partition, and the forwarder never gives up a sourced batch while the router runs,
 //!   so a replay (after a crash, a rebalance, or with two routers briefly owning one
@@ -75,13 +75,9 @@ pub fn start(
     if !section.enabled() {
         return Ok(None);
     }
-    let invalid = |problem: String| RouterError::Io {
-        what: "configuration kafka".into(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, problem),
-    };
     let problems = section.problems();
     if !problems.is_empty() {
-        return Err(invalid(problems.join("; ")));
+        return Err(RouterError::Kafka(problems.join("; ")));
     }
     // A forwarder of its own: sourced batches are retried until answered, and their
     // byte budget is separate from HTTP ingestion's.
@@ -94,6 +90,6 @@ pub fn start(
         table,
         metrics.kafka.clone(),
     )
-    .map_err(|e| invalid(format!("creating the Kafka client: {e}")))?;
+    .map_err(|e| RouterError::Kafka(format!("creating the Kafka client: {e}")))?;
     Ok(Some(tokio::spawn(consumer.run(stop))))
 }

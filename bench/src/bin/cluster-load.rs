@@ -7,7 +7,6 @@
 //! `query`: REST query throughput through a router, measured with `wrk`.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,15 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use sentinel_bench::cluster::{client, free_port, LocalCluster};
 use sentinel_bench::replay::{Replay, ReplayConfig};
 use sentinel_core::shard::shard_of;
 use sentinel_core::Event;
-use sentinel_node::NodeConfig;
 use sentinel_proto::leader_hint;
-use sentinel_proto::v1::node_client::NodeClient;
-use sentinel_proto::v1::{ClusterStatusRequest, IngestRequest, InputEvent};
+use sentinel_proto::v1::{IngestRequest, InputEvent};
 use tokio::sync::{oneshot, Mutex};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(about = "Load on a local 3-node Sentinel cluster")]
@@ -85,145 +82,6 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Nodes running in this process.
-struct LocalCluster {
-    addresses: Vec<String>,
-    shards: u32,
-    replicas: u32,
-    stops: Vec<oneshot::Sender<()>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    dir: tempfile::TempDir,
-}
-
-impl LocalCluster {
-    /// Starts `nodes` nodes forming a cluster of `shards` shards with `replicas` each.
-    async fn start(nodes: usize, shards: u32, replicas: u32) -> anyhow::Result<LocalCluster> {
-        let mut cluster = LocalCluster {
-            addresses: Vec::new(),
-            shards,
-            replicas,
-            stops: Vec::new(),
-            tasks: Vec::new(),
-            dir: tempfile::tempdir()?,
-        };
-        for _ in 0..nodes {
-            cluster.spawn()?;
-        }
-        cluster.wait_converged().await?;
-        Ok(cluster)
-    }
-
-    /// Starts one more node, seeded with the first.
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let id = self.addresses.len();
-        let address = format!("127.0.0.1:{}", free_port()?);
-        let seed = self.addresses.first().unwrap_or(&address).clone();
-        let env = [
-            ("SENTINEL_NODE__ID", id.to_string()),
-            ("SENTINEL_NODE__LISTEN", address.clone()),
-            (
-                "SENTINEL_NODE__DATA_DIR",
-                self.data_dir(id).display().to_string(),
-            ),
-            ("SENTINEL_NODE__SEEDS", format!("[{seed}]")),
-            (
-                "SENTINEL_HTTP__LISTEN",
-                format!("127.0.0.1:{}", free_port()?),
-            ),
-            ("SENTINEL_CLUSTER__SHARDS", self.shards.to_string()),
-            ("SENTINEL_CLUSTER__REPLICAS", self.replicas.to_string()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        let config = NodeConfig::load(None, env)?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        self.stops.push(stop);
-        self.tasks.push(tokio::spawn(async move {
-            if let Err(e) = sentinel_node::run(config, async {
-                let _ = stopped.await;
-            })
-            .await
-            {
-                eprintln!("node {id} failed: {e}");
-            }
-        }));
-        self.addresses.push(address);
-        Ok(())
-    }
-
-    fn data_dir(&self, node: usize) -> std::path::PathBuf {
-        self.dir.path().join(node.to_string())
-    }
-
-    /// Waits until every shard has its desired voters, its preferred leader and no lag.
-    async fn wait_converged(&self) -> anyhow::Result<()> {
-        let limit = Duration::from_secs(3600);
-        let deadline = Instant::now() + limit;
-        let mut client = client(&self.addresses[0]);
-        loop {
-            if let Ok(status) = client
-                .cluster_status(ClusterStatusRequest { digests: false })
-                .await
-            {
-                let status = status.into_inner();
-                let done = status.shard_count == self.shards
-                    && status.nodes.len() == self.addresses.len()
-                    && status.shards.iter().all(|s| {
-                        s.leader.is_some()
-                            && s.leader == s.desired.first().copied()
-                            && s.replicas.len() == s.desired.len()
-                            && s.replicas.iter().all(|r| r.role == "voter" && r.lag == 0)
-                    });
-                if done {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the cluster did not converge within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The address of each shard's leader.
-    async fn leaders(&self) -> anyhow::Result<BTreeMap<u32, String>> {
-        let status = client(&self.addresses[0])
-            .cluster_status(ClusterStatusRequest { digests: false })
-            .await?
-            .into_inner();
-        let addresses: BTreeMap<u64, String> = status
-            .nodes
-            .iter()
-            .map(|n| (n.id, n.address.clone()))
-            .collect();
-        Ok(status
-            .shards
-            .iter()
-            .filter_map(|s| Some((s.shard, addresses.get(&s.leader?)?.clone())))
-            .collect())
-    }
-
-    async fn stop(self) {
-        for stop in self.stops {
-            let _ = stop.send(());
-        }
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
-
-fn client(address: &str) -> NodeClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("address")
-        .tcp_nodelay(true)
-        .connect_lazy();
-    NodeClient::new(channel).max_decoding_message_size(64 << 20)
 }
 
 /// CPU seconds (user + system) this process has used.

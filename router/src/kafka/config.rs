@@ -44,8 +44,9 @@ pub struct KafkaSection {
     /// How often consumer lag is sampled (`statistics.interval.ms`); 0: never.
     pub statistics_interval_ms: u64,
     /// Further librdkafka properties for the consumer and the dead-letter producer
-    /// (e.g. `security.protocol`, `sasl.mechanisms`, `sasl.username`), applied last.
-    /// Keep secrets out of the file: `SENTINEL_KAFKA__PROPERTIES__SASL.PASSWORD=...`.
+    /// (e.g. `fetch.wait.max.ms`, `client.rack`), applied last; secrets belong in the
+    /// environment (`SENTINEL_KAFKA__PROPERTIES__<NAME>=...`). librdkafka is built
+    /// without TLS and SASL here (PLAINTEXT only).
     #[serde(deserialize_with = "scalar_map")]
     pub properties: BTreeMap<String, String>,
 }

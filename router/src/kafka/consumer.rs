@@ -37,8 +37,8 @@ fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
     tracker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Callbacks librdkafka makes while the consumer is polled: rebalances, commit results,
-/// statistics and logs.
+/// Callbacks librdkafka makes while the consumer is polled: rebalances, statistics and
+/// logs.
 pub struct Context {
     tracker: Arc<Mutex<Tracker>>,
     metrics: KafkaMetrics,
@@ -108,10 +108,8 @@ impl ConsumerContext for Context {
                     }
                 }
                 tracing::info!(partitions = %names(partitions), "Kafka partitions revoked");
-                if commit.count() > 0 {
-                    if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                        tracing::warn!(error = %error, "committing revoked partitions failed; their next owner reads some messages again");
-                    }
+                if commit.count() > 0 && !commit_now(consumer, &commit, &self.metrics) {
+                    tracing::warn!("their next owner reads some messages again");
                 }
             }
             Rebalance::Assign(_) => {}
@@ -132,23 +130,25 @@ impl ConsumerContext for Context {
             tracing::info!(partitions = %names(partitions), "Kafka partitions assigned");
         }
     }
+}
 
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                self.metrics.commits.with_label_values(&["ok"]).inc();
-                tracing::debug!(offsets = %names(offsets), "Kafka offsets committed");
-            }
-            Err(error) => {
-                self.metrics.commits.with_label_values(&["failed"]).inc();
-                tracing::warn!(error = %error, offsets = %names(offsets), "committing Kafka offsets failed; retrying");
-                let mut tracker = lock(&self.tracker);
-                for elem in offsets.elements() {
-                    if let Offset::Offset(offset) = elem.offset() {
-                        tracker.commit_failed(&(elem.topic().to_owned(), elem.partition()), offset);
-                    }
-                }
-            }
+/// Commits `offsets` synchronously (a broker round trip; errors come back at once, so
+/// a failed commit is retried) and counts the result; whether it succeeded.
+fn commit_now<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    offsets: &TopicPartitionList,
+    metrics: &KafkaMetrics,
+) -> bool {
+    match consumer.commit(offsets, CommitMode::Sync) {
+        Ok(()) => {
+            metrics.commits.with_label_values(&["ok"]).inc();
+            tracing::debug!(offsets = %names(offsets), "Kafka offsets committed");
+            true
+        }
+        Err(error) => {
+            metrics.commits.with_label_values(&["failed"]).inc();
+            tracing::warn!(error = %error, offsets = %names(offsets), "committing Kafka offsets failed");
+            false
         }
     }
 }
@@ -211,6 +211,8 @@ impl KafkaConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // Topics created after the start are found within this period.
+            .set("topic.metadata.refresh.interval.ms", "30000")
             .set("session.timeout.ms", section.session_timeout_ms.to_string())
             .set(
                 "queued.max.messages.kbytes",
@@ -272,7 +274,7 @@ impl KafkaConsumer {
                     continue;
                 }
                 _ = ticks.tick() => {
-                    self.commit(CommitMode::Async);
+                    self.commit();
                     continue;
                 }
                 message = self.consumer.recv(), if room => message.map(|m| m.detach()),
@@ -330,7 +332,7 @@ impl KafkaConsumer {
             .with_label_values(&[message.topic()])
             .inc();
         let Some(generation) = lock(&self.tracker).read(&key, offset) else {
-            tracing::debug!(topic = %key.0, partition = key.1, offset, "skipping a message of a partition not assigned, or read before");
+            tracing::debug!(topic = %key.0, partition = key.1, offset, "skipping a message of a partition not assigned (any more)");
             return true;
         };
         let settlement = move |key, settled| Settlement {
@@ -414,8 +416,8 @@ impl KafkaConsumer {
         }
     }
 
-    /// Commits every commit point that advanced.
-    fn commit(&self, mode: CommitMode) {
+    /// Commits every commit point that advanced; failed ones are tried again next time.
+    fn commit(&self) {
         let points = lock(&self.tracker).to_commit();
         if points.is_empty() {
             return;
@@ -424,8 +426,7 @@ impl KafkaConsumer {
         for ((topic, partition), offset) in &points {
             let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
-        if let Err(error) = self.consumer.commit(&list, mode) {
-            tracing::warn!(error = %error, "committing Kafka offsets failed; retrying");
+        if !commit_now(&self.consumer, &list, &self.metrics) {
             let mut tracker = lock(&self.tracker);
             for (key, offset) in &points {
                 tracker.commit_failed(key, *offset);
@@ -447,7 +448,7 @@ impl KafkaConsumer {
         let left = in_flight.len();
         self.forwarder.stop();
         drop(in_flight);
-        self.commit(CommitMode::Sync);
+        self.commit();
         tracing::info!(
             settled = waiting - left,
             unsettled = left,

@@ -64,12 +64,19 @@ impl Tracker {
     }
 
     /// Records that the message at `offset` of `key` was read; its generation, or `None`
-    /// when the message is not to be processed: its partition is not assigned (any more),
-    /// or it was read before under this assignment (a re-delivery).
+    /// when its partition is not assigned (any more) and the message is not processed.
+    ///
+    /// Reading goes forward. An offset at or below one read before means the consumer
+    /// went back (a seek or an offset reset): everything from there is read again, so
+    /// the partition starts a new generation there, and settlements of the earlier
+    /// reads count for nothing; the commit point never moves back.
     pub fn read(&mut self, key: &PartitionKey, offset: i64) -> Option<u64> {
         let state = self.partitions.get_mut(key)?;
         if state.highest_read.is_some_and(|highest| offset <= highest) {
-            return None;
+            self.generations += 1;
+            state.generation = self.generations;
+            state.pending.clear();
+            state.settled_to = None;
         }
         state.highest_read = Some(offset);
         state.pending.push_back((offset, false));
@@ -176,15 +183,38 @@ mod tests {
     }
 
     #[test]
-    fn redeliveries_and_unassigned_partitions_are_not_processed() {
+    fn unassigned_partitions_are_not_processed() {
         let mut tracker = Tracker::default();
         assert_eq!(tracker.read(&key(0), 3), None);
         let generation = tracker.assign(key(0));
         assert_eq!(tracker.read(&key(0), 3), Some(generation));
-        assert_eq!(tracker.read(&key(0), 3), None);
-        assert_eq!(tracker.read(&key(0), 2), None);
         assert!(!tracker.settle(&key(0), generation, 2), "never read");
         assert!(!tracker.settle(&key(1), generation, 3));
+    }
+
+    #[test]
+    fn going_back_starts_over_without_moving_the_commit_point_back() {
+        let mut tracker = Tracker::default();
+        let first = tracker.assign(key(0));
+        for offset in 10..15 {
+            tracker.read(&key(0), offset);
+        }
+        for offset in 10..13 {
+            tracker.settle(&key(0), first, offset);
+        }
+        assert_eq!(tracker.to_commit(), [(key(0), 13)]);
+        // The consumer goes back to 11: 11.. are read again under a new generation.
+        let again = tracker.read(&key(0), 11).unwrap();
+        assert_ne!(again, first);
+        assert!(!tracker.settle(&key(0), first, 13), "an earlier read");
+        assert_eq!(tracker.unsettled(), 1);
+        tracker.read(&key(0), 12);
+        tracker.read(&key(0), 13);
+        tracker.settle(&key(0), again, 11);
+        tracker.settle(&key(0), again, 12);
+        assert!(tracker.to_commit().is_empty(), "12 is behind 13");
+        tracker.settle(&key(0), again, 13);
+        assert_eq!(tracker.to_commit(), [(key(0), 14)]);
     }
 
     #[test]
