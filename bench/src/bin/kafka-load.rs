@@ -9,6 +9,7 @@
 //!
 //! ```sh
 //! cargo run --release -p sentinel-bench --bin kafka-load -- --events 200000
+//! SENTINEL_KAFKA__PROPERTIES='{fetch.wait.max.ms: 10}' cargo run ... kafka-load
 //! ```
 
 use std::collections::VecDeque;
@@ -54,6 +55,9 @@ struct Args {
     /// The tansu binary started when `--brokers` is absent.
     #[arg(long, default_value = "/var/cache/sentinel/tools/bin/tansu")]
     tansu: PathBuf,
+    /// Produce-to-anomaly probes measured after the backlog drained (0: none).
+    #[arg(long, default_value_t = 20)]
+    probes: usize,
 }
 
 /// A tansu broker process with in-memory storage.
@@ -232,7 +236,8 @@ async fn main() -> anyhow::Result<()> {
         ),
     ]
     .map(|(k, v)| (k.to_owned(), v));
-    let config = RouterConfig::load(None, env)?;
+    // SENTINEL_* variables of this process override the router's settings.
+    let config = RouterConfig::load(None, env.into_iter().chain(std::env::vars()))?;
     let (stop, stopped) = oneshot::channel::<()>();
     let started = Instant::now();
     let router = tokio::spawn(sentinel_router::run(config, async {
@@ -265,8 +270,99 @@ async fn main() -> anyhow::Result<()> {
         took.as_secs_f64(),
         args.events as f64 / took.as_secs_f64()
     );
+    if args.probes > 0 {
+        let mut latencies = probe_latency(&brokers, &http, &http_listen, args.probes).await?;
+        latencies.sort();
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "produce to anomaly listed: {} probes, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            latencies[latencies.len() - 1].as_secs_f64() * 1e3
+        );
+    }
     let _ = stop.send(());
     router.await??;
     cluster.stop().await;
     Ok(())
+}
+
+/// Produce-to-anomaly latency, one probe at a time: a fresh key gets 60 ordinary events
+/// (a baseline), then one latency spike; the time from producing the spike until the
+/// router lists its anomaly (`/api/v1/anomalies`, polled every 2 ms).
+async fn probe_latency(
+    brokers: &str,
+    http: &reqwest::Client,
+    router: &str,
+    probes: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()?;
+    let send = async |payload: serde_json::Value| -> anyhow::Result<()> {
+        let payload = payload.to_string();
+        let record: FutureRecord<'_, (), String> = FutureRecord::to(TOPIC).payload(&payload);
+        check(Ok::<_, ()>(
+            producer.send(record, Duration::from_secs(30)).await,
+        ))
+    };
+    let mut latencies = Vec::with_capacity(probes);
+    for probe in 0..probes {
+        let service = format!("probe-{}-{probe}", std::process::id());
+        let now = chrono::Utc::now().timestamp_millis();
+        let event = |t: i64, latency_ms: f64| {
+            serde_json::json!({
+                "timestamp": chrono::DateTime::from_timestamp_millis(t)
+                    .expect("time in range")
+                    .to_rfc3339(),
+                "service_name": service,
+                "model_name": "probe-model",
+                "latency_ms": latency_ms,
+                "prompt_tokens": 400,
+                "completion_tokens": 120,
+            })
+        };
+        for j in 0..60 {
+            send(event(
+                now - 61_000 + j * 1_000,
+                200.0 + ((j * 37) % 100) as f64,
+            ))
+            .await?;
+        }
+        let baseline = format!(
+            "http://{router}/api/v1/baselines?service={service}&model=probe-model&consistency=stale"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer: serde_json::Value = http.get(&baseline).send().await?.json().await?;
+            if answer["baselines"][0]["events"].as_u64() == Some(60) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the baseline of {service} never reached 60 events: {answer}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let anomalies =
+            format!("http://{router}/api/v1/anomalies?hours=1&limit=100&consistency=stale");
+        let started = Instant::now();
+        send(event(now, 20_000.0)).await?;
+        loop {
+            let answer: serde_json::Value = http.get(&anomalies).send().await?.json().await?;
+            let listed = answer["anomalies"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|a| a["service_name"] == service.as_str()));
+            if listed {
+                latencies.push(started.elapsed());
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("the spike of {service} was never listed as an anomaly");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(latencies)
 }

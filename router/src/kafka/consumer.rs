@@ -214,6 +214,10 @@ impl KafkaConsumer {
             // Topics created after the start are found within this period.
             .set("topic.metadata.refresh.interval.ms", "30000")
             .set("session.timeout.ms", section.session_timeout_ms.to_string())
+            // How long a fetch may wait for data. Apache Kafka answers as soon as data
+            // arrives; brokers that do not (tansu) hold every fetch this long, which is
+            // then the floor of produce-to-anomaly latency (500 ms by default).
+            .set("fetch.wait.max.ms", "25")
             .set(
                 "queued.max.messages.kbytes",
                 section.max_prefetch_kbytes.to_string(),
