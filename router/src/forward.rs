@@ -124,7 +124,7 @@ struct Item {
 const SOURCED_RETRY_INITIAL: Duration = Duration::from_millis(100);
 /// Longest pause between two tries of a sourced batch.
 const SOURCED_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Why a sourced event got no outcome after [`Forwarder::stop`].
+/// Why an event got no outcome: the forwarder stopped (or its queue closed) first.
 const STOPPING: &str = "the router is stopping";
 
 /// What every shard queue shares.
@@ -204,10 +204,8 @@ impl Forwarder {
                 queued,
             };
             if let Err(mpsc::error::SendError(item)) = queue.send(item) {
-                item.ticket.settle(
-                    item.index,
-                    Delivery::Failed("the router is stopping".into()),
-                );
+                item.ticket
+                    .settle(item.index, Delivery::Failed(STOPPING.into()));
             }
         }
         Receipt(Ok(receiver))
