@@ -773,6 +773,15 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
         fields(&details),
         BTreeSet::from(["consistency", "hours", "limit", "severity"])
     );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        counter(
+            &metrics,
+            "sentinel_router_requests_total{route=\"/sentinel.v1.Sentinel/Anomalies\",status=\"InvalidArgument\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
 
     let ingested = grpc
         .ingest_events(IngestEventsRequest {

@@ -668,6 +668,16 @@ pub enum QueryRoute {
 }
 
 impl QueryRoute {
+    /// The gRPC method of `sentinel.v1.Sentinel`.
+    pub fn rpc(self) -> &'static str {
+        match self {
+            QueryRoute::Telemetry => "Telemetry",
+            QueryRoute::Anomalies => "Anomalies",
+            QueryRoute::RecentAnomalies => "RecentAnomalies",
+            QueryRoute::Baselines => "Baselines",
+        }
+    }
+
     /// The REST path.
     pub fn path(self) -> &'static str {
         match self {

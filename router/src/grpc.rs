@@ -42,9 +42,71 @@ impl PublicApi {
         query: Query,
         list: &str,
     ) -> Result<Response<QueryReply>, Status> {
-        let json = query_answer(&self.api, route, query).await?;
-        let answer = serde_json::from_slice(&json).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(query_reply(answer, list)))
+        let answered = async {
+            let json = query_answer(&self.api, route, query).await?;
+            let answer =
+                serde_json::from_slice(&json).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(Response::new(query_reply(answer, list)))
+        };
+        self.counted(route.rpc(), answered.await)
+    }
+
+    /// Counts a finished call in `sentinel_router_requests_total` as
+    /// `route="/sentinel.v1.Sentinel/<method>"` and `status=<gRPC code>`.
+    fn counted<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.api
+            .metrics
+            .requests
+            .with_label_values(&[
+                &format!("/sentinel.v1.Sentinel/{method}"),
+                &format!("{code:?}"),
+            ])
+            .inc();
+        result
+    }
+
+    /// `IngestEvents`, before it is counted.
+    async fn ingest(&self, events: Vec<String>) -> Result<Response<IngestEventsReply>, Status> {
+        let shards = shard_count(&self.api)?;
+        let intake = self.api.intake.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let documents = events
+                .iter()
+                .map(|event| serde_json::from_str(event).map_err(|e| format!("not JSON: {e}")));
+            prepare_documents(&intake, documents)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let reports = ingest_events(&self.api, shards, prepared).await;
+        let tally = |status: &str| reports.iter().filter(|r| r.status == status).count() as u32;
+        let (applied, duplicates) = (tally("applied"), tally("duplicate"));
+        Ok(Response::new(IngestEventsReply {
+            accepted: applied + duplicates,
+            applied,
+            duplicates,
+            rejected: tally("rejected"),
+            failed: tally("failed"),
+            results: reports
+                .into_iter()
+                .map(|report| IngestedEvent {
+                    index: report.index as u32,
+                    event_id: report.event_id.unwrap_or_default(),
+                    status: report.status.to_owned(),
+                    errors: report
+                        .errors
+                        .into_iter()
+                        .map(|e| FieldError {
+                            field: e.field,
+                            problem: e.problem,
+                        })
+                        .collect(),
+                    message: report.message.unwrap_or_default(),
+                })
+                .collect(),
+        }))
     }
 }
 
@@ -145,44 +207,8 @@ impl Sentinel for PublicApi {
         &self,
         request: Request<IngestEventsRequest>,
     ) -> Result<Response<IngestEventsReply>, Status> {
-        let shards = shard_count(&self.api)?;
-        let events = request.into_inner().events;
-        let intake = self.api.intake.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let documents = events
-                .iter()
-                .map(|event| serde_json::from_str(event).map_err(|e| format!("not JSON: {e}")));
-            prepare_documents(&intake, documents)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let reports = ingest_events(&self.api, shards, prepared).await;
-        let tally = |status: &str| reports.iter().filter(|r| r.status == status).count() as u32;
-        let (applied, duplicates) = (tally("applied"), tally("duplicate"));
-        Ok(Response::new(IngestEventsReply {
-            accepted: applied + duplicates,
-            applied,
-            duplicates,
-            rejected: tally("rejected"),
-            failed: tally("failed"),
-            results: reports
-                .into_iter()
-                .map(|report| IngestedEvent {
-                    index: report.index as u32,
-                    event_id: report.event_id.unwrap_or_default(),
-                    status: report.status.to_owned(),
-                    errors: report
-                        .errors
-                        .into_iter()
-                        .map(|e| FieldError {
-                            field: e.field,
-                            problem: e.problem,
-                        })
-                        .collect(),
-                    message: report.message.unwrap_or_default(),
-                })
-                .collect(),
-        }))
+        let answered = self.ingest(request.into_inner().events).await;
+        self.counted("IngestEvents", answered)
     }
 
     async fn telemetry(
@@ -245,9 +271,13 @@ impl Sentinel for PublicApi {
         &self,
         _: Request<ClusterStatusQuery>,
     ) -> Result<Response<Struct>, Status> {
-        Ok(Response::new(to_struct(
-            cluster_status_answer(&self.api).await?,
-        )))
+        let answered = cluster_status_answer(&self.api).await;
+        self.counted(
+            "ClusterStatus",
+            answered
+                .map(|status| Response::new(to_struct(status)))
+                .map_err(Status::from),
+        )
     }
 }
 
