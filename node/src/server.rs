@@ -21,6 +21,10 @@ use crate::metrics::NodeMetrics;
 use crate::service::NodeService;
 use crate::transport::MAX_MESSAGE_BYTES;
 
+/// How long a stopping node waits for its loops to end and its servers to finish the
+/// calls in flight and close their connections (peers' connections can stay open).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
     TcpListener::bind(address)
         .await
@@ -108,14 +112,30 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(node = host.id, "shutting down: handing leaderships over");
     cluster::hand_over(&host).await;
     let _ = stop.send(true);
-    for task in loops {
-        let _ = task.await;
-    }
-    if let Ok(Err(e)) = grpc_server.await {
-        tracing::warn!(error = %e, "gRPC server stopped with an error");
-    }
-    if let Ok(Err(e)) = http_server.await {
-        tracing::warn!(error = %e, "HTTP server stopped with an error");
+    let mut grpc_server = grpc_server;
+    let mut http_server = http_server;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        for task in &mut loops {
+            let _ = task.await;
+        }
+        if let Ok(Err(e)) = (&mut grpc_server).await {
+            tracing::warn!(error = %e, "gRPC server stopped with an error");
+        }
+        if let Ok(Err(e)) = (&mut http_server).await {
+            tracing::warn!(error = %e, "HTTP server stopped with an error");
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            node = host.id,
+            "calls or connections still open {DRAIN_TIMEOUT:?} after shutdown began; closing them"
+        );
+        for task in &loops {
+            task.abort();
+        }
+        grpc_server.abort();
+        http_server.abort();
     }
     host.shutdown().await;
     tracing::info!(node = host.id, "node stopped");
