@@ -11,12 +11,14 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 use thiserror::Error;
 
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SENTINEL_";
+/// Variables (after [`ENV_PREFIX`]) the command-line client reads, which servers ignore.
+pub const CLIENT_VARIABLES: [&str; 2] = ["ENDPOINT", "API_KEY"];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
@@ -55,8 +57,8 @@ pub enum ConfigError {
     },
 }
 
-/// Reads `path` (when given), applies the `SENTINEL_*` overrides found in `env`, and
-/// deserializes the result.
+/// Reads `path` (when given), applies the `SENTINEL_*` overrides found in `env` (all but
+/// [`CLIENT_VARIABLES`]), and deserializes the result.
 pub fn load<T: DeserializeOwned>(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
@@ -78,7 +80,8 @@ pub fn load<T: DeserializeOwned>(
         root = Value::Mapping(Mapping::new());
     }
     for (name, value) in env {
-        if let Some(rest) = name.as_ref().strip_prefix(ENV_PREFIX) {
+        let key = name.as_ref().strip_prefix(ENV_PREFIX);
+        if let Some(rest) = key.filter(|rest| !CLIENT_VARIABLES.contains(rest)) {
             override_key(&mut root, rest, value.as_ref())?;
         }
     }
@@ -116,7 +119,7 @@ fn override_key(root: &mut Value, path: &str, value: &str) -> Result<(), ConfigE
 }
 
 /// Logging.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// `text` or `json`.
@@ -135,7 +138,7 @@ impl Default for LogSection {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -203,6 +206,20 @@ mod tests {
         let sample: Sample = load(None, [("SENTINEL_SERVER__NAME", "b")]).unwrap();
         assert_eq!(sample.server.name, "b");
         assert_eq!(sample.server.port, 0);
+    }
+
+    #[test]
+    fn the_clients_variables_are_not_configuration() {
+        let sample: Sample = load(
+            None,
+            [
+                ("SENTINEL_SERVER__NAME", "b"),
+                ("SENTINEL_ENDPOINT", "http://127.0.0.1:7500"),
+                ("SENTINEL_API_KEY", "secret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(sample.server.name, "b");
     }
 
     #[test]

@@ -11,14 +11,17 @@ use std::path::{Path, PathBuf};
 
 pub use sentinel_config::{LogFormat, LogSection};
 use sentinel_core::{RedactionConfig, ValidationBounds};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alerting::AlertingConfig;
 use crate::error::NodeError;
 use crate::export::ExportConfig;
 
 /// Everything a node is configured with.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// It serializes with every key (the check of `docs/configuration.md` relies on it); URLs
+/// of alert sinks serialize without their credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Identity, addresses, data and seeds.
@@ -50,7 +53,7 @@ pub struct NodeConfig {
 }
 
 /// Identity, addresses, data and seeds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// Node id, unique in the cluster and stable across restarts.
@@ -89,7 +92,7 @@ impl NodeSection {
 }
 
 /// Shard layout.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSection {
     /// Number of shards, fixed at creation.
@@ -108,7 +111,7 @@ impl Default for ClusterSection {
 }
 
 /// Raft timing and snapshots.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftSection {
     /// Leader heartbeat period.
@@ -136,7 +139,7 @@ impl Default for RaftSection {
 }
 
 /// What ingestion accepts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSection {
     /// Most events in one ingest call.
@@ -158,7 +161,7 @@ impl Default for IngestSection {
 }
 
 /// Retention.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionSection {
     /// Telemetry older than this is deleted.
@@ -180,7 +183,7 @@ impl Default for RetentionSection {
 }
 
 /// The HTTP server for metrics and health.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     /// Listen address of `/metrics`, `/health/live` and `/health/ready`.

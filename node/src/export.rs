@@ -24,7 +24,7 @@ use influxdb2::RequestError;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use sentinel_core::{Anomaly, Metric};
 use sentinel_storage_engine::{ExportEntry, ExportItem, TelemetryRecord};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alerting::RetryConfig;
 
@@ -34,7 +34,7 @@ pub const TELEMETRY_MEASUREMENT: &str = "llm_telemetry";
 pub const ANOMALY_MEASUREMENT: &str = "llm_anomalies";
 
 /// Where and how to export (the `export` section of the node configuration).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExportConfig {
     /// Base URL of the InfluxDB v2 API.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -23,7 +23,7 @@ use crate::metrics::RouterMetrics;
 use crate::query::Query;
 
 /// Where cached answers live and for how long.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheSection {
     /// Redis URL, e.g. `redis://127.0.0.1:6379/0`; empty: no cache.

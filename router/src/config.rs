@@ -8,13 +8,17 @@ use std::time::Duration;
 
 use sentinel_config::LogSection;
 use sentinel_core::{RedactionConfig, ValidationBounds};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::cache::CacheSection;
 use crate::error::RouterError;
 
 /// Everything a router is configured with.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// It serializes with every key (the check of `docs/configuration.md` relies on it).
+/// Serialized and `Debug` output show `cache.redis_url` and `kafka.properties` as given,
+/// credentials included: log neither.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// How the router finds the cluster and talks to its nodes.
@@ -53,7 +57,7 @@ impl RouterConfig {
 }
 
 /// How the router finds the cluster and talks to its nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
     /// Nodes (host:port of their gRPC listener) asked for the cluster layout; any one suffices.
@@ -113,7 +117,7 @@ impl RouterSection {
 }
 
 /// What ingestion accepts and how events are batched.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSection {
     /// Validation bounds (the same keys as a node's).
@@ -125,7 +129,7 @@ pub struct IngestSection {
 }
 
 /// Batching toward shard leaders and the memory it may hold.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     /// Most events in one ingest call (at most the nodes' `ingest.max_batch_events`).
@@ -150,7 +154,7 @@ impl Default for BatchConfig {
 }
 
 /// The REST server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSection {
     /// Listen address of the REST API, `/metrics` and `/health/*`.
@@ -176,7 +180,7 @@ impl Default for HttpSection {
 
 /// Who may call ingestion and queries (REST and gRPC); health, metrics and the OpenAPI
 /// document stay open.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSection {
     /// SHA-256 hashes of the accepted API keys, `sha256:<hex>`; empty: no key needed.
@@ -184,7 +188,7 @@ pub struct AuthSection {
 }
 
 /// The public gRPC server (`sentinel.v1.Sentinel`, with server reflection).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcSection {
     /// Listen address of the gRPC API.

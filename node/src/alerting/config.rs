@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lapin::uri::AMQPUri;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::AlertingError;
 
 /// Where and how alerts are delivered (the `alerting` section of the node's YAML).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertingConfig {
     /// RabbitMQ topic exchange to publish alerts to, if any.
@@ -24,10 +24,12 @@ pub struct AlertingConfig {
 }
 
 /// The RabbitMQ sink.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitConfig {
-    /// Broker address, `amqp://user:password@host:5672/%2f` (may carry a password).
+    /// Broker address, `amqp://user:password@host:5672/%2f` (may carry a password, so it
+    /// serializes, like its `Debug` output, as `scheme://host:port` only).
+    #[serde(serialize_with = "serialize_origin")]
     pub url: String,
     /// Topic exchange that alerts are published to (declared durable).
     #[serde(default = "default_exchange")]
@@ -38,12 +40,14 @@ pub struct RabbitConfig {
 }
 
 /// One webhook sink.
-#[derive(Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Name of the sink in metrics, logs and errors.
     pub name: String,
-    /// Endpoint that receives the POST (its path or query may be a credential).
+    /// Endpoint that receives the POST (its path or query may be a credential, so it
+    /// serializes, like its `Debug` output, as `scheme://host:port` only).
+    #[serde(serialize_with = "serialize_origin")]
     pub url: String,
     /// Environment variable holding the HMAC secret.
     pub secret_env: Option<String>,
@@ -55,7 +59,7 @@ pub struct WebhookConfig {
 }
 
 /// Exponential backoff between tries of one delivery to one sink, or of one export write.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// Total tries, the first one included.
@@ -69,7 +73,7 @@ pub struct RetryConfig {
 }
 
 /// Per-sink circuit breaker.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Consecutive failed deliveries that open the breaker.
@@ -222,6 +226,11 @@ pub(crate) fn url_origin(url: &str) -> String {
     }
 }
 
+/// Serializes a URL as [`url_origin`], leaving out credentials, path and query.
+fn serialize_origin<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&url_origin(url))
+}
+
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitConfig")
@@ -335,20 +344,22 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_credentials_in_urls() {
+    fn debug_and_serialized_output_hide_credentials_in_urls() {
         let config = parse(
             "rabbitmq: {url: 'amqp://sentinel:hunter2@mq.internal:5672/%2f'}\n\
              webhooks: [{name: chat, url: 'https://hooks.example.com/services/T0/B0/tok3n?key=k3y', \
              secret_env: CHAT_SECRET}]\n",
         )
         .unwrap();
-        let debug = format!("{config:?}");
-        for secret in ["hunter2", "sentinel:", "tok3n", "k3y", "/services"] {
-            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        let serialized = serde_json::to_string(&config).unwrap();
+        for shown in [format!("{config:?}"), serialized] {
+            for secret in ["hunter2", "sentinel:", "tok3n", "k3y", "/services"] {
+                assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+            }
+            assert!(shown.contains("amqp://mq.internal:5672"), "{shown}");
+            assert!(shown.contains("https://hooks.example.com"), "{shown}");
+            assert!(shown.contains("CHAT_SECRET"), "{shown}");
         }
-        assert!(debug.contains("amqp://mq.internal:5672"), "{debug}");
-        assert!(debug.contains("https://hooks.example.com"), "{debug}");
-        assert!(debug.contains("CHAT_SECRET"), "{debug}");
     }
 
     #[test]

@@ -66,6 +66,39 @@ mod tests {
         ));
     }
 
+    /// The worked example of `docs/alerting.md` stays true: its body is an alert exactly
+    /// as a node serializes it, its pretty-printed payload is the same alert, and its
+    /// headers are what a node sends.
+    #[test]
+    fn the_documented_worked_example_is_what_a_node_sends() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/alerting.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let line = |prefix: &str| {
+            doc.lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("docs/alerting.md has no line starting {prefix}"))
+        };
+        let body = format!("{{\"alert_id\":{}", line("{\"alert_id\":"));
+        let secret = line("secret='").trim_end_matches('\'');
+        let alert: sentinel_core::Anomaly = serde_json::from_str(&body).unwrap();
+        assert_eq!(serde_json::to_string(&alert).unwrap(), body);
+        assert_eq!(line("X-Sentinel-Alert-Id: "), alert.alert_id);
+        assert_eq!(
+            line("X-Sentinel-Signature: "),
+            sign(secret.as_bytes(), body.as_bytes())
+        );
+        assert!(doc.contains(&format!("{} bytes", body.len())));
+        let pretty = doc
+            .split("```json\n")
+            .nth(1)
+            .and_then(|block| block.split("```").next())
+            .expect("a json block");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(pretty).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        );
+    }
+
     #[test]
     fn rejects_other_bodies_secrets_and_malformed_headers() {
         let header = sign(b"secret", b"body");

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Kafka ingestion: off unless `brokers` is set.
 ///
 /// Every key can be set from the environment like any other, e.g.
 /// `SENTINEL_KAFKA__BROKERS=kafka-0:9092,kafka-1:9092`,
 /// `SENTINEL_KAFKA__TOPICS='[llm.telemetry]'`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSection {
     /// Bootstrap brokers (`host:port`), as a list or one comma-separated string;
