@@ -83,6 +83,110 @@ fn expected(alert: &Anomaly, incident: &Incident) -> bool {
         .any(|s| s.metric == alert.details.metric && s.anomaly_type == alert.anomaly_type.name())
 }
 
+/// Scores alerts against the injected incidents as they are raised.
+#[derive(Debug, Clone)]
+pub struct Scoreboard {
+    /// Per injected incident.
+    pub incidents: Vec<IncidentOutcome>,
+    /// Alerts raised outside every incident (false alarms).
+    pub false_alerts: Vec<Anomaly>,
+}
+
+impl Scoreboard {
+    /// A scoreboard of `incidents`, with nothing raised yet.
+    pub fn new(incidents: &[Incident]) -> Scoreboard {
+        Scoreboard {
+            incidents: incidents
+                .iter()
+                .map(|i| IncidentOutcome {
+                    incident: i.clone(),
+                    first_alert: None,
+                    alerts: 0,
+                })
+                .collect(),
+            false_alerts: Vec::new(),
+        }
+    }
+
+    /// Records `alert`; the incident it belongs to, if any.
+    pub fn record(&mut self, alert: Anomaly) -> Option<&Incident> {
+        match self
+            .incidents
+            .iter_mut()
+            .find(|o| belongs(&alert, &o.incident))
+        {
+            Some(outcome) => {
+                outcome.alerts += 1;
+                if outcome.first_alert.is_none() && expected(&alert, &outcome.incident) {
+                    outcome.first_alert = Some(alert);
+                }
+                Some(&outcome.incident)
+            }
+            None => {
+                self.false_alerts.push(alert);
+                None
+            }
+        }
+    }
+}
+
+/// One line for an alert: event time, severity, type, key, metric, value against baseline
+/// and what raised it, and the incident it belongs to (or `clean traffic`).
+pub fn alert_line(alert: &Anomaly, incident: Option<&Incident>) -> String {
+    let d = &alert.details;
+    let tag = incident.map_or_else(
+        || "clean traffic".to_owned(),
+        |i| format!("{} {:?}", i.id, i.kind),
+    );
+    format!(
+        "{} {:<8} {:<22} {:>17}/{:<18} {:<17} {:>10.2} vs {:>10.2} ({}) [{}]",
+        alert.timestamp.get(11..23).unwrap_or(&alert.timestamp),
+        alert.severity.name(),
+        alert.anomaly_type.name(),
+        alert.service_name,
+        alert.model,
+        d.metric,
+        d.value,
+        d.baseline,
+        alert.detection_method,
+        tag,
+    )
+}
+
+/// A table of incidents: kind, key, time to detect (or `MISSED`), alerts, and the
+/// first alert's type, metric and method.
+pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
+    let mut table = format!(
+        "{:<8} {:<13} {:<36} {:>9} {:>7}  first alert\n",
+        "incident", "kind", "key", "detected", "alerts"
+    );
+    for o in incidents {
+        let i = &o.incident;
+        let detected = o.time_to_detect_ms().map_or_else(
+            || "MISSED".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        );
+        let first = o.first_alert.as_ref().map_or_else(String::new, |a| {
+            format!(
+                "{} {} via {}",
+                a.anomaly_type.name(),
+                a.details.metric,
+                a.detection_method
+            )
+        });
+        table.push_str(&format!(
+            "{:<8} {:<13} {:<36} {:>9} {:>7}  {}\n",
+            i.id.to_string(),
+            format!("{:?}", i.kind),
+            format!("{}/{}", i.service, i.model),
+            detected,
+            o.alerts,
+            first
+        ));
+    }
+    table
+}
+
 /// Replays `replay` through a pipeline of `shards` shards, calling `on_alert` for every
 /// alert raised (with the incident it belongs to, if any), and scores the result.
 pub fn run(
@@ -92,18 +196,9 @@ pub fn run(
     mut on_alert: impl FnMut(&Anomaly, Option<&Incident>),
 ) -> Result<ReplayOutcome, OutcomeError> {
     let replay = Replay::new(replay)?;
-    let mut incidents: Vec<IncidentOutcome> = replay
-        .incidents()
-        .iter()
-        .map(|i| IncidentOutcome {
-            incident: i.clone(),
-            first_alert: None,
-            alerts: 0,
-        })
-        .collect();
+    let mut scoreboard = Scoreboard::new(replay.incidents());
     let span_ms = replay.end_ms() - replay.start_ms();
     let mut pipeline = Pipeline::new(shards, detection)?;
-    let mut false_alerts = Vec::new();
     let mut clean_events = 0;
     for labeled in replay {
         clean_events += u64::from(labeled.incident.is_none());
@@ -111,24 +206,13 @@ pub fn run(
             continue;
         };
         for alert in observation.anomalies {
-            match incidents.iter_mut().find(|o| belongs(&alert, &o.incident)) {
-                Some(outcome) => {
-                    on_alert(&alert, Some(&outcome.incident));
-                    outcome.alerts += 1;
-                    if outcome.first_alert.is_none() && expected(&alert, &outcome.incident) {
-                        outcome.first_alert = Some(alert);
-                    }
-                }
-                None => {
-                    on_alert(&alert, None);
-                    false_alerts.push(alert);
-                }
-            }
+            let incident = scoreboard.record(alert.clone());
+            on_alert(&alert, incident);
         }
     }
     Ok(ReplayOutcome {
-        incidents,
-        false_alerts,
+        incidents: scoreboard.incidents,
+        false_alerts: scoreboard.false_alerts,
         clean_events,
         stats: pipeline.stats().clone(),
         span_ms,

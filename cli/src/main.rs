@@ -1,17 +1,24 @@
 //! The `sentinel` command.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use sentinel_config::LogFormat;
 use sentinel_node::NodeConfig;
 use sentinel_router::RouterConfig;
 use tracing_subscriber::EnvFilter;
 
+mod dev;
+mod feed;
+mod produce;
+mod query;
+
 /// Sentinel: real-time anomaly detection for LLM applications.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "sentinel", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,6 +50,33 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Runs a local cluster (3 nodes and a router, no external services) fed realistic
+    /// LLM traffic with injected incidents, and shows the anomalies it raises.
+    Dev(dev::DevArgs),
+    /// Sends events from a JSONL or CSV file, or from the realistic replay, to a router
+    /// over HTTP or to Kafka, and reports what was acknowledged and rejected.
+    Produce(produce::ProduceArgs),
+    /// The query client (anomalies, baselines, telemetry, cluster), over a router's gRPC API.
+    #[command(flatten)]
+    Query(query::QueryCommand),
+    /// Prints the shell completion script.
+    #[command(after_help = "Examples:
+  sentinel completions bash > /etc/bash_completion.d/sentinel
+  sentinel completions zsh > \"${fpath[1]}/_sentinel\"
+  sentinel completions fish > ~/.config/fish/completions/sentinel.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff), or writes one page per command into a directory.
+    #[command(after_help = "Examples:
+  sentinel man | man -l -
+  sentinel man --out-dir /usr/local/share/man/man1")]
+    Man {
+        /// Write `sentinel.1` and `sentinel-<command>.1` here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
@@ -55,6 +89,32 @@ fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Sends the log of the whole process to `path` (appending), without colours.
+fn log_to_file(path: &Path, level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level).with_context(|| format!("log level `{level}`"))?;
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .init();
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
+async fn first_termination() {
+    termination().await;
+    tokio::spawn(async {
+        termination().await;
+        eprintln!("interrupted again: exiting without a clean shutdown");
+        std::process::exit(130);
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -92,6 +152,25 @@ fn main() -> anyhow::Result<()> {
             let config = RouterConfig::load(config.as_deref(), std::env::vars())?;
             init_logging(config.log.format, &config.log.level)?;
             runtime()?.block_on(sentinel_router::run(config, termination()))?;
+        }
+        Command::Dev(args) => runtime()?.block_on(dev::run(args, first_termination()))?,
+        Command::Produce(args) => {
+            std::process::exit(runtime()?.block_on(produce::run(args, first_termination())))
+        }
+        Command::Query(command) => std::process::exit(query::run(command)),
+        Command::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "sentinel",
+            &mut std::io::stdout(),
+        ),
+        Command::Man { out_dir: None } => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the man page")?,
+        Command::Man { out_dir: Some(dir) } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
         }
     }
     Ok(())

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use prost_types::value::Kind;
 use prost_types::{ListValue, Struct};
+use sentinel_proto::leader_hint;
 use sentinel_proto::v1::sentinel_server::Sentinel;
 use sentinel_proto::v1::{
-    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, FieldError, IngestEventsReply,
-    IngestEventsRequest, IngestedEvent, QueryReply, RecentAnomaliesQuery, TelemetryQuery,
+    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, DecommissionQuery, DecommissionReply,
+    DecommissionRequest, FieldError, IngestEventsReply, IngestEventsRequest, IngestedEvent,
+    QueryReply, RecentAnomaliesQuery, TelemetryQuery,
 };
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
@@ -23,6 +25,8 @@ use crate::query::Query;
 
 /// Trailer listing every bad parameter or event as a JSON array.
 pub const DETAILS_TRAILER: &str = "sentinel-details";
+/// NotLeader redirects a decommission follows towards the metadata leader.
+const MAX_REDIRECTS: usize = 3;
 
 /// The `sentinel.v1.Sentinel` service over the REST API's state.
 pub struct PublicApi {
@@ -107,6 +111,51 @@ impl PublicApi {
                 })
                 .collect(),
         }))
+    }
+
+    /// `Decommission`, before it is counted: asks the metadata leader (as the cluster
+    /// status names it, then following NotLeader hints) to drain `node_id`.
+    async fn drain(&self, node_id: u64) -> Result<DecommissionReply, Status> {
+        let status = self
+            .api
+            .table
+            .cluster_status()
+            .await
+            .map_err(|e| Status::from(ApiError::from(e)))?;
+        let leader = status
+            .metadata_leader
+            .and_then(|id| status.nodes.iter().find(|node| node.id == id));
+        let mut address = leader
+            .or(status.nodes.first())
+            .map(|node| node.address.clone())
+            .ok_or_else(|| Status::unavailable("the cluster has no nodes"))?;
+        for _ in 0..=MAX_REDIRECTS {
+            let answer = self
+                .api
+                .table
+                .client(&address)?
+                .decommission(DecommissionRequest { node_id })
+                .await;
+            let refused = match answer {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(refused) => refused,
+            };
+            match leader_hint(&refused) {
+                Some((_, hinted)) if hinted != address => address = hinted,
+                _ if refused.code() == tonic::Code::NotFound => {
+                    return Err(Status::not_found(refused.message()))
+                }
+                _ => {
+                    return Err(Status::new(
+                        refused.code(),
+                        format!("node {address}: {}", refused.message()),
+                    ))
+                }
+            }
+        }
+        Err(Status::unavailable(format!(
+            "the metadata leader moved {MAX_REDIRECTS} times in a row; try again"
+        )))
     }
 }
 
@@ -278,6 +327,14 @@ impl Sentinel for PublicApi {
                 .map(|status| Response::new(to_struct(status)))
                 .map_err(Status::from),
         )
+    }
+
+    async fn decommission(
+        &self,
+        request: Request<DecommissionQuery>,
+    ) -> Result<Response<DecommissionReply>, Status> {
+        let answered = self.drain(request.into_inner().node_id).await;
+        self.counted("Decommission", answered.map(Response::new))
     }
 }
 

@@ -12,15 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sentinel_bench::cluster::{client, free_port, LocalCluster};
+use sentinel_bench::cluster::{client, LocalCluster};
 use sentinel_bench::replay::{Replay, ReplayConfig};
 use sentinel_core::shard::shard_of;
 use sentinel_core::Event;
 use sentinel_proto::leader_hint;
 use sentinel_proto::v1::{IngestRequest, InputEvent};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::Mutex;
 
 #[derive(Parser)]
 #[command(about = "Load on a local 3-node Sentinel cluster")]
@@ -284,37 +284,11 @@ async fn query(
         }
     }
     eprintln!("{ids} events ingested; starting the router");
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let mut env = vec![
-        (
-            "SENTINEL_ROUTER__SEEDS".to_owned(),
-            format!("[{}]", cluster.addresses.join(", ")),
-        ),
-        ("SENTINEL_HTTP__LISTEN".to_owned(), http.clone()),
-        (
-            "SENTINEL_GRPC__LISTEN".to_owned(),
-            format!("127.0.0.1:{}", free_port()?),
-        ),
-    ];
-    if let Some(url) = &redis {
-        env.push(("SENTINEL_CACHE__REDIS_URL".to_owned(), url.clone()));
-    }
-    let config = sentinel_router::RouterConfig::load(None, env)?;
-    let (stop_router, router_stopped) = oneshot::channel::<()>();
-    let router = tokio::spawn(sentinel_router::run(config, async {
-        let _ = router_stopped.await;
-    }));
-    let ready = format!("http://{http}/health/ready");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(&ready)
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!("the router did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let env = redis
+        .iter()
+        .map(|url| ("SENTINEL_CACHE__REDIS_URL".to_owned(), url.clone()));
+    let router = cluster.start_router(None, None, env).await?;
+    let http = router.http.clone();
     let anomalies: serde_json::Value =
         reqwest::get(format!("http://{http}/api/v1/anomalies/recent?limit=20"))
             .await?
@@ -336,8 +310,7 @@ async fn query(
             run.requests_per_second, run.p50, run.p99, run.errors
         );
     }
-    let _ = stop_router.send(());
-    router.await??;
+    router.stop().await?;
     cluster.stop().await;
     Ok(())
 }

@@ -21,8 +21,6 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use sentinel_bench::cluster::{free_port, LocalCluster};
 use sentinel_router::kafka::rdkafka;
-use sentinel_router::RouterConfig;
-use tokio::sync::oneshot;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -213,17 +211,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let cluster = LocalCluster::start(3, args.shards, 3).await?;
-    let http_listen = format!("127.0.0.1:{}", free_port()?);
     let env = [
-        (
-            "SENTINEL_ROUTER__SEEDS",
-            format!("[{}]", cluster.addresses.join(", ")),
-        ),
-        ("SENTINEL_HTTP__LISTEN", http_listen.clone()),
-        (
-            "SENTINEL_GRPC__LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        ),
         ("SENTINEL_KAFKA__BROKERS", brokers.clone()),
         ("SENTINEL_KAFKA__TOPICS", TOPIC.to_owned()),
         (
@@ -236,13 +224,12 @@ async fn main() -> anyhow::Result<()> {
         ),
     ]
     .map(|(k, v)| (k.to_owned(), v));
-    // SENTINEL_* variables of this process override the router's settings.
-    let config = RouterConfig::load(None, env.into_iter().chain(std::env::vars()))?;
-    let (stop, stopped) = oneshot::channel::<()>();
     let started = Instant::now();
-    let router = tokio::spawn(sentinel_router::run(config, async {
-        let _ = stopped.await;
-    }));
+    // SENTINEL_* variables of this process override the router's settings.
+    let router = cluster
+        .start_router(None, None, env.into_iter().chain(std::env::vars()))
+        .await?;
+    let http_listen = router.http.clone();
     let http = reqwest::Client::new();
     let mut last_report = Instant::now();
     loop {
@@ -282,8 +269,7 @@ async fn main() -> anyhow::Result<()> {
             latencies[latencies.len() - 1].as_secs_f64() * 1e3
         );
     }
-    let _ = stop.send(());
-    router.await??;
+    router.stop().await?;
     cluster.stop().await;
     Ok(())
 }

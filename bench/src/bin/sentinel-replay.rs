@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sentinel_bench::outcome::{run, ReplayOutcome};
+use sentinel_bench::outcome::{alert_line, incident_table, run, ReplayOutcome};
 use sentinel_bench::replay::{Incident, ReplayConfig};
 use sentinel_core::{Anomaly, DetectionConfig};
 
@@ -38,22 +38,7 @@ fn print_alert(alert: &Anomaly, incident: Option<&Incident>, json: bool) -> Resu
         println!("{}", serde_json::to_string(alert)?);
         return Ok(());
     }
-    let d = &alert.details;
-    let tag = incident.map_or_else(|| "clean traffic".to_owned(), |i| i.id.to_string());
-    println!(
-        "{} {:<8} {:<22} {:>17}/{:<18} {:<17} {:>10.4} vs {:>10.4} (threshold {:.4}, {}) [{}]",
-        &alert.timestamp[11..23],
-        alert.severity.name(),
-        alert.anomaly_type.name(),
-        alert.service_name,
-        alert.model,
-        d.metric,
-        d.value,
-        d.baseline,
-        d.threshold,
-        alert.detection_method,
-        tag,
-    );
+    println!("{}", alert_line(alert, incident));
     Ok(())
 }
 
@@ -71,34 +56,7 @@ fn print_summary(outcome: &ReplayOutcome) {
         s.repeats,
     );
     println!();
-    println!(
-        "{:<8} {:<13} {:<36} {:>9} {:>7}  first alert",
-        "incident", "kind", "key", "detected", "alerts"
-    );
-    for o in &outcome.incidents {
-        let i = &o.incident;
-        let detected = o.time_to_detect_ms().map_or_else(
-            || "MISSED".to_owned(),
-            |ms| format!("{:.1}s", ms as f64 / 1000.0),
-        );
-        let first = o.first_alert.as_ref().map_or_else(String::new, |a| {
-            format!(
-                "{} {} via {}",
-                a.anomaly_type.name(),
-                a.details.metric,
-                a.detection_method
-            )
-        });
-        println!(
-            "{:<8} {:<13} {:<36} {:>9} {:>7}  {}",
-            i.id.to_string(),
-            format!("{:?}", i.kind),
-            format!("{}/{}", i.service, i.model),
-            detected,
-            o.alerts,
-            first
-        );
-    }
+    print!("{}", incident_table(&outcome.incidents));
     println!();
     println!(
         "clean traffic: {} alerts over {} events ({:.2} per 10,000 events)",

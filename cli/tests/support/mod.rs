@@ -578,3 +578,9 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn shard(service: &str, model: &str, shards: u32) -> u32 {
     shard_of(service, model, shards)
 }
+
+/// Hex SHA-256 of `text`.
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}

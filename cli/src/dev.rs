@@ -1,0 +1,463 @@
+//! `sentinel dev`: three nodes and a router in this process on loopback, fed the realistic
+//! replay with injected incidents, and a live view of what Sentinel sees.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sentinel_bench::cluster::{Layout, LocalCluster, LocalRouter};
+use sentinel_bench::outcome::{alert_line, incident_table, Scoreboard};
+use sentinel_bench::replay::{Incident, ReplayConfig};
+use sentinel_core::Anomaly;
+use tokio::sync::watch;
+
+use crate::feed::{replay_from, send_all, Pace, Sender, Source, Tally, Target};
+
+/// Nodes of the local cluster.
+const NODES: usize = 3;
+/// Replicas of each shard.
+const REPLICAS: u32 = 3;
+/// The topic the feed produces to and the router consumes with `--kafka`.
+const KAFKA_TOPIC: &str = "llm.telemetry";
+/// How long the view waits for the router's answer before trying again next tick.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the view asks for new anomalies and redraws the status line.
+const TICK: Duration = Duration::from_secs(1);
+/// The file of the data directory that says up to which event time earlier runs replayed.
+const REPLAYED_UNTIL: &str = "replayed-until";
+/// Without a terminal, a status line is printed this often while the replay runs.
+const PLAIN_STATUS_EVERY: u32 = 5;
+
+/// Options of `sentinel dev`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sentinel dev
+  sentinel dev --data-dir ./sentinel-data          # keep the state for the next run
+  sentinel dev --speed 60 --seed 7                 # a faster replay of other traffic
+  sentinel dev --kafka 127.0.0.1:9092              # ingest through Kafka (topic llm.telemetry)
+
+While it runs, another terminal can ask the cluster:
+  sentinel anomalies --endpoint http://127.0.0.1:7500
+  sentinel cluster status --endpoint http://127.0.0.1:7500
+  curl 'http://127.0.0.1:8080/api/v1/anomalies?hours=1'")]
+pub struct DevArgs {
+    /// Keep the cluster's data (RocksDB of each node) and log here between runs [default:
+    /// a temporary directory removed on exit].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Ingest through this Kafka cluster (bootstrap brokers) instead of HTTP: the feed
+    /// produces to the topic `llm.telemetry` and the router consumes it.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// The router's REST address (ingestion, queries, `/metrics`).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    http: String,
+    /// The router's gRPC address (what `sentinel anomalies` and friends talk to).
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7500")]
+    grpc: String,
+    /// gRPC port of node 0; node i listens on this port + i.
+    #[arg(long, value_name = "PORT", default_value_t = 7400)]
+    node_port: u16,
+    /// Metrics and health port of node 0; node i listens on this port + i.
+    #[arg(long, value_name = "PORT", default_value_t = 9400)]
+    metrics_port: u16,
+    /// Shards of a new cluster (an existing data directory keeps its own).
+    #[arg(long, default_value_t = 16)]
+    shards: u32,
+    /// How many times faster than the clock event time runs (30 minutes of traffic take
+    /// 2 minutes at 15).
+    #[arg(long, default_value_t = 15.0)]
+    speed: f64,
+    /// Mean request rate of the replayed traffic, events per second of event time.
+    #[arg(long, default_value_t = 150.0)]
+    rate: f64,
+    /// Event time to replay, seconds (the five incidents need about 25 minutes).
+    #[arg(long, default_value_t = 1800.0)]
+    duration: f64,
+    /// Seed of the replay (traffic and incident placement).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Log level of the cluster's log file (`<data dir>/sentinel.log`).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+/// Runs the local cluster until `stop` resolves (Ctrl-C).
+pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.speed > 0.0 && args.rate > 0.0 && args.duration > 0.0,
+        "--speed, --rate and --duration must be above 0"
+    );
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("creating a temporary data directory")?),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| temporary.as_ref().map(|t| t.path().to_owned()))
+        .context("no data directory")?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let log = data_dir.join("sentinel.log");
+    crate::log_to_file(&log, &args.log_level)?;
+
+    tokio::pin!(stop);
+    let (cluster, router) = tokio::select! {
+        started = start(&args, &data_dir, &log) => started?,
+        _ = &mut stop => {
+            say("interrupted while starting".to_owned());
+            return Ok(());
+        }
+    };
+
+    let replay = ReplayConfig {
+        seed: args.seed,
+        duration_s: args.duration,
+        base_rate_per_s: args.rate,
+        ..ReplayConfig::default()
+    };
+    let start_ms = replay_start(&data_dir, args.duration);
+    let (events, incidents) =
+        Source::Replay(replay_from(replay, start_ms)?).open(Pace::Speed(args.speed))?;
+    let target = match &args.kafka {
+        Some(brokers) => Target::Kafka {
+            brokers: brokers.clone(),
+            topic: KAFKA_TOPIC.to_owned(),
+        },
+        None => Target::Http {
+            url: format!("http://{}", router.http),
+            api_key: None,
+        },
+    };
+    let sender = Sender::new(&target)?;
+    let http = reqwest::Client::builder()
+        .timeout(QUERY_TIMEOUT)
+        .build()
+        .context("creating the HTTP client")?;
+    let anomalies_url = format!(
+        "http://{}/api/v1/anomalies?hours=24&limit=1000&consistency=stale",
+        router.http
+    );
+    let known = fetch_anomalies(&http, &anomalies_url)
+        .await
+        .context("asking the router for anomalies")?;
+
+    print_banner(&args, &cluster, &router, &log, start_ms, &incidents);
+    let mut view = View::new(
+        incidents,
+        known.into_iter().map(|a| a.alert_id).collect(),
+        args.speed,
+    );
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (stop_feed, feed_stopped) = watch::channel(false);
+    let feed_started = Instant::now();
+    let mut feed = tokio::spawn(send_all(events, sender, tally.clone(), feed_stopped));
+    let mut ticks = tokio::time::interval(TICK);
+    let mut feeding = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            _ = &mut feed, if feeding => {
+                feeding = false;
+                view.replay_done(&tally.lock().expect("tally lock"));
+            }
+            _ = ticks.tick() => {
+                match fetch_anomalies(&http, &anomalies_url).await {
+                    Ok(anomalies) => view.show(anomalies),
+                    Err(e) => tracing::warn!(error = %e, "asking the router for anomalies"),
+                }
+                view.status(&tally.lock().expect("tally lock"), feeding);
+            }
+        }
+    }
+
+    view.clear_status();
+    say("stopping: the feed, then the router, then the nodes".to_owned());
+    let _ = stop_feed.send(true);
+    if feeding {
+        let _ = feed.await;
+    }
+    let replayed_ms =
+        (feed_started.elapsed().as_secs_f64() * args.speed * 1e3).min(args.duration * 1e3) as i64;
+    remember_replayed_until(&data_dir, start_ms + replayed_ms);
+    if let Ok(anomalies) = fetch_anomalies(&http, &anomalies_url).await {
+        view.show(anomalies);
+    }
+    view.summary(&tally.lock().expect("tally lock"));
+    router.stop().await.context("stopping the router")?;
+    cluster.stop().await;
+    match &args.data_dir {
+        Some(dir) => say(format!(
+            "stopped cleanly; the state is kept in {}",
+            dir.display()
+        )),
+        None => say("stopped cleanly".to_owned()),
+    }
+    Ok(())
+}
+
+/// Starts the nodes and the router, after checking that their ports are free.
+async fn start(
+    args: &DevArgs,
+    data_dir: &Path,
+    log: &Path,
+) -> anyhow::Result<(LocalCluster, LocalRouter)> {
+    let node_ports = (0..NODES as u16).flat_map(|i| [args.node_port + i, args.metrics_port + i]);
+    let listeners: Vec<String> = node_ports
+        .map(|port| format!("127.0.0.1:{port}"))
+        .chain([args.http.clone(), args.grpc.clone()])
+        .collect();
+    for address in &listeners {
+        std::net::TcpListener::bind(address).with_context(|| {
+            format!("cannot listen on {address} (another `sentinel dev`? move it with the port options)")
+        })?;
+    }
+    say(format!(
+        "starting {NODES} nodes ({} shards, {REPLICAS} replicas each) in {}",
+        args.shards,
+        data_dir.display()
+    ));
+    let layout = Layout {
+        data_dir: Some(data_dir.to_owned()),
+        grpc_port: Some(args.node_port),
+        http_port: Some(args.metrics_port),
+    };
+    let cluster = LocalCluster::start_in(layout, NODES, args.shards, REPLICAS)
+        .await
+        .with_context(|| format!("starting the nodes (their log: {})", log.display()))?;
+    let router_env = args.kafka.iter().flat_map(|brokers| {
+        [
+            ("SENTINEL_KAFKA__BROKERS".to_owned(), brokers.clone()),
+            (
+                "SENTINEL_KAFKA__TOPICS".to_owned(),
+                format!("[{KAFKA_TOPIC}]"),
+            ),
+            (
+                "SENTINEL_KAFKA__GROUP_ID".to_owned(),
+                "sentinel-dev".to_owned(),
+            ),
+        ]
+    });
+    let router = cluster
+        .start_router(Some(args.http.clone()), Some(args.grpc.clone()), router_env)
+        .await
+        .context("starting the router")?;
+    Ok((cluster, router))
+}
+
+/// Where this run's replay starts in event time: so that it ends now, or, when an earlier
+/// run on this data directory replayed past that, where the earlier run stopped (event
+/// time then runs ahead of the clock, but the shards see it in order).
+fn replay_start(data_dir: &Path, duration_s: f64) -> i64 {
+    let ends_now = chrono::Utc::now().timestamp_millis() - (duration_s * 1e3) as i64;
+    std::fs::read_to_string(data_dir.join(REPLAYED_UNTIL))
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .map_or(ends_now, |until| until.max(ends_now))
+}
+
+/// Records the event time this run replayed up to, for the next run on the directory.
+fn remember_replayed_until(data_dir: &Path, until_ms: i64) {
+    let path = data_dir.join(REPLAYED_UNTIL);
+    if let Err(e) = std::fs::write(&path, until_ms.to_string()) {
+        say(format!("could not write {}: {e}", path.display()));
+    }
+}
+
+/// The router's anomalies, oldest first.
+async fn fetch_anomalies(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Anomaly>> {
+    let response = http.get(url).send().await?.error_for_status()?;
+    let mut answer: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+    let mut anomalies: Vec<Anomaly> = serde_json::from_value(answer["anomalies"].take())?;
+    anomalies.sort_by_key(|a| a.timestamp_ms);
+    Ok(anomalies)
+}
+
+fn say(line: String) {
+    println!("{line}");
+}
+
+fn print_banner(
+    args: &DevArgs,
+    cluster: &LocalCluster,
+    router: &LocalRouter,
+    log: &Path,
+    start_ms: i64,
+    incidents: &[Incident],
+) {
+    let (http, grpc) = (&router.http, &router.grpc);
+    let node_metrics: Vec<String> = cluster
+        .http_addresses
+        .iter()
+        .map(|a| format!("http://{a}/metrics"))
+        .collect();
+    println!();
+    println!("Sentinel is running: {NODES} nodes and a router on this machine.");
+    println!("  REST API     http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)");
+    println!("  gRPC API     http://{grpc}   (sentinel anomalies --endpoint http://{grpc})");
+    println!(
+        "  metrics      http://{http}/metrics (router), {}",
+        node_metrics.join(", ")
+    );
+    println!("  node gRPC    {}", cluster.addresses.join(", "));
+    println!("  log          {}", log.display());
+    let ingestion = match &args.kafka {
+        Some(brokers) => format!("Kafka ({brokers}, topic {KAFKA_TOPIC})"),
+        None => format!("HTTP (POST http://{http}/api/v1/events)"),
+    };
+    println!(
+        "  feed         {:.0} min of realistic LLM traffic at {}x speed through {ingestion}",
+        args.duration / 60.0,
+        args.speed
+    );
+    let ahead_ms = start_ms + (args.duration * 1e3) as i64 - chrono::Utc::now().timestamp_millis();
+    if ahead_ms > 0 {
+        println!(
+            "               (continuing after the previous run's traffic: event time runs up to {:.0} min ahead of the clock)",
+            ahead_ms as f64 / 60_000.0
+        );
+    }
+    println!();
+    println!("Injected incidents (what Sentinel should catch):");
+    for incident in incidents {
+        let due_s = (incident.start_ms - start_ms) as f64 / 1000.0 / args.speed;
+        println!(
+            "  incident {} {:<13} {:<36} in ~{:.0} s: {}",
+            incident.id,
+            format!("{:?}", incident.kind),
+            format!("{}/{}", incident.service, incident.model),
+            due_s.max(0.0),
+            incident.description,
+        );
+    }
+    println!();
+    println!("Press Ctrl-C to stop. Anomalies as they are raised (event time, severity, type,");
+    println!("service/model, metric, value vs baseline, detector, [injected incident]):");
+    println!();
+}
+
+/// What the terminal shows: anomalies as they are raised and a status line.
+struct View {
+    scoreboard: Scoreboard,
+    seen: HashSet<String>,
+    speed: f64,
+    started: Instant,
+    terminal: bool,
+    status_shown: bool,
+    ticks: u32,
+    last_sent: (Instant, u64),
+}
+
+impl View {
+    fn new(incidents: Vec<Incident>, seen: HashSet<String>, speed: f64) -> View {
+        View {
+            scoreboard: Scoreboard::new(&incidents),
+            seen,
+            speed,
+            started: Instant::now(),
+            terminal: std::io::stdout().is_terminal(),
+            status_shown: false,
+            ticks: 0,
+            last_sent: (Instant::now(), 0),
+        }
+    }
+
+    /// Prints each anomaly not shown before.
+    fn show(&mut self, anomalies: Vec<Anomaly>) {
+        for anomaly in anomalies {
+            if !self.seen.insert(anomaly.alert_id.clone()) {
+                continue;
+            }
+            self.clear_status();
+            let incident = self.scoreboard.record(anomaly.clone());
+            println!("{}", alert_line(&anomaly, incident));
+        }
+    }
+
+    /// Redraws the status line (a terminal) or prints one now and then (a pipe).
+    fn status(&mut self, tally: &Tally, feeding: bool) {
+        self.ticks += 1;
+        let now = Instant::now();
+        let rate = (tally.sent - self.last_sent.1) as f64
+            / now.duration_since(self.last_sent.0).as_secs_f64().max(1e-3);
+        self.last_sent = (now, tally.sent);
+        let replayed = if feeding {
+            format!(
+                "replay at +{:.0} min",
+                self.started.elapsed().as_secs_f64() * self.speed / 60.0
+            )
+        } else {
+            "replay done".to_owned()
+        };
+        let line = format!(
+            "events {} ({:.0}/s) | acknowledged {} | rejected {} | failed {} | anomalies {} | {replayed}",
+            tally.sent,
+            rate,
+            tally.acknowledged,
+            tally.rejected,
+            tally.failed,
+            self.seen_this_run(),
+        );
+        if self.terminal {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+            self.status_shown = true;
+        } else if feeding && self.ticks % PLAIN_STATUS_EVERY == 0 {
+            println!("{line}");
+        }
+    }
+
+    fn seen_this_run(&self) -> usize {
+        self.scoreboard
+            .incidents
+            .iter()
+            .map(|o| o.alerts)
+            .sum::<usize>()
+            + self.scoreboard.false_alerts.len()
+    }
+
+    /// Removes the status line so other output starts on a clean line.
+    fn clear_status(&mut self) {
+        if self.status_shown {
+            print!("\r\x1b[2K");
+            let _ = std::io::stdout().flush();
+            self.status_shown = false;
+        }
+    }
+
+    /// Says the replay ended, with what it caught so far.
+    fn replay_done(&mut self, tally: &Tally) {
+        self.clear_status();
+        println!();
+        println!(
+            "replay finished: {} events sent; the cluster keeps serving until Ctrl-C",
+            tally.sent
+        );
+        print!("{}", incident_table(&self.scoreboard.incidents));
+        println!();
+    }
+
+    /// The closing summary: incidents caught, traffic sent, reasons for refusals.
+    fn summary(&self, tally: &Tally) {
+        println!();
+        print!("{}", incident_table(&self.scoreboard.incidents));
+        println!(
+            "clean traffic: {} anomalies; events sent {}, acknowledged {} ({} duplicates), rejected {}, failed {}",
+            self.scoreboard.false_alerts.len(),
+            tally.sent,
+            tally.acknowledged,
+            tally.duplicates,
+            tally.rejected,
+            tally.failed
+        );
+        for line in tally.reason_lines() {
+            println!("{line}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! What the query commands print for people: aligned tables of the router's answers, and
+//! the conversion of `google.protobuf.Struct` records back to JSON.
+
+use std::fmt;
+
+use prost_types::value::Kind;
+use prost_types::Struct;
+use serde_json::{Map, Value};
+
+/// Columns of `anomalies`.
+const ANOMALY_COLUMNS: [&str; 8] = [
+    "TIME", "SEVERITY", "TYPE", "SERVICE", "MODEL", "METRIC", "VALUE", "BASELINE",
+];
+/// Widths of the `anomalies --follow` columns, fixed as rows come one at a time (a longer
+/// cell pushes the rest of its row right).
+const FOLLOW_WIDTHS: [usize; 8] = [24, 8, 22, 14, 14, 17, 10, 10];
+/// Largest magnitude an `f64` holds every integer up to (2^53).
+const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
+
+/// A record as JSON: the reverse of the router's `to_struct` (whole numbers become JSON
+/// integers again, non-finite ones null).
+pub fn struct_json(record: Struct) -> Value {
+    Value::Object(
+        record
+            .fields
+            .into_iter()
+            .map(|(name, value)| (name, value_json(value)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+fn value_json(value: prost_types::Value) -> Value {
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS => {
+            Value::from(n as i64)
+        }
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+        }
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(list)) => {
+            Value::Array(list.values.into_iter().map(value_json).collect())
+        }
+        Some(Kind::StructValue(object)) => struct_json(object),
+    }
+}
+
+/// Columns of text aligned under their headers.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers and no rows.
+    fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row (one cell per column).
+    fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    /// The width of each column: its widest cell or header.
+    fn widths(&self) -> Vec<usize> {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        widths
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths = self.widths();
+        f.write_str(&line(&self.headers, &widths))?;
+        for row in &self.rows {
+            write!(f, "\n{}", line(row, &widths))?;
+        }
+        Ok(())
+    }
+}
+
+/// One row: each cell padded to its column's width, two spaces apart, no trailing spaces.
+fn line(cells: &[impl AsRef<str>], widths: &[usize]) -> String {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(widths)
+        .map(|(cell, width)| format!("{:<width$}", cell.as_ref()))
+        .collect();
+    padded.join("  ").trim_end().to_owned()
+}
+
+/// A number for people: whole numbers without decimals, others with at most three.
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS {
+        return format!("{n:.0}");
+    }
+    let text = format!("{n:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A JSON value as a table cell: strings as they are, numbers for people, `-` for null.
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), number),
+        other => other.to_string(),
+    }
+}
+
+/// The cells of one anomaly, in [`ANOMALY_COLUMNS`] order.
+fn anomaly_row(alert: &Value) -> Vec<String> {
+    [
+        &alert["timestamp"],
+        &alert["severity"],
+        &alert["anomaly_type"],
+        &alert["service_name"],
+        &alert["model"],
+        &alert["details"]["metric"],
+        &alert["details"]["value"],
+        &alert["details"]["baseline"],
+    ]
+    .into_iter()
+    .map(cell)
+    .collect()
+}
+
+/// Anomalies, one row each.
+pub fn anomalies_table(alerts: &[Value]) -> Table {
+    let mut table = Table::new(&ANOMALY_COLUMNS);
+    for alert in alerts {
+        table.push(anomaly_row(alert));
+    }
+    table
+}
+
+/// The header of `anomalies --follow`.
+pub fn follow_header() -> String {
+    line(&ANOMALY_COLUMNS, &FOLLOW_WIDTHS)
+}
+
+/// One anomaly as a row under [`follow_header`].
+pub fn follow_line(alert: &Value) -> String {
+    line(&anomaly_row(alert), &FOLLOW_WIDTHS)
+}
+
+/// Baselines: one row per key (events, error rate, request rate), then one per metric.
+pub fn baselines_tables(baselines: &[Value]) -> String {
+    let mut keys = Table::new(&["SERVICE", "MODEL", "EVENTS", "ERROR RATE", "REQ/BUCKET"]);
+    let mut metrics = Table::new(&[
+        "SERVICE", "MODEL", "METRIC", "SAMPLES", "MEAN", "STD DEV", "MEDIAN", "P95", "P99",
+    ]);
+    for baseline in baselines {
+        let (service, model) = (cell(&baseline["service_name"]), cell(&baseline["model"]));
+        let error_rate = baseline["error_rate"].as_f64().map_or_else(
+            || "-".to_owned(),
+            |rate| format!("{}%", number(rate * 100.0)),
+        );
+        keys.push(vec![
+            service.clone(),
+            model.clone(),
+            cell(&baseline["events"]),
+            error_rate,
+            cell(&baseline["requests_per_bucket"]),
+        ]);
+        for metric in baseline["metrics"].as_array().into_iter().flatten() {
+            let mut row = vec![service.clone(), model.clone()];
+            row.extend(
+                ["metric", "count", "mean", "std_dev", "median", "p95", "p99"]
+                    .iter()
+                    .map(|field| cell(&metric[field])),
+            );
+            metrics.push(row);
+        }
+    }
+    format!("{keys}\n\n{metrics}")
+}
+
+/// Telemetry records, one row each.
+pub fn telemetry_table(records: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "TIME",
+        "SERVICE",
+        "MODEL",
+        "EVENT ID",
+        "LATENCY MS",
+        "PROMPT TOK",
+        "COMPL TOK",
+        "COST USD",
+        "ERRORS",
+    ]);
+    for record in records {
+        let event = &record["event"];
+        let time = event["timestamp_ms"]
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map_or_else(
+                || "-".to_owned(),
+                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            );
+        let errors = event["errors"].as_array().map_or(0, Vec::len).to_string();
+        let mut row = vec![time];
+        row.extend(
+            [
+                "service",
+                "model",
+                "event_id",
+                "latency_ms",
+                "prompt_tokens",
+                "completion_tokens",
+                "cost_usd",
+            ]
+            .iter()
+            .map(|field| cell(&event[field])),
+        );
+        row.push(errors);
+        table.push(row);
+    }
+    table
+}
+
+/// The cluster: a summary line, the nodes, then the shards with their replicas' lag.
+pub fn cluster_tables(status: &Value) -> String {
+    let shards = status["shards"].as_array().map_or(&[][..], Vec::as_slice);
+    let leader = match &status["metadata_leader"] {
+        Value::Null => "none".to_owned(),
+        id => format!("node {}", cell(id)),
+    };
+    let summary = format!(
+        "{} shards, replication factor {}, metadata leader: {leader}",
+        cell(&status["shard_count"]),
+        cell(&status["replication_factor"]),
+    );
+    let mut nodes = Table::new(&["NODE", "ADDRESS", "STATE", "LEADS", "REPLICAS"]);
+    for node in status["nodes"].as_array().into_iter().flatten() {
+        let id = &node["id"];
+        let leads = shards.iter().filter(|s| &s["leader"] == id).count();
+        let holds = shards
+            .iter()
+            .filter(|s| {
+                s["replicas"]
+                    .as_array()
+                    .is_some_and(|replicas| replicas.iter().any(|r| &r["node"] == id))
+            })
+            .count();
+        nodes.push(vec![
+            cell(id),
+            cell(&node["address"]),
+            cell(&node["state"]),
+            leads.to_string(),
+            holds.to_string(),
+        ]);
+    }
+    let mut table = Table::new(&["SHARD", "LEADER", "TERM", "REPLICAS (LAG IN ENTRIES)"]);
+    for shard in shards {
+        let replicas: Vec<String> = shard["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|replica| {
+                let learner = if replica["role"] == "learner" {
+                    "learner, "
+                } else {
+                    ""
+                };
+                format!(
+                    "{} ({learner}lag {})",
+                    cell(&replica["node"]),
+                    cell(&replica["lag"])
+                )
+            })
+            .collect();
+        table.push(vec![
+            cell(&shard["shard"]),
+            cell(&shard["leader"]),
+            cell(&shard["term"]),
+            replicas.join(", "),
+        ]);
+    }
+    format!("{summary}\n\n{nodes}\n\n{table}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_come_back_as_the_json_the_router_sent() {
+        let original = json!({
+            "alert_id": "a-1", "confidence": 0.875, "count": 41, "negative": -3,
+            "details": {"metric": "latency_ms", "value": 40000, "extra": {}},
+            "remediation": ["scale", 2.5, null, true], "root_cause": null,
+        });
+        let record = sentinel_router::grpc::to_struct(original.clone());
+        assert_eq!(struct_json(record), original);
+        let odd = Struct {
+            fields: [
+                (
+                    "nan".to_owned(),
+                    prost_types::Value {
+                        kind: Some(Kind::NumberValue(f64::NAN)),
+                    },
+                ),
+                ("unset".to_owned(), prost_types::Value { kind: None }),
+            ]
+            .into(),
+        };
+        assert_eq!(struct_json(odd), json!({"nan": null, "unset": null}));
+    }
+
+    #[test]
+    fn tables_align_columns_under_their_headers() {
+        let alerts = [
+            json!({"timestamp": "2026-03-01T12:00:00.000Z", "severity": "high",
+                   "anomaly_type": "latency_spike", "service_name": "checkout", "model": "gpt-4o",
+                   "details": {"metric": "latency_ms", "value": 40000.0, "baseline": 912.3456}}),
+            json!({"timestamp": "2026-03-01T12:00:01.000Z", "severity": "low",
+                   "anomaly_type": "error_burst", "service_name": "search", "model": "m",
+                   "details": {"metric": "error_rate", "value": 0.5, "baseline": null}}),
+        ];
+        let text = anomalies_table(&alerts).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let column = |name: &str| lines[0].find(name).unwrap();
+        assert_eq!(lines[1].find("checkout"), Some(column("SERVICE")));
+        assert_eq!(lines[2].find("search"), Some(column("SERVICE")));
+        assert_eq!(lines[1].find("40000"), Some(column("VALUE")));
+        assert!(lines[1].ends_with("912.346"), "{}", lines[1]);
+        assert!(lines[2].ends_with("0.5    -"), "{}", lines[2]);
+        assert!(lines.iter().all(|l| !l.ends_with(' ')));
+        let followed = follow_line(&alerts[0]);
+        assert_eq!(followed.find("checkout"), follow_header().find("SERVICE"));
+    }
+
+    #[test]
+    fn the_cluster_shows_every_node_and_shard() {
+        let status = json!({
+            "shard_count": 2, "replication_factor": 2, "metadata_leader": 0,
+            "nodes": [{"id": 0, "address": "10.0.0.1:7400", "state": "active"},
+                      {"id": 1, "address": "10.0.0.2:7400", "state": "draining"}],
+            "shards": [
+                {"shard": 0, "leader": 0, "term": 3, "desired": [0, 1], "replicas": [
+                    {"node": 0, "role": "voter", "applied_index": 9, "lag": 0},
+                    {"node": 1, "role": "learner", "applied_index": 4, "lag": 5}]},
+                {"shard": 1, "leader": null, "term": 2, "desired": [1, 0], "replicas": []},
+            ],
+        });
+        let text = cluster_tables(&status);
+        assert!(text.starts_with("2 shards, replication factor 2, metadata leader: node 0"));
+        assert!(
+            text.contains("0     10.0.0.1:7400  active    1      1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1     10.0.0.2:7400  draining  0      1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0      0       3     0 (lag 0), 1 (learner, lag 5)"),
+            "{text}"
+        );
+        assert!(text.contains("\n1      -       2"), "{text}");
+    }
+}
