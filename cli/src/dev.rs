@@ -16,6 +16,24 @@ use tokio::sync::watch;
 
 use crate::feed::{replay_from, send_all, Pace, Sender, Source, Tally, Target};
 
+/// Prints a line; a closed stdout (`sentinel dev | head`) loses the output, not the
+/// cluster.
+macro_rules! out {
+    () => {
+        out!("")
+    };
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Prints without a line end (the status line), likewise.
+macro_rules! out_partial {
+    ($($arg:tt)*) => {{
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Nodes of the local cluster.
 const NODES: usize = 3;
 /// Replicas of each shard.
@@ -280,7 +298,7 @@ async fn fetch_anomalies(http: &reqwest::Client, url: &str) -> anyhow::Result<Ve
 }
 
 fn say(line: String) {
-    println!("{line}");
+    out!("{line}");
 }
 
 fn print_banner(
@@ -297,37 +315,37 @@ fn print_banner(
         .iter()
         .map(|a| format!("http://{a}/metrics"))
         .collect();
-    println!();
-    println!("Sentinel is running: {NODES} nodes and a router on this machine.");
-    println!("  REST API     http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)");
-    println!("  gRPC API     http://{grpc}   (sentinel anomalies --endpoint http://{grpc})");
-    println!(
+    out!();
+    out!("Sentinel is running: {NODES} nodes and a router on this machine.");
+    out!("  REST API     http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)");
+    out!("  gRPC API     http://{grpc}   (sentinel anomalies --endpoint http://{grpc})");
+    out!(
         "  metrics      http://{http}/metrics (router), {}",
         node_metrics.join(", ")
     );
-    println!("  node gRPC    {}", cluster.addresses.join(", "));
-    println!("  log          {}", log.display());
+    out!("  node gRPC    {}", cluster.addresses.join(", "));
+    out!("  log          {}", log.display());
     let ingestion = match &args.kafka {
         Some(brokers) => format!("Kafka ({brokers}, topic {KAFKA_TOPIC})"),
         None => format!("HTTP (POST http://{http}/api/v1/events)"),
     };
-    println!(
+    out!(
         "  feed         {:.0} min of realistic LLM traffic at {}x speed through {ingestion}",
         args.duration / 60.0,
         args.speed
     );
     let ahead_ms = start_ms + (args.duration * 1e3) as i64 - chrono::Utc::now().timestamp_millis();
     if ahead_ms > 0 {
-        println!(
+        out!(
             "               (continuing after the previous run's traffic: event time runs up to {:.0} min ahead of the clock)",
             ahead_ms as f64 / 60_000.0
         );
     }
-    println!();
-    println!("Injected incidents (what Sentinel should catch):");
+    out!();
+    out!("Injected incidents (what Sentinel should catch):");
     for incident in incidents {
         let due_s = (incident.start_ms - start_ms) as f64 / 1000.0 / args.speed;
-        println!(
+        out!(
             "  incident {} {:<13} {:<36} in ~{:.0} s: {}",
             incident.id,
             format!("{:?}", incident.kind),
@@ -336,10 +354,10 @@ fn print_banner(
             incident.description,
         );
     }
-    println!();
-    println!("Press Ctrl-C to stop. Anomalies as they are raised (event time, severity, type,");
-    println!("service/model, metric, value vs baseline, detector, [injected incident]):");
-    println!();
+    out!();
+    out!("Press Ctrl-C to stop. Anomalies as they are raised (event time, severity, type,");
+    out!("service/model, metric, value vs baseline, detector, [injected incident]):");
+    out!();
 }
 
 /// What the terminal shows: anomalies as they are raised and a status line.
@@ -376,7 +394,7 @@ impl View {
             }
             self.clear_status();
             let incident = self.scoreboard.record(anomaly.clone());
-            println!("{}", alert_line(&anomaly, incident));
+            out!("{}", alert_line(&anomaly, incident));
         }
     }
 
@@ -405,11 +423,11 @@ impl View {
             self.seen_this_run(),
         );
         if self.terminal {
-            print!("\r\x1b[2K{line}");
+            out_partial!("\r\x1b[2K{line}");
             let _ = std::io::stdout().flush();
             self.status_shown = true;
         } else if feeding && self.ticks % PLAIN_STATUS_EVERY == 0 {
-            println!("{line}");
+            out!("{line}");
         }
     }
 
@@ -425,7 +443,7 @@ impl View {
     /// Removes the status line so other output starts on a clean line.
     fn clear_status(&mut self) {
         if self.status_shown {
-            print!("\r\x1b[2K");
+            out_partial!("\r\x1b[2K");
             let _ = std::io::stdout().flush();
             self.status_shown = false;
         }
@@ -434,20 +452,20 @@ impl View {
     /// Says the replay ended, with what it caught so far.
     fn replay_done(&mut self, tally: &Tally) {
         self.clear_status();
-        println!();
-        println!(
+        out!();
+        out!(
             "replay finished: {} events sent; the cluster keeps serving until Ctrl-C",
             tally.sent
         );
-        print!("{}", incident_table(&self.scoreboard.incidents));
-        println!();
+        out_partial!("{}", incident_table(&self.scoreboard.incidents));
+        out!();
     }
 
     /// The closing summary: incidents caught, traffic sent, reasons for refusals.
     fn summary(&self, tally: &Tally) {
-        println!();
-        print!("{}", incident_table(&self.scoreboard.incidents));
-        println!(
+        out!();
+        out_partial!("{}", incident_table(&self.scoreboard.incidents));
+        out!(
             "clean traffic: {} anomalies; events sent {}, acknowledged {} ({} duplicates), rejected {}, failed {}",
             self.scoreboard.false_alerts.len(),
             tally.sent,
@@ -457,7 +475,7 @@ impl View {
             tally.failed
         );
         for line in tally.reason_lines() {
-            println!("{line}");
+            out!("{line}");
         }
     }
 }
