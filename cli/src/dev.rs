@@ -11,10 +11,11 @@ use anyhow::Context;
 use sentinel_bench::cluster::{Layout, LocalCluster, LocalRouter};
 use sentinel_bench::outcome::{alert_line, incident_table, Scoreboard};
 use sentinel_bench::replay::{Incident, ReplayConfig};
+use sentinel_config::LogFormat;
 use sentinel_core::Anomaly;
 use tokio::sync::watch;
 
-use crate::feed::{replay_from, send_all, Pace, Sender, Source, Tally, Target};
+use crate::feed::{replay_from, send_all, start_ending_now, Pace, Sender, Source, Tally, Target};
 
 /// Prints a line; a closed stdout (`sentinel dev | head`) loses the output, not the
 /// cluster.
@@ -121,7 +122,7 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let log = data_dir.join("sentinel.log");
-    crate::log_to_file(&log, &args.log_level)?;
+    crate::init_logging(LogFormat::Text, &args.log_level, Some(&log))?;
 
     tokio::pin!(stop);
     let (cluster, router) = tokio::select! {
@@ -273,7 +274,7 @@ async fn start(
 /// run on this data directory replayed past that, where the earlier run stopped (event
 /// time then runs ahead of the clock, but the shards see it in order).
 fn replay_start(data_dir: &Path, duration_s: f64) -> i64 {
-    let ends_now = chrono::Utc::now().timestamp_millis() - (duration_s * 1e3) as i64;
+    let ends_now = start_ending_now(duration_s);
     std::fs::read_to_string(data_dir.join(REPLAYED_UNTIL))
         .ok()
         .and_then(|text| text.trim().parse::<i64>().ok())

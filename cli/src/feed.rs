@@ -138,6 +138,11 @@ impl Source {
     }
 }
 
+/// The start, in ms since the Unix epoch, of `duration_s` of event time ending now.
+pub fn start_ending_now(duration_s: f64) -> i64 {
+    chrono::Utc::now().timestamp_millis() - (duration_s * 1e3) as i64
+}
+
 /// `config` placed so that its event time starts at `start_ms`.
 pub fn replay_from(config: ReplayConfig, start_ms: i64) -> anyhow::Result<ReplayConfig> {
     let start = chrono::DateTime::from_timestamp_millis(start_ms)

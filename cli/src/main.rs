@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use sentinel_config::LogFormat;
 use sentinel_node::NodeConfig;
 use sentinel_router::RouterConfig;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::EnvFilter;
 
 mod dev;
@@ -79,31 +80,27 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+/// Sends the process's log to stderr, or appended to the file `to` (without colours).
+fn init_logging(format: LogFormat, level: &str, to: Option<&Path>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level).with_context(|| format!("log level `{level}`"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = match to {
+        Some(path) => {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(BoxMakeWriter::new(Mutex::new(file)))
+        }
+        None => builder.with_writer(BoxMakeWriter::new(std::io::stderr)),
+    };
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    Ok(())
-}
-
-/// Sends the log of the whole process to `path` (appending), without colours.
-fn log_to_file(path: &Path, level: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(level).with_context(|| format!("log level `{level}`"))?;
-    let file = File::options()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening the log file {}", path.display()))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(Mutex::new(file))
-        .init();
     Ok(())
 }
 
@@ -145,12 +142,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Node { config } => {
             let config = NodeConfig::load(config.as_deref(), std::env::vars())?;
-            init_logging(config.log.format, &config.log.level)?;
+            init_logging(config.log.format, &config.log.level, None)?;
             runtime()?.block_on(sentinel_node::run(config, termination()))?;
         }
         Command::Router { config } => {
             let config = RouterConfig::load(config.as_deref(), std::env::vars())?;
-            init_logging(config.log.format, &config.log.level)?;
+            init_logging(config.log.format, &config.log.level, None)?;
             runtime()?.block_on(sentinel_router::run(config, termination()))?;
         }
         Command::Dev(args) => runtime()?.block_on(dev::run(args, first_termination()))?,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sentinel_bench::replay::ReplayConfig;
 use tokio::sync::watch;
 
-use crate::feed::{replay_from, send_all, Pace, Sender, Source, Tally, Target};
+use crate::feed::{replay_from, send_all, start_ending_now, Pace, Sender, Source, Tally, Target};
 
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -113,7 +113,7 @@ impl ProduceArgs {
                 incidents: !self.clean,
                 ..ReplayConfig::default()
             };
-            let start_ms = chrono::Utc::now().timestamp_millis() - (self.duration * 1e3) as i64;
+            let start_ms = start_ending_now(self.duration);
             return Ok(Source::Replay(replay_from(config, start_ms)?));
         };
         let extension = path
