@@ -499,7 +499,12 @@ async fn scale_out_then_decommission_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
-    let cluster = Cluster::start(1, 4, 1);
+    let cluster = Cluster::start_with(
+        1,
+        4,
+        1,
+        vec![("SENTINEL_INGEST__MAX_MODELS_PER_SERVICE".into(), "2".into())],
+    );
     cluster.wait_converged(CONVERGE).await;
     let mut client = cluster.client(0).await;
 
@@ -657,6 +662,39 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         .expect("still serving");
     assert_eq!(again.results[0].outcome, Outcome::Applied as i32);
 
+    // A third model of one service in one shard is beyond ingest.max_models_per_service.
+    let models: Vec<String> = (0..)
+        .map(|i| format!("model-{i}"))
+        .filter(|m| shard("limited", m, 4) == home)
+        .take(3)
+        .collect();
+    let limited: Vec<InputEvent> = models
+        .iter()
+        .chain(&models[..1])
+        .enumerate()
+        .map(|(i, m)| event("limited", m, t0, 100.0, &format!("limited-{i}")))
+        .collect();
+    let reply = cluster
+        .ingest(home, limited)
+        .await
+        .expect("per-event answers");
+    let outcomes: Vec<i32> = reply.results.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Outcome::Applied as i32,
+            Outcome::Applied as i32,
+            Outcome::Rejected as i32,
+            Outcome::Applied as i32,
+        ]
+    );
+    let refusal = &reply.results[2].errors[0];
+    assert_eq!(refusal.field, "model");
+    assert!(
+        refusal.problem.contains("ingest.max_models_per_service"),
+        "{refusal:?}"
+    );
+
     let metrics = reqwest::get(format!("http://{}/metrics", cluster.nodes[&0].http))
         .await
         .expect("metrics answer")
@@ -678,6 +716,10 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(count("Telemetry", "InvalidArgument"), Some(1));
     assert_eq!(count("AppendEntries", "InvalidArgument"), Some(1));
     assert!(count("Ingest", "Ok").is_some_and(|n| n >= 2));
+    assert!(
+        metrics.contains("sentinel_key_limit_refusals_total{limit=\"models_per_service\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A stale vote request (term 0) as MessagePack.

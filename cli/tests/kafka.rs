@@ -465,16 +465,19 @@ fn mock_kafka_cluster() {
 async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on() {
     let broker = Broker::start().await;
     broker.create_topic(TOPIC, 1).await.expect("topic created");
-    // The nodes accept less latency than the router: such an event passes the router's
-    // checks and is refused by its shard.
+    // The nodes accept less latency than the router, and one model per service in a
+    // shard: such events pass the router's checks and are refused by their shard.
     let cluster = Cluster::start_with(
         3,
         SHARDS,
         3,
-        vec![(
-            "SENTINEL_INGEST__VALIDATION__MAX_LATENCY_MS".into(),
-            "60000".into(),
-        )],
+        vec![
+            (
+                "SENTINEL_INGEST__VALIDATION__MAX_LATENCY_MS".into(),
+                "60000".into(),
+            ),
+            ("SENTINEL_INGEST__MAX_MODELS_PER_SERVICE".into(), "1".into()),
+        ],
     );
     cluster.wait_converged(PATIENCE).await;
     let h = router(
@@ -512,6 +515,11 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
         }]})
         .to_string()
     };
+    let home = support::shard("checkout", "gpt-4o", SHARDS);
+    let second_model = (0..)
+        .map(|i| format!("gpt-4o-{i}"))
+        .find(|m| support::shard("checkout", m, SHARDS) == home)
+        .expect("a model of the same shard");
     let messages: Vec<(String, Option<&str>)> = vec![
         (good(0), None),
         ("this is not JSON".into(), Some("not_json")),
@@ -527,6 +535,10 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
             Some("rejected"),
         ),
         (good(1), None),
+        (
+            flat("checkout", &second_model, t0, 210.0).to_string(),
+            Some("rejected"),
+        ),
         (good(2), None),
         (good(3), None),
     ];
@@ -578,7 +590,12 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
             "{error}"
         );
         if *reason == "invalid" || *reason == "rejected" {
-            assert_eq!(error["errors"][0]["field"], "latency_ms", "{error}");
+            let field = if payload.contains(&second_model) {
+                "model"
+            } else {
+                "latency_ms"
+            };
+            assert_eq!(error["errors"][0]["field"], field, "{error}");
         }
     }
 
@@ -597,7 +614,7 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
         ("wrong_shape", 2.0),
         ("invalid", 1.0),
         ("several_events", 1.0),
-        ("rejected", 1.0),
+        ("rejected", 2.0),
     ] {
         let name = format!(
             "sentinel_router_kafka_dead_letters_total{{reason=\"{reason}\",topic=\"llm.telemetry\"}}"

@@ -178,6 +178,18 @@ impl ShardDetector {
         self.keys.values().map(BTreeMap::len).sum()
     }
 
+    /// Whether (service, model) has a baseline.
+    pub fn has_key(&self, service: &str, model: &str) -> bool {
+        self.keys
+            .get(service)
+            .is_some_and(|models| models.contains_key(model))
+    }
+
+    /// Number of models of `service` with a baseline.
+    pub fn model_count(&self, service: &str) -> usize {
+        self.keys.get(service).map_or(0, BTreeMap::len)
+    }
+
     /// The (service, model) keys with a baseline, in key order.
     pub fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
         self.keys

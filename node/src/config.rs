@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub use sentinel_config::{LogFormat, LogSection};
 use sentinel_core::{RedactionConfig, ValidationBounds};
+use sentinel_storage_engine::KeyLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::alerting::AlertingConfig;
@@ -144,16 +145,35 @@ impl Default for RaftSection {
 pub struct IngestSection {
     /// Most events in one ingest call.
     pub max_batch_events: usize,
+    /// Most (service, model) keys one shard keeps baselines for (0: no bound); events of
+    /// further keys are refused.
+    pub max_keys_per_shard: u64,
+    /// Most models of one service in one shard (0: no bound); events of further models are
+    /// refused.
+    pub max_models_per_service: u64,
     /// Validation bounds.
     pub validation: ValidationBounds,
     /// PII redaction.
     pub redaction: RedactionConfig,
 }
 
+impl IngestSection {
+    /// The key bounds every shard applies.
+    pub fn key_limits(&self) -> KeyLimits {
+        KeyLimits {
+            max_per_shard: self.max_keys_per_shard,
+            max_models_per_service: self.max_models_per_service,
+        }
+    }
+}
+
 impl Default for IngestSection {
     fn default() -> Self {
+        let keys = KeyLimits::default();
         IngestSection {
             max_batch_events: 10_000,
+            max_keys_per_shard: keys.max_per_shard,
+            max_models_per_service: keys.max_models_per_service,
             validation: ValidationBounds::default(),
             redaction: RedactionConfig::default(),
         }

@@ -131,6 +131,7 @@ impl Host {
     pub fn shard_settings(&self) -> ShardSettings {
         ShardSettings {
             export: self.config.export.is_some(),
+            keys: self.config.ingest.key_limits(),
             ..ShardSettings::default()
         }
     }

@@ -10,6 +10,7 @@ use prometheus::{
 };
 use sentinel_core::Anomaly;
 use sentinel_proto::v1::Outcome;
+use sentinel_storage_engine::KeyLimit;
 use tonic::Code;
 
 use crate::host::Host;
@@ -47,6 +48,10 @@ pub struct NodeMetrics {
     shard_alerts: IntGaugeVec,
     /// Alerts waiting for delivery per shard replica.
     shard_outbox: IntGaugeVec,
+    /// (service, model) keys with a baseline per shard replica.
+    shard_keys: IntGaugeVec,
+    /// Events refused because they would add a key beyond a bound, by bound.
+    key_limit_refusals: IntCounterVec,
     /// Shard replicas hosted.
     replicas: IntGauge,
 }
@@ -164,6 +169,18 @@ impl NodeMetrics {
                 "Alerts waiting for delivery per shard replica",
                 &["shard"],
             )?,
+            shard_keys: gauge_vec(
+                &registry,
+                "sentinel_shard_keys",
+                "(service, model) keys with a baseline per shard replica",
+                &["shard"],
+            )?,
+            key_limit_refusals: counter_vec(
+                &registry,
+                "sentinel_key_limit_refusals_total",
+                "Events refused because they would add a (service, model) key beyond a bound",
+                &["limit"],
+            )?,
             registry,
             events_received,
             events_rejected,
@@ -181,6 +198,14 @@ impl NodeMetrics {
             Outcome::Rejected | Outcome::Unspecified => "rejected",
         };
         self.events_processed.with_label_values(&[name]).inc();
+    }
+
+    /// Counts one event refused by a key bound.
+    pub fn count_key_limit(&self, limit: KeyLimit) {
+        self.events_rejected.inc();
+        self.key_limit_refusals
+            .with_label_values(&[limit.name()])
+            .inc();
     }
 
     /// A layer for the gRPC server counting every answer by method and status code.
@@ -215,6 +240,9 @@ impl NodeMetrics {
                     self.shard_outbox
                         .with_label_values(&[&shard])
                         .set(summary.outbox_pending as i64);
+                    self.shard_keys
+                        .with_label_values(&[&shard])
+                        .set(summary.keys as i64);
                     (shard, replica.metrics())
                 })
                 .collect::<Vec<_>>(),

@@ -246,6 +246,14 @@ impl Node for NodeService {
                     Some(EventOutcome::Applied) => Outcome::Applied,
                     Some(EventOutcome::DuplicateOffset) => Outcome::DuplicateOffset,
                     Some(EventOutcome::DuplicateEventId) => Outcome::DuplicateEventId,
+                    Some(EventOutcome::KeyLimit(limit)) => {
+                        self.metrics.count_key_limit(limit);
+                        *slot = Some(refused(vec![FieldError::new(
+                            limit.field(),
+                            limit.to_string(),
+                        )]));
+                        continue;
+                    }
                     None => return Err(Status::internal("fewer outcomes than events")),
                 };
                 self.metrics.count_outcome(outcome);

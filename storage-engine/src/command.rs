@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use sentinel_core::{DetectionConfig, Event, MetricValues};
+use sentinel_core::{DetectionConfig, Event, MetricValues, ShardDetector};
 use serde::{Deserialize, Serialize};
 
 /// A command replicated through a shard's Raft log.
@@ -70,6 +70,98 @@ pub struct ShardSettings {
     /// Most entries the export queue holds; the oldest are dropped beyond it.
     #[serde(default = "default_export_queue_max")]
     pub export_queue_max: u64,
+    /// Bounds on distinct (service, model) keys; an event adding a key beyond them is refused.
+    #[serde(default)]
+    pub keys: KeyLimits,
+}
+
+/// Bounds on the (service, model) keys a shard keeps baselines for (0: no bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    /// Most keys in the shard.
+    pub max_per_shard: u64,
+    /// Most models of one service in the shard.
+    pub max_models_per_service: u64,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            max_per_shard: 2_000,
+            max_models_per_service: 100,
+        }
+    }
+}
+
+impl KeyLimits {
+    /// No bound at all.
+    pub const UNLIMITED: KeyLimits = KeyLimits {
+        max_per_shard: 0,
+        max_models_per_service: 0,
+    };
+
+    /// Whether an event of (`service`, `model`) may be observed by `detector`: a known key
+    /// always may, a new one only within both bounds.
+    pub fn admit(
+        &self,
+        detector: &ShardDetector,
+        service: &str,
+        model: &str,
+    ) -> Result<(), KeyLimit> {
+        if detector.has_key(service, model) {
+            return Ok(());
+        }
+        let full = |max: u64, count: usize| max != 0 && count as u64 >= max;
+        if full(self.max_models_per_service, detector.model_count(service)) {
+            return Err(KeyLimit::ModelsPerService(self.max_models_per_service));
+        }
+        if full(self.max_per_shard, detector.key_count()) {
+            return Err(KeyLimit::PerShard(self.max_per_shard));
+        }
+        Ok(())
+    }
+}
+
+/// The bound a new key would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyLimit {
+    /// The shard already holds this many keys.
+    PerShard(u64),
+    /// The service already has this many models in the shard.
+    ModelsPerService(u64),
+}
+
+impl KeyLimit {
+    /// The event field that brought the new key.
+    pub fn field(&self) -> &'static str {
+        match self {
+            KeyLimit::PerShard(_) => "service_name",
+            KeyLimit::ModelsPerService(_) => "model",
+        }
+    }
+
+    /// The bound's name, as metrics label it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyLimit::PerShard(_) => "per_shard",
+            KeyLimit::ModelsPerService(_) => "models_per_service",
+        }
+    }
+}
+
+impl fmt::Display for KeyLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyLimit::PerShard(max) => write!(
+                f,
+                "a new (service, model) key, but its shard already holds {max} keys, the most allowed (ingest.max_keys_per_shard)"
+            ),
+            KeyLimit::ModelsPerService(max) => write!(
+                f,
+                "a new model, but its service already has {max} models in this shard, the most allowed (ingest.max_models_per_service)"
+            ),
+        }
+    }
 }
 
 fn default_export_queue_max() -> u64 {
@@ -83,6 +175,7 @@ impl Default for ShardSettings {
             event_id_horizon_ms: 15 * 60 * 1000,
             export: false,
             export_queue_max: default_export_queue_max(),
+            keys: KeyLimits::default(),
         }
     }
 }
@@ -147,6 +240,8 @@ pub enum EventOutcome {
     DuplicateOffset,
     /// Its `event_id` was applied within the event-id horizon.
     DuplicateEventId,
+    /// Refused: it would add a (service, model) key beyond a bound.
+    KeyLimit(KeyLimit),
 }
 
 impl Command {

@@ -20,8 +20,8 @@ mod snapshot;
 mod state;
 
 pub use command::{
-    Command, EventOutcome, IngestBatch, IngestEvent, IngestOutcome, Response, Retention,
-    ShardSettings, SourcePartition,
+    Command, EventOutcome, IngestBatch, IngestEvent, IngestOutcome, KeyLimit, KeyLimits, Response,
+    Retention, ShardSettings, SourcePartition,
 };
 pub use document::{Applied, Document, DocumentConfig, DocumentMachine, DocumentReader};
 pub use engine::{Engine, EngineOptions, EngineStats};

@@ -296,6 +296,7 @@ impl ShardReader {
             event_id_horizon_ms: rest.event_id_horizon_ms,
             export: rest.export.enabled,
             export_queue_max: rest.export.max,
+            keys: rest.keys,
         }
     }
 

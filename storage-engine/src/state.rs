@@ -15,8 +15,8 @@ use sentinel_core::{Anomaly, Event, MetricValues, ShardDetector};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Command, EventOutcome, IngestBatch, IngestOutcome, Response, Retention, ShardSettings,
-    SourcePartition,
+    Command, EventOutcome, IngestBatch, IngestOutcome, KeyLimits, Response, Retention,
+    ShardSettings, SourcePartition,
 };
 use crate::error::{decode, encode, Error};
 use crate::keys;
@@ -43,6 +43,9 @@ pub(crate) struct CoreRest {
     pub(crate) clock_ms: i64,
     /// The telemetry export queue.
     pub(crate) export: ExportQueue,
+    /// Bounds on new (service, model) keys.
+    #[serde(default)]
+    pub(crate) keys: KeyLimits,
 }
 
 /// Settings and bounds of the export queue; its entries are rows `first..next`.
@@ -246,6 +249,7 @@ impl CoreState {
                     next: 0,
                     dropped: 0,
                 },
+                keys: settings.keys,
             },
         })
     }
@@ -304,6 +308,7 @@ impl CoreState {
                         self.rest.export.enabled = settings.export;
                         self.rest.export.max = settings.export_queue_max;
                         self.rest.export.trim(rows);
+                        self.rest.keys = settings.keys;
                         Response::Configured
                     }
                     Err(e) => Response::Rejected(e.to_string()),
@@ -353,6 +358,11 @@ impl CoreState {
             let id = item.event.event_id.as_deref().map(id_hash);
             if id.is_some_and(|h| self.rest.event_ids.contains(h)) {
                 outcome.events.push(EventOutcome::DuplicateEventId);
+                continue;
+            }
+            let (service, model) = (&item.event.service, &item.event.model);
+            if let Err(limit) = self.rest.keys.admit(&self.detector, service, model) {
+                outcome.events.push(EventOutcome::KeyLimit(limit));
                 continue;
             }
             if let Some(h) = id {

@@ -10,8 +10,8 @@ use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{StorageHelper, Vote};
 use sentinel_core::Severity;
 use sentinel_storage_engine::{
-    Command, Engine, EngineOptions, EventOutcome, Response, Retention, ShardReader, ShardSettings,
-    ShardStateMachine, SourcePartition, TelemetryQuery,
+    Command, Engine, EngineOptions, EventOutcome, KeyLimit, KeyLimits, Response, Retention,
+    ShardReader, ShardSettings, ShardStateMachine, SourcePartition, TelemetryQuery,
 };
 use tempfile::TempDir;
 
@@ -114,6 +114,76 @@ async fn a_repeated_event_id_is_acknowledged_but_applied_once_within_the_horizon
         "ids are remembered for the horizon only"
     );
     assert_eq!(events_seen(&reader, "search"), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_new_keys_beyond_the_limits_are_refused_alike_on_every_replica() {
+    let limits = KeyLimits {
+        max_per_shard: 3,
+        max_models_per_service: 2,
+    };
+    let settings = ShardSettings {
+        keys: limits,
+        ..ShardSettings::default()
+    };
+    let keys = [
+        ("a", "m1"),
+        ("a", "m2"),
+        ("a", "m3"),
+        ("b", "m1"),
+        ("c", "m1"),
+        ("a", "m1"),
+    ];
+    let events: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (s, m))| event(s, m, T0 + i as i64, 500.0, &format!("e{i}")))
+        .collect();
+    let commands = vec![
+        Command::Configure(Box::new(settings.clone())),
+        kafka_batch("t", 0, events.clone()),
+        // A replay of the same offsets, and the refused ids again after the bound is raised.
+        kafka_batch("t", 0, events.clone()),
+        Command::Configure(Box::new(ShardSettings {
+            keys: KeyLimits::UNLIMITED,
+            ..settings
+        })),
+        direct_batch(T0, vec![events[2].clone(), events[4].clone()]),
+    ];
+    let mut digests = Vec::new();
+    for _replica in 0..2 {
+        let (_dir, engine) = engine();
+        let (mut machine, reader) = open(&engine, 4);
+        let responses = apply_all(&mut machine, 0, commands.clone()).await;
+        assert_eq!(
+            ingested(&responses[1]).events,
+            vec![
+                EventOutcome::Applied,
+                EventOutcome::Applied,
+                EventOutcome::KeyLimit(KeyLimit::ModelsPerService(2)),
+                EventOutcome::Applied,
+                EventOutcome::KeyLimit(KeyLimit::PerShard(3)),
+                EventOutcome::Applied,
+            ]
+        );
+        assert_eq!(
+            ingested(&responses[2]).count(EventOutcome::DuplicateOffset),
+            6,
+            "a refused offset is settled like an applied one"
+        );
+        assert_eq!(
+            ingested(&responses[4]).applied(),
+            2,
+            "a refused event id is not remembered"
+        );
+        assert_eq!(reader.summary().keys, 5);
+        assert_eq!(reader.settings().keys, KeyLimits::UNLIMITED);
+        digests.push(reader.digest().unwrap());
+    }
+    let problem = KeyLimit::PerShard(3).to_string();
+    assert!(problem.contains("ingest.max_keys_per_shard"), "{problem}");
+    assert_eq!(KeyLimit::ModelsPerService(2).field(), "model");
+    assert_eq!(digests[0], digests[1], "replicas decide alike");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
