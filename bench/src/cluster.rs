@@ -153,6 +153,8 @@ impl LocalCluster {
             ("SENTINEL_HTTP__LISTEN", http.clone()),
             ("SENTINEL_CLUSTER__SHARDS", self.shards.to_string()),
             ("SENTINEL_CLUSTER__REPLICAS", self.replicas.to_string()),
+            // Nodes in one process are never paused alone: spread leaders soon after start.
+            ("SENTINEL_RAFT__LEADER_HOLD_MS", "1000".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
         let config = NodeConfig::load(None, env)?;

@@ -655,7 +655,10 @@ impl Reconciler {
         self.action("transfer_leader");
         client(&self.host, &address)
             .map_err(|s| s.message().to_owned())?
-            .campaign(CampaignRequest { group: shard })
+            .campaign(CampaignRequest {
+                group: shard,
+                hand_over: false,
+            })
             .await
             .map(|_| ())
             .map_err(|s| s.message().to_owned())
@@ -749,7 +752,7 @@ pub async fn hand_over(host: &Host) {
         Instant::now() + Duration::from_millis(host.config.raft.election_timeout_max_ms * 2);
     for replica in host.replicas() {
         let metrics = replica.metrics();
-        if metrics.current_leader != Some(host.id) {
+        if !crate::host::leads(&metrics, host.id) {
             continue;
         }
         let successor = metrics
@@ -763,6 +766,7 @@ pub async fn hand_over(host: &Host) {
         if let Ok(mut peer) = client(host, &address) {
             let mut request = tonic::Request::new(CampaignRequest {
                 group: replica.shard,
+                hand_over: true,
             });
             request.set_timeout(STATUS_TIMEOUT);
             if let Err(status) = peer.campaign(request).await {
@@ -772,7 +776,7 @@ pub async fn hand_over(host: &Host) {
     }
     while Instant::now() < deadline
         && host.replicas().iter().any(|r| {
-            r.metrics().current_leader == Some(host.id)
+            crate::host::leads(&r.metrics(), host.id)
                 && r.metrics()
                     .membership_config
                     .membership()

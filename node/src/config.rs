@@ -125,6 +125,9 @@ pub struct RaftSection {
     pub snapshot_every_entries: u64,
     /// Shard reconciliation period (membership, leadership, stale replicas).
     pub reconcile_ms: u64,
+    /// How long a node must have been ready, without a pause, after it started or was
+    /// paused, before it takes back the leaderships placement prefers it for.
+    pub leader_hold_ms: u64,
 }
 
 impl Default for RaftSection {
@@ -135,6 +138,7 @@ impl Default for RaftSection {
             election_timeout_max_ms: 3000,
             snapshot_every_entries: 10_000,
             reconcile_ms: 1000,
+            leader_hold_ms: 10_000,
         }
     }
 }

@@ -2,16 +2,18 @@
 //! openraft instance over the node's one storage engine and shared peer channels.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft, RaftMetrics, SnapshotPolicy};
+use openraft::error::Fatal;
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use sentinel_storage_engine::{
     DocumentReader, Engine, EngineOptions, Error as StorageError, ShardReader, ShardSettings,
     TypeConfig,
 };
 
 use crate::config::NodeConfig;
+use crate::elections::Steadiness;
 use crate::error::NodeError;
 use crate::intake::Intake;
 use crate::placement::Placement;
@@ -40,6 +42,23 @@ impl Replica {
     }
 }
 
+/// Why a Raft group can no longer serve: its core stopped on an error (a storage failure
+/// such as a full disk); `None` while it runs and after a requested stop.
+pub fn group_failure(metrics: &RaftMetrics<u64, BasicNode>) -> Option<String> {
+    match &metrics.running_state {
+        Ok(()) | Err(Fatal::Stopped) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    }
+}
+
+/// Whether `node` leads the group: openraft's last report, trusted only while its core runs
+/// (a stopped core's last report still names it leader).
+pub fn leads(metrics: &RaftMetrics<u64, BasicNode>, node: u64) -> bool {
+    metrics.running_state.is_ok()
+        && metrics.state == ServerState::Leader
+        && metrics.current_leader == Some(node)
+}
+
 /// Everything a node hosts.
 pub struct Host {
     /// This node's id.
@@ -58,6 +77,7 @@ pub struct Host {
     replicas: RwLock<BTreeMap<u32, Arc<Replica>>>,
     opening: tokio::sync::Mutex<()>,
     shard_raft: Arc<openraft::Config>,
+    steadiness: Mutex<Steadiness>,
 }
 
 fn raft_config(
@@ -75,6 +95,8 @@ fn raft_config(
         max_payload_entries: 64,
         snapshot_max_chunk_size: 1 << 20,
         install_snapshot_timeout: 10_000,
+        // The election loop (`elections`) decides elections, counting out pauses.
+        enable_elect: false,
         ..Default::default()
     }
     .validate()
@@ -118,6 +140,7 @@ impl Host {
             replicas: RwLock::new(BTreeMap::new()),
             opening: tokio::sync::Mutex::new(()),
             shard_raft,
+            steadiness: Mutex::new(Steadiness::default()),
         });
         for group in engine.shard_ids()? {
             if group != METADATA_GROUP {
@@ -161,6 +184,46 @@ impl Host {
             .document
             .address(node)
             .map(str::to_owned)
+    }
+
+    /// Records whether the node is ready at `now` (see [`Steadiness::observe`]).
+    pub fn observe_steadiness(&self, now: tokio::time::Instant, ready: bool) {
+        self.steadiness
+            .lock()
+            .expect("steadiness lock")
+            .observe(now, ready);
+    }
+
+    /// Whether this node may take a preferred leadership now: steady for
+    /// `raft.leader_hold_ms`; otherwise why not.
+    pub fn may_take_leadership(&self) -> Result<(), String> {
+        let hold = Duration::from_millis(self.config.raft.leader_hold_ms);
+        self.steadiness
+            .lock()
+            .expect("steadiness lock")
+            .verdict(tokio::time::Instant::now(), hold)
+    }
+
+    /// The first group (the metadata group first, then shards in order) whose Raft core
+    /// stopped on an error, with the error.
+    pub fn failure(&self) -> Option<(u32, String)> {
+        let meta = group_failure(&self.meta.metrics().borrow()).map(|e| (METADATA_GROUP, e));
+        meta.or_else(|| {
+            self.replicas()
+                .iter()
+                .find_map(|r| group_failure(&r.metrics()).map(|e| (r.shard, e)))
+        })
+    }
+
+    /// Resolves with the first group failure (see [`Host::failure`]), checking every
+    /// `period`.
+    pub async fn failed(&self, period: Duration) -> (u32, String) {
+        loop {
+            if let Some(failure) = self.failure() {
+                return failure;
+            }
+            tokio::time::sleep(period).await;
+        }
     }
 
     /// The local replica of `shard`, if hosted here.
@@ -274,5 +337,67 @@ impl Host {
 async fn shutdown(replica: &Replica) {
     if let Err(e) = replica.raft.shutdown().await {
         tracing::warn!(shard = replica.shard, error = %e, "shard replica did not stop cleanly");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{AnyError, StorageError, StorageIOError};
+
+    fn metrics(
+        state: ServerState,
+        leader: Option<u64>,
+        running: Result<(), Fatal<u64>>,
+    ) -> RaftMetrics<u64, BasicNode> {
+        let mut metrics = RaftMetrics::new_initial(1);
+        metrics.state = state;
+        metrics.current_leader = leader;
+        metrics.running_state = running;
+        metrics
+    }
+
+    #[test]
+    fn a_group_whose_core_stopped_on_an_error_neither_leads_nor_hides_it() {
+        let disk_full: Fatal<u64> = Fatal::StorageError(StorageError::from(StorageIOError::write(
+            AnyError::error("No space left on device"),
+        )));
+        let cases = [
+            (ServerState::Leader, Some(1), Ok(()), true, None),
+            (ServerState::Follower, Some(2), Ok(()), false, None),
+            (
+                ServerState::Leader,
+                Some(1),
+                Err(Fatal::Stopped),
+                false,
+                None,
+            ),
+            (
+                ServerState::Shutdown,
+                Some(1),
+                Err(disk_full),
+                false,
+                Some("No space left on device"),
+            ),
+            (
+                ServerState::Shutdown,
+                Some(1),
+                Err(Fatal::Panicked),
+                false,
+                Some("panicked"),
+            ),
+        ];
+        for (state, leader, running, leading, failure) in cases {
+            let m = metrics(state, leader, running);
+            assert_eq!(leads(&m, 1), leading, "{m:?}");
+            let found = group_failure(&m);
+            match failure {
+                None => assert_eq!(found, None),
+                Some(text) => assert!(
+                    found.as_deref().is_some_and(|f| f.contains(text)),
+                    "{found:?}"
+                ),
+            }
+        }
     }
 }

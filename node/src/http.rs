@@ -45,9 +45,12 @@ async fn render_metrics(State(shared): State<Shared>) -> impl IntoResponse {
     }
 }
 
-/// Why the node is not ready, or `None` when it is: registered, and every local replica
-/// has a leader and has applied what it received.
+/// Why the node is not ready, or `None` when it is: every Raft group runs, the node is
+/// registered, and every local replica has a leader and has applied what it received.
 pub fn not_ready(host: &Host) -> Option<String> {
+    if let Some((group, error)) = host.failure() {
+        return Some(format!("raft group {group} stopped: {error}"));
+    }
     if host.registry().address(host.id).is_none() {
         return Some("not registered in the cluster yet".into());
     }

@@ -60,7 +60,7 @@ impl LeaderWork {
             }
             running.retain(|_, task| !task.is_finished());
             for replica in self.host.replicas() {
-                if replica.metrics().current_leader != Some(self.host.id)
+                if !crate::host::leads(&replica.metrics(), self.host.id)
                     || running.contains_key(&replica.shard)
                 {
                     continue;

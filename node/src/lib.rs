@@ -6,6 +6,7 @@
 pub mod alerting;
 pub mod cluster;
 pub mod config;
+pub mod elections;
 pub mod error;
 pub mod export;
 pub mod host;

@@ -251,7 +251,7 @@ impl NodeMetrics {
         for (group, metrics) in groups {
             hosted += 1;
             let term = self.raft_term.with_label_values(&[&group]);
-            let leader = i64::from(metrics.current_leader == Some(host.id));
+            let leader = i64::from(crate::host::leads(&metrics, host.id));
             let was_leader = self.raft_leader.with_label_values(&[&group]);
             if was_leader.get() != leader || term.get() != metrics.current_term as i64 {
                 self.raft_leader_changes.with_label_values(&[&group]).inc();

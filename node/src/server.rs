@@ -24,6 +24,8 @@ use crate::transport::MAX_MESSAGE_BYTES;
 /// How long a stopping node waits for its loops to end and its servers to finish the
 /// calls in flight and close their connections (peers' connections can stay open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the node looks for a Raft group that stopped on an error.
+const FAILURE_CHECK: Duration = Duration::from_millis(200);
 
 async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
     TcpListener::bind(address)
@@ -35,6 +37,10 @@ async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, 
 }
 
 /// Runs a node until `shutdown` resolves, then hands its leaderships over and stops.
+///
+/// A Raft group whose core stops on an error (a failed write or sync: a full disk, an I/O
+/// error) stops the whole node the same way, and `run` answers the error: the node fails
+/// fast so that its supervisor restarts it, rather than serving on with dead replicas.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let metrics = NodeMetrics::new()?;
     let grpc = bind(config.node.listen, "gRPC").await?;
@@ -58,6 +64,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         "node started"
     );
     let (stop, stopped) = watch::channel(false);
+    let mut loops = vec![tokio::spawn(crate::elections::run(
+        host.clone(),
+        stopped.clone(),
+    ))];
     let service = NodeService::new(host.clone(), metrics.clone());
     let grpc_server = tokio::spawn({
         let mut stopped = stopped.clone();
@@ -92,11 +102,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     });
     tokio::pin!(shutdown);
+    let failed = host.failed(FAILURE_CHECK);
+    tokio::pin!(failed);
+    let mut failure = None;
     let formed = tokio::select! {
         formed = cluster::form(&host) => Some(formed),
         () = &mut shutdown => None,
+        group = &mut failed => {
+            failure = Some(group);
+            None
+        }
     };
-    let mut loops = Vec::new();
     if let Some(formed) = formed {
         formed?;
         tracing::info!(node = host.id, "node is a member of the cluster");
@@ -107,7 +123,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         )));
         let leader = LeaderWork::new(host.clone(), metrics.clone(), dispatcher, exporter);
         loops.push(tokio::spawn(leader.run(stopped.clone())));
-        (&mut shutdown).await;
+        tokio::select! {
+            () = &mut shutdown => {}
+            group = &mut failed => failure = Some(group),
+        }
+    }
+    if let Some((group, error)) = &failure {
+        tracing::error!(
+            node = host.id,
+            group,
+            %error,
+            "a Raft group stopped on an error: stopping the node so that it is restarted"
+        );
     }
     tracing::info!(node = host.id, "shutting down: handing leaderships over");
     cluster::hand_over(&host).await;
@@ -139,7 +166,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     host.shutdown().await;
     tracing::info!(node = host.id, "node stopped");
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some((group, error)) => Err(NodeError::Raft {
+            group,
+            message: format!("stopped on an error, so the node stopped: {error}"),
+        }),
+    }
 }
 
 async fn reconcile_loop(host: Arc<Host>, metrics: NodeMetrics, mut stopped: watch::Receiver<bool>) {

@@ -400,7 +400,13 @@ impl Node for NodeService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignReply>, Status> {
-        let replica = self.replica(request.into_inner().group)?;
+        let request = request.into_inner();
+        let replica = self.replica(request.group)?;
+        if !request.hand_over {
+            self.host
+                .may_take_leadership()
+                .map_err(|why| Status::failed_precondition(format!("not standing yet: {why}")))?;
+        }
         replica
             .raft
             .trigger()

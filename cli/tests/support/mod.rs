@@ -61,21 +61,29 @@ impl Cluster {
         replicas: u32,
         extra_env: Vec<(String, String)>,
     ) -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let seed = format!("127.0.0.1:{}", free_port());
-        let mut cluster = Cluster {
-            dir,
-            t0: t0(),
-            shards,
-            replicas,
-            nodes: BTreeMap::new(),
-            seed,
-            extra_env,
-        };
+        let mut cluster = Cluster::new(shards, replicas, extra_env);
         for id in 0..n {
             cluster.add(id);
         }
         cluster
+    }
+
+    /// A cluster with no node yet (node 0, added first, creates it).
+    pub fn new(shards: u32, replicas: u32, extra_env: Vec<(String, String)>) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            t0: t0(),
+            shards,
+            replicas,
+            nodes: BTreeMap::new(),
+            seed: format!("127.0.0.1:{}", free_port()),
+            extra_env,
+        }
+    }
+
+    /// The data directory node `id` has (or will have).
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
     }
 
     /// Adds node `id` and starts it.
@@ -89,7 +97,7 @@ impl Cluster {
             id,
             grpc,
             http: format!("127.0.0.1:{}", free_port()),
-            data_dir: self.dir.path().join(format!("node-{id}")),
+            data_dir: self.data_dir(id),
             child: None,
         };
         self.nodes.insert(id, node);
@@ -131,6 +139,7 @@ impl Cluster {
                 "800".to_owned(),
             ),
             ("SENTINEL_RAFT__RECONCILE_MS".to_owned(), "200".to_owned()),
+            ("SENTINEL_RAFT__LEADER_HOLD_MS".to_owned(), "500".to_owned()),
         ];
         env.extend(self.extra_env.iter().cloned());
         let child = launch("node", &env, &log);
@@ -201,6 +210,14 @@ impl Cluster {
             .expect("kill runs");
         assert!(status.success());
         child.wait().expect("reaped")
+    }
+
+    /// The exit status of node `id` once its process has ended by itself.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let status = node.child.as_mut()?.try_wait().expect("process state")?;
+        node.child = None;
+        Some(status)
     }
 
     /// Whether node `id` runs.
@@ -479,11 +496,71 @@ async fn answer(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value
 
 /// Sends SIGKILL to a process.
 pub fn sigkill(pid: u32) {
+    signal(pid, "KILL");
+}
+
+/// Sends the signal `name` (KILL, STOP, CONT, …) to a process.
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
         .expect("kill runs");
-    assert!(status.success(), "SIGKILL {pid}");
+    assert!(status.success(), "SIG{name} {pid}");
+}
+
+/// A tmpfs of a few MB mounted for a test (as root), unmounted when dropped.
+pub struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, e.g. `32m`) on `path`; the reason when
+    /// it cannot (not root, no mount permission).
+    pub fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "sentinel-test",
+            ])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+        }
+        Ok(Tmpfs {
+            path: path.to_owned(),
+        })
+    }
+
+    /// Fills the filesystem with a file until no byte is left.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler()).expect("filler file");
+        for chunk in [1 << 20, 4096, 1] {
+            let bytes = vec![0xa5u8; chunk];
+            while file.write_all(&bytes).is_ok() {}
+        }
+    }
+
+    /// Removes what [`Tmpfs::fill`] wrote.
+    pub fn free(&self) {
+        std::fs::remove_file(self.filler()).expect("filler removed");
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path.join("filler")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }
 
 /// One line per node and shard of a status.
