@@ -155,6 +155,8 @@ impl LocalCluster {
             ("SENTINEL_CLUSTER__REPLICAS", self.replicas.to_string()),
             // Nodes in one process are never paused alone: spread leaders soon after start.
             ("SENTINEL_RAFT__LEADER_HOLD_MS", "1000".to_owned()),
+            // A local cluster on loopback, for development and measurements.
+            ("SENTINEL_SECURITY__INSECURE", "true".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
         let config = NodeConfig::load(None, env)?;
@@ -263,6 +265,7 @@ impl LocalCluster {
             ),
             ("SENTINEL_HTTP__LISTEN", http.clone()),
             ("SENTINEL_GRPC__LISTEN", grpc.clone()),
+            ("SENTINEL_SECURITY__INSECURE", "true".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
         let config = RouterConfig::load(None, base.into_iter().chain(env))?;

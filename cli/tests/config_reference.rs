@@ -375,6 +375,7 @@ fn the_node_reference_lists_exactly_the_keys_a_node_accepts() {
             "webhooks": [{"name": "oncall", "url": "https://hooks.example.com/sentinel"}],
         },
         "export": {},
+        "security": {"tls": {"cert_file": "/etc/sentinel/tls/tls.crt", "key_file": "/etc/sentinel/tls/tls.key", "ca_file": "/etc/sentinel/tls/ca.crt"}},
     });
     assert_no_problems(problems::<NodeConfig>(Part::Node, &minimal, &full));
 }
@@ -385,6 +386,9 @@ fn the_router_reference_lists_exactly_the_keys_a_router_accepts() {
     let full = json!({
         "router": {"seeds": ["sentinel-0.sentinel:7400"]},
         "ingest": {"redaction": {"extra_patterns": [{"name": "employee_id", "regex": "EMP-[0-9]{6}"}]}},
+        "security": {"tls": {"cert_file": "/etc/sentinel/tls/tls.crt", "key_file": "/etc/sentinel/tls/tls.key", "ca_file": "/etc/sentinel/tls/ca.crt"}},
+        "http": {"tls": {"cert_file": "/etc/sentinel/public/tls.crt", "key_file": "/etc/sentinel/public/tls.key"}},
+        "grpc": {"tls": {"cert_file": "/etc/sentinel/public/tls.crt", "key_file": "/etc/sentinel/public/tls.key"}},
     });
     assert_no_problems(problems::<RouterConfig>(Part::Router, &minimal, &full));
 }

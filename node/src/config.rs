@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub use sentinel_config::{LogFormat, LogSection};
 use sentinel_core::{RedactionConfig, ValidationBounds};
 use sentinel_storage_engine::KeyLimits;
+use sentinel_tls::SecuritySection;
 use serde::{Deserialize, Serialize};
 
 use crate::alerting::AlertingConfig;
@@ -27,6 +28,9 @@ use crate::export::ExportConfig;
 pub struct NodeConfig {
     /// Identity, addresses, data and seeds.
     pub node: NodeSection,
+    /// How the gRPC port is protected: mutual TLS, or (development only) nothing.
+    #[serde(default)]
+    pub security: SecuritySection,
     /// Shard layout, used when this node creates the cluster.
     #[serde(default)]
     pub cluster: ClusterSection,

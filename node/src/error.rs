@@ -44,6 +44,9 @@ pub enum NodeError {
     /// The exporter could not be set up.
     #[error("export: {0}")]
     Export(#[from] crate::export::ExportError),
+    /// Transport security could not be set up (no mode chosen, unreadable certificates).
+    #[error(transparent)]
+    Tls(#[from] sentinel_tls::TlsError),
     /// Joining the cluster through the seeds failed for good.
     #[error("joining the cluster: {0}")]
     Join(String),

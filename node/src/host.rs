@@ -12,6 +12,8 @@ use sentinel_storage_engine::{
     TypeConfig,
 };
 
+use sentinel_tls::ClusterTransport;
+
 use crate::config::NodeConfig;
 use crate::elections::Steadiness;
 use crate::error::NodeError;
@@ -108,11 +110,15 @@ fn raft_config(
 }
 
 impl Host {
-    /// Opens the node's storage and every Raft group stored in it.
-    pub async fn open(config: NodeConfig) -> Result<Arc<Host>, NodeError> {
+    /// Opens the node's storage and every Raft group stored in it; peers are called over
+    /// `transport`.
+    pub async fn open(
+        config: NodeConfig,
+        transport: ClusterTransport,
+    ) -> Result<Arc<Host>, NodeError> {
         let id = config.node.id;
         let engine = Engine::open(&config.node.data_dir, EngineOptions::default())?;
-        let peers = Peers::new(id);
+        let peers = Peers::new(id, transport);
         let shard_raft = raft_config(&config, config.raft.snapshot_every_entries)?;
         let (log, machine, registry) =
             engine.open_document::<MetaConfig, Registry>(METADATA_GROUP)?;

@@ -8,7 +8,6 @@ use sentinel_proto::v1::node_server::NodeServer;
 use sentinel_proto::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::alerting::{AlertMetrics, Dispatcher};
 use crate::cluster::{self, Reconciler};
@@ -43,6 +42,12 @@ async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, 
 /// fast so that its supervisor restarts it, rather than serving on with dead replicas.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let metrics = NodeMetrics::new()?;
+    let transport = config.security.transport()?;
+    if matches!(transport, sentinel_tls::ClusterTransport::Insecure) {
+        tracing::warn!(
+            "security.insecure: the gRPC port takes calls from anyone who reaches it, without TLS"
+        );
+    }
     let grpc = bind(config.node.listen, "gRPC").await?;
     let http = bind(config.http.listen, "HTTP").await?;
     let dispatcher = Arc::new(
@@ -55,7 +60,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         )?)),
         None => None,
     };
-    let host = Host::open(config).await?;
+    let incoming = transport.incoming(grpc);
+    let host = Host::open(config, transport).await?;
     tracing::info!(
         node = host.id,
         grpc = %host.config.node.listen,
@@ -83,12 +89,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            )
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
     });
     let http_server = tokio::spawn({
         let mut stopped = stopped.clone();

@@ -17,9 +17,10 @@ use openraft::raft::{
 use openraft::{BasicNode, RaftTypeConfig};
 use sentinel_proto::v1::raft_transport_client::RaftTransportClient;
 use sentinel_proto::v1::RaftMessage;
+use sentinel_tls::ClusterTransport;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 /// Largest gRPC message a node sends or accepts.
@@ -29,14 +30,16 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 #[derive(Debug)]
 pub struct Peers {
     node_id: u64,
+    transport: ClusterTransport,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
-    /// Channels for a node with id `node_id`.
-    pub fn new(node_id: u64) -> Arc<Peers> {
+    /// Channels for a node with id `node_id`, over `transport`.
+    pub fn new(node_id: u64, transport: ClusterTransport) -> Arc<Peers> {
         Arc::new(Peers {
             node_id,
+            transport,
             channels: Mutex::new(HashMap::new()),
         })
     }
@@ -47,12 +50,13 @@ impl Peers {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel = self.transport.channel(address, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+        })?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }

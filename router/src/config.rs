@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sentinel_config::LogSection;
 use sentinel_core::{RedactionConfig, ValidationBounds};
+use sentinel_tls::{CertFiles, SecuritySection};
 use serde::{Deserialize, Serialize};
 
 pub use crate::cache::CacheSection;
@@ -23,6 +24,9 @@ use crate::error::RouterError;
 pub struct RouterConfig {
     /// How the router finds the cluster and talks to its nodes.
     pub router: RouterSection,
+    /// How calls to the nodes are protected: mutual TLS, or (development only) nothing.
+    #[serde(default)]
+    pub security: SecuritySection,
     /// What ingestion accepts and how events are batched toward shard leaders.
     #[serde(default)]
     pub ingest: IngestSection,
@@ -165,6 +169,8 @@ pub struct HttpSection {
     pub request_timeout_ms: u64,
     /// Origins browsers may call the API from (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Serve HTTPS with this certificate (absent: plain HTTP).
+    pub tls: Option<CertFiles>,
 }
 
 impl Default for HttpSection {
@@ -174,6 +180,7 @@ impl Default for HttpSection {
             max_body_bytes: 10 << 20,
             request_timeout_ms: 60_000,
             cors_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -193,12 +200,15 @@ pub struct AuthSection {
 pub struct GrpcSection {
     /// Listen address of the gRPC API.
     pub listen: SocketAddr,
+    /// Serve gRPC over TLS with this certificate (absent: plaintext).
+    pub tls: Option<CertFiles>,
 }
 
 impl Default for GrpcSection {
     fn default() -> Self {
         GrpcSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 7500)),
+            tls: None,
         }
     }
 }

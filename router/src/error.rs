@@ -34,6 +34,9 @@ pub enum RouterError {
     /// The gRPC reflection service could not read the schemas.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// Transport security could not be set up (no mode chosen, unreadable certificates).
+    #[error(transparent)]
+    Tls(#[from] sentinel_tls::TlsError),
     /// The gRPC server failed.
     #[error("serving gRPC: {0}")]
     Grpc(String),

@@ -478,7 +478,11 @@ mod tests {
         }))
         .unwrap();
         let metrics = RouterMetrics::new().unwrap();
-        let table = Arc::new(RoutingTable::new(settings, metrics.clone()));
+        let table = Arc::new(RoutingTable::new(
+            settings,
+            metrics.clone(),
+            sentinel_tls::ClusterTransport::Insecure,
+        ));
         Forwarder::new(table, BatchConfig::default(), metrics)
     }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use sentinel_proto::leader_hint;
 use sentinel_proto::v1::node_client::NodeClient;
 use sentinel_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
+use sentinel_tls::ClusterTransport;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Response, Status};
 
 use crate::config::RouterSection;
@@ -86,6 +87,7 @@ impl Layout {
 pub struct RoutingTable {
     seeds: Vec<String>,
     settings: RouterSection,
+    transport: ClusterTransport,
     metrics: RouterMetrics,
     layout: RwLock<Option<Arc<Layout>>>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -120,11 +122,17 @@ fn leader_lost(code: Code) -> bool {
 }
 
 impl RoutingTable {
-    /// An empty table that learns the cluster from `settings.seeds`.
-    pub fn new(settings: RouterSection, metrics: RouterMetrics) -> RoutingTable {
+    /// An empty table that learns the cluster from `settings.seeds`, calling nodes over
+    /// `transport`.
+    pub fn new(
+        settings: RouterSection,
+        metrics: RouterMetrics,
+        transport: ClusterTransport,
+    ) -> RoutingTable {
         RoutingTable {
             seeds: settings.seeds.clone(),
             settings,
+            transport,
             metrics,
             layout: RwLock::new(None),
             channels: Mutex::new(HashMap::new()),
@@ -152,12 +160,15 @@ impl RoutingTable {
         let channel = match channels.get(address) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| Status::invalid_argument(format!("address {address}: {e}")))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .timeout(self.settings.rpc_timeout())
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let channel = self
+                    .transport
+                    .channel(address, |endpoint| {
+                        endpoint
+                            .connect_timeout(Duration::from_secs(1))
+                            .timeout(self.settings.rpc_timeout())
+                            .tcp_nodelay(true)
+                    })
+                    .map_err(|e| Status::invalid_argument(format!("address {address}: {e}")))?;
                 channels.insert(address.to_owned(), channel.clone());
                 channel
             }
@@ -434,7 +445,11 @@ mod tests {
             "backoff_initial_ms": 10,
         }))
         .unwrap();
-        RoutingTable::new(settings, RouterMetrics::new().unwrap())
+        RoutingTable::new(
+            settings,
+            RouterMetrics::new().unwrap(),
+            ClusterTransport::Insecure,
+        )
     }
 
     #[test]

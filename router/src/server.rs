@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use sentinel_core::Intake;
 use sentinel_proto::v1::sentinel_server::SentinelServer;
+use sentinel_tls::{CertFiles, ClusterTransport, Credentials, Incoming, Protocol};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{self, ApiState, EventIds};
 use crate::auth::{presented_key, ApiKeys};
@@ -32,9 +32,24 @@ pub async fn run(
         config.ingest.validation.clone(),
         &config.ingest.redaction,
     )?);
-    let listener = bind(config.http.listen, "HTTP").await?;
-    let grpc_listener = bind(config.grpc.listen, "gRPC").await?;
-    let table = Arc::new(RoutingTable::new(config.router.clone(), metrics.clone()));
+    let transport = config.security.transport()?;
+    if matches!(transport, ClusterTransport::Insecure) {
+        tracing::warn!("security.insecure: calls to the nodes go without TLS");
+    }
+    let listener = serve_on(
+        config.http.listen,
+        "HTTP",
+        &config.http.tls,
+        Protocol::Http1,
+    )
+    .await?;
+    let grpc_listener =
+        serve_on(config.grpc.listen, "gRPC", &config.grpc.tls, Protocol::Grpc).await?;
+    let table = Arc::new(RoutingTable::new(
+        config.router.clone(),
+        metrics.clone(),
+        transport,
+    ));
     let (stop, stopped) = watch::channel(false);
     let refresher = tokio::spawn(table.clone().run(stopped.clone()));
     // Kafka stops reading as soon as shutdown begins, and finishes before the refresher.
@@ -83,19 +98,29 @@ pub async fn run(
     served.and(grpc_served)
 }
 
-/// A listener on `address` for the `what` server.
-async fn bind(address: SocketAddr, what: &str) -> Result<TcpListener, RouterError> {
-    TcpListener::bind(address)
+/// The connections to the `what` server on `address`, through TLS with `tls` when set.
+async fn serve_on(
+    address: SocketAddr,
+    what: &str,
+    tls: &Option<CertFiles>,
+    protocol: Protocol,
+) -> Result<Incoming, RouterError> {
+    let credentials = match tls {
+        Some(files) => Some(Arc::new(Credentials::server(files, protocol)?)),
+        None => None,
+    };
+    let listener = TcpListener::bind(address)
         .await
         .map_err(|source| RouterError::Io {
             what: format!("binding the {what} listener on {address}"),
             source,
-        })
+        })?;
+    Ok(Incoming::new(listener, credentials))
 }
 
-/// Serves `sentinel.v1.Sentinel` and server reflection on `listener` until `stopped`.
+/// Serves `sentinel.v1.Sentinel` and server reflection on `incoming` until `stopped`.
 async fn serve_grpc(
-    listener: TcpListener,
+    incoming: Incoming,
     state: Arc<ApiState>,
     timeout: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -116,12 +141,9 @@ async fn serve_grpc(
             },
         ))
         .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
         .await
         .map_err(|e| RouterError::Grpc(e.to_string()))
 }

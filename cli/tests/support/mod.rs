@@ -12,6 +12,7 @@ use sentinel_proto::v1::node_client::NodeClient;
 use sentinel_proto::v1::{
     ClusterStatusReply, ClusterStatusRequest, IngestReply, IngestRequest, InputEvent,
 };
+use sentinel_tls::ClusterTransport;
 use serde_json::Value;
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -46,6 +47,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, NodeProcess>,
     seed: String,
     extra_env: Vec<(String, String)>,
+    /// How the test's own clients reach the nodes (plain unless a test sets TLS).
+    pub transport: ClusterTransport,
 }
 
 impl Cluster {
@@ -78,6 +81,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             seed: format!("127.0.0.1:{}", free_port()),
             extra_env,
+            transport: ClusterTransport::Insecure,
         }
     }
 
@@ -140,6 +144,8 @@ impl Cluster {
             ),
             ("SENTINEL_RAFT__RECONCILE_MS".to_owned(), "200".to_owned()),
             ("SENTINEL_RAFT__LEADER_HOLD_MS".to_owned(), "500".to_owned()),
+            // Tests of transport security set their own `SENTINEL_SECURITY__*`.
+            ("SENTINEL_SECURITY__INSECURE".to_owned(), "true".to_owned()),
         ];
         env.extend(self.extra_env.iter().cloned());
         let child = launch("node", &env, &log);
@@ -149,6 +155,26 @@ impl Cluster {
     /// A router in front of this cluster (seeded with every node), with `env` on top of
     /// the defaults; it is started and ready.
     pub async fn router(&self, env: &[(&str, &str)]) -> RouterProcess {
+        self.router_with(env, reqwest::Client::builder(), "http")
+            .await
+    }
+
+    /// A router whose REST API serves HTTPS (`env` sets `http.tls`) with a certificate
+    /// signed by the CA in `ca_pem`; the test's client trusts that CA.
+    pub async fn https_router(&self, env: &[(&str, &str)], ca_pem: &[u8]) -> RouterProcess {
+        let ca = reqwest::Certificate::from_pem(ca_pem).expect("CA certificate");
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca);
+        self.router_with(env, client, "https").await
+    }
+
+    async fn router_with(
+        &self,
+        env: &[(&str, &str)],
+        client: reqwest::ClientBuilder,
+        scheme: &'static str,
+    ) -> RouterProcess {
         let seeds: Vec<&str> = self.nodes.values().map(|n| n.grpc.as_str()).collect();
         let http = format!("127.0.0.1:{}", free_port());
         let grpc = format!("127.0.0.1:{}", free_port());
@@ -159,6 +185,7 @@ impl Cluster {
             ),
             ("SENTINEL_HTTP__LISTEN".to_owned(), http.clone()),
             ("SENTINEL_GRPC__LISTEN".to_owned(), grpc.clone()),
+            ("SENTINEL_SECURITY__INSECURE".to_owned(), "true".to_owned()),
         ];
         settings.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let log = self
@@ -171,10 +198,11 @@ impl Cluster {
             env: settings,
             log,
             child: None,
-            client: reqwest::Client::builder()
+            client: client
                 .timeout(Duration::from_secs(120))
                 .build()
                 .expect("HTTP client"),
+            scheme,
             api_key: None,
         };
         router.spawn();
@@ -241,7 +269,7 @@ impl Cluster {
 
     /// A gRPC client of node `id`.
     pub async fn client(&self, id: u64) -> NodeClient<Channel> {
-        client(&self.nodes[&id].grpc).await
+        client_over(&self.transport, &self.nodes[&id].grpc)
     }
 
     /// Cluster status as any running node sees it.
@@ -311,7 +339,7 @@ impl Cluster {
         let mut address = self.nodes[&self.live()[0]].grpc.clone();
         let mut last = tonic::Status::unavailable("no attempt");
         for _ in 0..20 {
-            let mut client = client(&address).await;
+            let mut client = client_over(&self.transport, &address);
             match client
                 .ingest(IngestRequest {
                     shard,
@@ -379,6 +407,8 @@ pub struct RouterProcess {
     log: PathBuf,
     child: Option<Child>,
     client: reqwest::Client,
+    /// `http`, or `https` when the REST API serves TLS.
+    scheme: &'static str,
     /// Sent as `X-API-Key` with every request, when set.
     pub api_key: Option<String>,
 }
@@ -419,7 +449,7 @@ impl RouterProcess {
 
     /// The URL of `path` on this router.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        format!("{}://{}{path}", self.scheme, self.http)
     }
 
     /// GETs `path`: the status and the JSON answer (null when it is not JSON or the
@@ -592,13 +622,20 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n") + "\n"
 }
 
-/// A client of the node at `address`.
+/// A plaintext client of the node at `address`.
 pub async fn client(address: &str) -> NodeClient<Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("address")
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
+    client_over(&ClusterTransport::Insecure, address)
+}
+
+/// A client of the node at `address` over `transport`.
+pub fn client_over(transport: &ClusterTransport, address: &str) -> NodeClient<Channel> {
+    let channel = transport
+        .channel(address, |endpoint| {
+            endpoint
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(10))
+        })
+        .expect("address");
     NodeClient::new(channel)
 }
 
