@@ -464,7 +464,7 @@ pub fn run(command: QueryCommand) -> i32 {
         Ok(()) => 0,
         Err(Failure::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            eprintln!("error: {}", output::escaped(&failure.to_string()));
             failure.exit_code()
         }
     }
