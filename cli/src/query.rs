@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Subcommand, ValueEnum};
 use sentinel_proto::v1::sentinel_client::SentinelClient;
 use sentinel_proto::v1::{
-    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, DecommissionQuery, TelemetryQuery,
+    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, DecommissionQuery, QueryReply,
+    TelemetryQuery,
 };
 use sentinel_router::grpc::DETAILS_TRAILER;
-use sentinel_router::query::MAX_LIMIT;
+use sentinel_router::query::{MAX_BASELINES_LIMIT, MAX_LIMIT};
 use serde_json::{json, Value};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -187,8 +188,12 @@ pub struct AnomaliesArgs {
     model: Option<String>,
     /// Keep asking every second and print each new anomaly once (oldest first), until
     /// Ctrl-C.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "cursor")]
     follow: bool,
+    /// The next page: `next_cursor` of the previous one (printed after a table with more
+    /// pages). The cursor fixes the look-back of the first page.
+    #[arg(long)]
+    cursor: Option<String>,
     /// How fresh the read must be [router default: linearizable].
     #[arg(long, value_enum)]
     consistency: Option<Consistency>,
@@ -206,6 +211,13 @@ pub struct BaselinesArgs {
     /// Only this model.
     #[arg(long)]
     model: Option<String>,
+    /// Keys per page, in (service, model) order (1-1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_BASELINES_LIMIT)))]
+    limit: u32,
+    /// The next page: `next_cursor` of the previous one (printed after a table with more
+    /// pages).
+    #[arg(long)]
+    cursor: Option<String>,
     /// How fresh the read must be [router default: linearizable].
     #[arg(long, value_enum)]
     consistency: Option<Consistency>,
@@ -464,7 +476,7 @@ pub fn run(command: QueryCommand) -> i32 {
         Ok(()) => 0,
         Err(Failure::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(failure) => {
-            eprintln!("error: {failure}");
+            eprintln!("error: {}", output::escaped(&failure.to_string()));
             failure.exit_code()
         }
     }
@@ -514,16 +526,65 @@ fn print(text: impl fmt::Display) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One page of a list answer.
+struct Page {
+    /// What the items are, as the REST answer names its list (`anomalies`, `baselines`,
+    /// `records`).
+    list: &'static str,
+    /// What a table says when there are no items.
+    none: &'static str,
+    /// The items.
+    items: Vec<Value>,
+    /// The next page's cursor.
+    next: Option<String>,
+}
+
+impl Page {
+    /// The page of a gRPC answer whose records are `list`, saying `none` when empty.
+    fn of(list: &'static str, none: &'static str, reply: QueryReply) -> Page {
+        Page {
+            list,
+            none,
+            items: reply.records.into_iter().map(struct_json).collect(),
+            next: Some(reply.next_cursor).filter(|cursor| !cursor.is_empty()),
+        }
+    }
+
+    /// Prints the page: JSON `{count, <list>, next_cursor}`, or the items as `table`
+    /// shows them (a line saying there are none when so) and the next page's cursor on
+    /// stderr.
+    fn print<T: fmt::Display>(
+        self,
+        output: Output,
+        table: impl FnOnce(&[Value]) -> T,
+    ) -> Result<(), Failure> {
+        match output {
+            Output::Json => print(json!({
+                "count": self.items.len(),
+                self.list: self.items,
+                "next_cursor": self.next,
+            })),
+            Output::Table => {
+                if self.items.is_empty() {
+                    print(self.none)?;
+                } else {
+                    print(table(&self.items))?;
+                }
+                if let Some(cursor) = self.next {
+                    eprintln!("more {}: --cursor {cursor}", self.list);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 async fn anomalies(args: AnomaliesArgs) -> Result<(), Failure> {
     let mut client = Client::connect(&args.client).await?;
     let start_ms = args.since.start_ms(now_ms());
     if !args.follow {
-        let anomalies = newest_anomalies(&mut client, &args, start_ms).await?;
-        return match args.client.output {
-            Output::Json => print(json!({"count": anomalies.len(), "anomalies": anomalies})),
-            Output::Table if anomalies.is_empty() => print("no anomalies"),
-            Output::Table => print(output::anomalies_table(&anomalies)),
-        };
+        let page = newest_anomalies(&mut client, &args, start_ms).await?;
+        return page.print(args.client.output, output::anomalies_table);
     }
     tokio::select! {
         followed = follow(&mut client, &args, start_ms) => followed,
@@ -531,18 +592,20 @@ async fn anomalies(args: AnomaliesArgs) -> Result<(), Failure> {
     }
 }
 
-/// The newest anomalies since `start_ms` that `args` selects, newest first.
+/// The page of the newest anomalies since `start_ms` (or after `--cursor`) that `args`
+/// selects, newest first.
 async fn newest_anomalies(
     client: &mut Client,
     args: &AnomaliesArgs,
     start_ms: i64,
-) -> Result<Vec<Value>, Failure> {
+) -> Result<Page, Failure> {
     let picked = args.service.is_some() || args.model.is_some();
     let query = AnomaliesQuery {
         severity: flag_value(args.severity),
         hours: Some(hours_since(start_ms)?),
         limit: Some(if picked { MAX_LIMIT } else { args.limit }),
         consistency: flag_value(args.consistency),
+        cursor: args.cursor.clone().unwrap_or_default(),
     };
     let reply = client
         .api
@@ -552,15 +615,12 @@ async fn newest_anomalies(
     let wanted = |field: &str, value: &Option<String>, alert: &Value| {
         value.as_deref().is_none_or(|v| alert[field] == v)
     };
-    Ok(reply
-        .records
-        .into_iter()
-        .map(struct_json)
-        .filter(|alert| {
-            wanted("service_name", &args.service, alert) && wanted("model", &args.model, alert)
-        })
-        .take(args.limit as usize)
-        .collect())
+    let mut page = Page::of("anomalies", "no anomalies", reply);
+    page.items.retain(|alert| {
+        wanted("service_name", &args.service, alert) && wanted("model", &args.model, alert)
+    });
+    page.items.truncate(args.limit as usize);
+    Ok(page)
 }
 
 /// Polls for anomalies every [`FOLLOW_PERIOD`] and prints each new one once, oldest
@@ -580,12 +640,15 @@ async fn follow(client: &mut Client, args: &AnomaliesArgs, start_ms: i64) -> Res
     loop {
         ticker.tick().await;
         let anomalies = match newest_anomalies(client, args, start_ms).await {
-            Ok(anomalies) => anomalies,
+            Ok(page) => page.items,
             Err(Failure::Refused(status))
                 if seen.is_some()
                     && matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
             {
-                eprintln!("warning: {}; asking again", status_text(&status));
+                eprintln!(
+                    "warning: {}; asking again",
+                    output::escaped(&status_text(&status))
+                );
                 continue;
             }
             Err(failure) => return Err(failure),
@@ -609,18 +672,15 @@ async fn baselines(args: BaselinesArgs) -> Result<(), Failure> {
         service: args.service.unwrap_or_default(),
         model: args.model.unwrap_or_default(),
         consistency: flag_value(args.consistency),
+        limit: Some(args.limit),
+        cursor: args.cursor.unwrap_or_default(),
     };
     let reply = client
         .api
         .baselines(client.request(query))
         .await?
         .into_inner();
-    let baselines: Vec<Value> = reply.records.into_iter().map(struct_json).collect();
-    match args.client.output {
-        Output::Json => print(json!({"count": baselines.len(), "baselines": baselines})),
-        Output::Table if baselines.is_empty() => print("no baselines"),
-        Output::Table => print(output::baselines_tables(&baselines)),
-    }
+    Page::of("baselines", "no baselines", reply).print(args.client.output, output::baselines_tables)
 }
 
 async fn telemetry(args: TelemetryArgs) -> Result<(), Failure> {
@@ -638,26 +698,8 @@ async fn telemetry(args: TelemetryArgs) -> Result<(), Failure> {
         .telemetry(client.request(query))
         .await?
         .into_inner();
-    let records: Vec<Value> = reply.records.into_iter().map(struct_json).collect();
-    let next = Some(reply.next_cursor).filter(|cursor| !cursor.is_empty());
-    match args.client.output {
-        Output::Json => print(json!({
-            "count": records.len(),
-            "records": records,
-            "next_cursor": next,
-        })),
-        Output::Table => {
-            if records.is_empty() {
-                print("no telemetry records")?;
-            } else {
-                print(output::telemetry_table(&records))?;
-            }
-            if let Some(cursor) = next {
-                eprintln!("more records: --cursor {cursor}");
-            }
-            Ok(())
-        }
-    }
+    Page::of("records", "no telemetry records", reply)
+        .print(args.client.output, output::telemetry_table)
 }
 
 async fn cluster_status(args: ClientArgs) -> Result<(), Failure> {
@@ -762,6 +804,8 @@ mod tests {
             &["sentinel", "anomalies", "--since", "soon"],
             &["sentinel", "anomalies", "--severity", "urgent"],
             &["sentinel", "telemetry", "--model", "gpt-4o"],
+            &["sentinel", "anomalies", "--follow", "--cursor", "c"],
+            &["sentinel", "baselines", "--limit", "1001"],
             &["sentinel", "cluster", "decommission", "node-1"],
         ] {
             let error = Cli::try_parse_from(args).err().expect("refused");

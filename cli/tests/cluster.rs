@@ -206,6 +206,7 @@ async fn three_nodes_form_a_cluster_detect_anomalies_and_agree() {
                 service: service.into(),
                 model: model.into(),
                 consistency: Consistency::StaleOk as i32,
+                ..Default::default()
             })
             .await
             .ok()?

@@ -333,6 +333,51 @@ async fn the_query_client_prints_tables_json_and_exit_statuses_scripts_can_use()
         "{table}"
     );
 
+    // Baselines and anomalies, a page at a time through the cursor too.
+    let first = json(run(&["baselines", "--limit", "2", "-o", "json"]));
+    assert_eq!(first["count"], 2, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a third key");
+    let last = json(run(&[
+        "baselines",
+        "--limit",
+        "2",
+        "--cursor",
+        cursor,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(last["count"], 1, "{last}");
+    assert_eq!(last["baselines"][0]["service_name"], "checkout");
+    assert!(last["next_cursor"].is_null());
+    let table = run(&["baselines", "--limit", "1"]);
+    assert!(String::from_utf8_lossy(&table.stderr).contains("more baselines: --cursor "));
+    let newest = json(run(&[
+        "anomalies",
+        "--since",
+        "2d",
+        "--limit",
+        "1",
+        "-o",
+        "json",
+    ]));
+    let cursor = newest["next_cursor"].as_str().expect("a second anomaly");
+    let next = json(run(&[
+        "anomalies",
+        "--since",
+        "2d",
+        "--limit",
+        "1",
+        "--cursor",
+        cursor,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(next["count"], 1, "{next}");
+    assert_ne!(
+        next["anomalies"][0]["alert_id"],
+        newest["anomalies"][0]["alert_id"]
+    );
+
     // The cluster: three nodes, every shard with a leader.
     let status = json(run(&["cluster", "status", "--output", "json"]));
     assert_eq!(

@@ -458,6 +458,7 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
         .recent_anomalies(RecentAnomaliesQuery {
             limit: None,
             consistency: String::new(),
+            cursor: String::new(),
         })
         .await
         .unwrap_err();
@@ -465,6 +466,7 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
     let mut keyed = tonic::Request::new(RecentAnomaliesQuery {
         limit: None,
         consistency: String::new(),
+        cursor: String::new(),
     });
     keyed
         .metadata_mut()
@@ -632,17 +634,15 @@ fn value_json(value: &prost_types::Value) -> Value {
 
 /// The records of a gRPC query answer, as the REST answer lists them under `list`.
 fn grpc_answer(reply: QueryReply, list: &str) -> Value {
-    let mut answer = json!({
+    let next_cursor = match reply.next_cursor.as_str() {
+        "" => Value::Null,
+        cursor => json!(cursor),
+    };
+    normalized(json!({
         "count": reply.count,
         list: reply.records.iter().map(struct_json).collect::<Vec<_>>(),
-    });
-    if list == "records" {
-        answer["next_cursor"] = match reply.next_cursor.as_str() {
-            "" => Value::Null,
-            cursor => json!(cursor),
-        };
-    }
-    normalized(answer)
+        "next_cursor": next_cursor,
+    }))
 }
 
 /// The public gRPC API answers every query as REST does, refuses bad parameters listing
@@ -703,6 +703,7 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
             hours: Some(48.0),
             limit: Some(10),
             consistency: "linearizable".into(),
+            cursor: String::new(),
         })
         .await
         .unwrap()
@@ -719,6 +720,7 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
         .recent_anomalies(RecentAnomaliesQuery {
             limit: Some(3),
             consistency: String::new(),
+            cursor: String::new(),
         })
         .await
         .unwrap()
@@ -732,6 +734,7 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
             service: "chat".into(),
             model: "claude-3".into(),
             consistency: "stale".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -756,6 +759,7 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
             hours: Some(-1.0),
             limit: Some(0),
             consistency: "weak".into(),
+            cursor: String::new(),
         })
         .await
         .unwrap_err();

@@ -122,6 +122,7 @@ pub fn validate(event: &mut Event, bounds: &ValidationBounds) -> Result<(), Vali
             violate(field, "must not be empty".to_owned());
         } else {
             check_length(field, name, bounds.max_name_chars, &mut violate);
+            check_characters(field, name, &mut violate);
         }
     }
     for (field, id) in [
@@ -136,6 +137,7 @@ pub fn validate(event: &mut Event, bounds: &ValidationBounds) -> Result<(), Vali
     ] {
         if let Some(id) = id {
             check_length(field, id, bounds.max_id_chars, &mut violate);
+            check_characters(field, id, &mut violate);
         }
     }
 
@@ -186,6 +188,36 @@ fn check_length(field: &str, value: &str, max: usize, violate: &mut impl FnMut(&
         violate(
             field,
             format!("length {chars} is above the maximum {max} characters"),
+        );
+    }
+}
+
+/// Whether `c` is acted upon rather than shown by a terminal or a text renderer: a C0 or
+/// C1 control character (ESC, NUL, …), DEL, or a bidirectional formatting character
+/// (embeddings, overrides, isolates, marks) or line or paragraph separator.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// Reports an identifier holding a character that [`is_unprintable`].
+fn check_characters(field: &str, value: &str, violate: &mut impl FnMut(&str, String)) {
+    if let Some((position, c)) = value.chars().enumerate().find(|(_, c)| is_unprintable(*c)) {
+        violate(
+            field,
+            format!(
+                "holds the control or bidirectional formatting character U+{:04X} at character {position}",
+                u32::from(c)
+            ),
         );
     }
 }
@@ -322,6 +354,29 @@ mod tests {
                 "cost_usd: 100.5 is above the maximum 100"
             ]
         );
+    }
+
+    #[test]
+    fn control_and_bidirectional_characters_are_refused_in_names_and_ids() {
+        let mut event = sample();
+        event.service = "chat\u{1b}[2J".into();
+        event.model = "gpt\u{202E}4o".into();
+        event.user_id = Some("u\u{0}1".into());
+        event.session_id = Some("s\u{85}".into());
+        event.provider = Some("open\u{2066}ai".into());
+        assert_eq!(
+            violations(&mut event, &ValidationBounds::default()),
+            [
+                "service_name: holds the control or bidirectional formatting character U+001B at character 4",
+                "model: holds the control or bidirectional formatting character U+202E at character 3",
+                "provider: holds the control or bidirectional formatting character U+2066 at character 4",
+                "user_id: holds the control or bidirectional formatting character U+0000 at character 1",
+                "session_id: holds the control or bidirectional formatting character U+0085 at character 1",
+            ]
+        );
+        let mut event = sample();
+        event.service = "café-搜索 \u{1F600}".into();
+        assert_eq!(validate(&mut event, &ValidationBounds::default()), Ok(()));
     }
 
     #[test]

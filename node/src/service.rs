@@ -330,9 +330,17 @@ impl Node for NodeService {
         };
         let replica = self.replica(request.shard)?;
         self.read_barrier(&replica, request.consistency).await?;
+        let before = request
+            .before_ms
+            .map(|at_ms| (at_ms, request.before_alert_id.as_str()));
         let alerts = replica
             .reader
-            .anomalies(severity, request.since_ms, limit(request.limit, 100))
+            .anomalies_before(
+                severity,
+                request.since_ms,
+                before,
+                limit(request.limit, 100),
+            )
             .map_err(storage_error)?;
         Ok(Response::new(AnomaliesReply {
             alerts: alerts.iter().map(to_json).collect(),
@@ -346,9 +354,16 @@ impl Node for NodeService {
         let request = request.into_inner();
         let replica = self.replica(request.shard)?;
         self.read_barrier(&replica, request.consistency).await?;
-        let baselines = replica.reader.baselines(
+        let after = Some((request.after_service.as_str(), request.after_model.as_str()))
+            .filter(|(service, _)| !service.is_empty());
+        let baselines = replica.reader.baselines_after(
             Some(request.service.as_str()).filter(|s| !s.is_empty()),
             Some(request.model.as_str()).filter(|s| !s.is_empty()),
+            after,
+            match request.limit {
+                0 => usize::MAX,
+                n => n as usize,
+            },
         );
         Ok(Response::new(BaselinesReply {
             baselines: baselines.iter().map(to_json).collect(),

@@ -1,5 +1,5 @@
 //! Request bodies of the ingestion routes: gzip decoding within a size limit, and
-//! splitting into JSON documents. A body is one JSON value (an event, an OTLP request,
+//! walking their JSON documents one at a time. A body is one JSON value (an event, an OTLP request,
 //! or an array of them) or NDJSON (one document per line): it is read as one value when
 //! it parses as one; otherwise, when its first line is a JSON value on its own, as NDJSON,
 //! so each bad line is reported on its own. `application/x-ndjson` always means NDJSON.
@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use serde::de::{Deserializer as _, IgnoredAny, SeqAccess, Visitor};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -28,6 +29,12 @@ pub enum BodyError {
     /// The body holds nothing but whitespace.
     #[error("the body holds no events")]
     Empty,
+    /// The body holds more events than one request may.
+    #[error("the body holds more than {limit} events; send at most {limit} per request")]
+    TooManyEvents {
+        /// The most events one request may hold (`ingest.max_events_per_request`).
+        limit: usize,
+    },
 }
 
 /// How a body was laid out.
@@ -68,36 +75,89 @@ pub fn decode<'a>(
     }
 }
 
-/// The documents of a body, with its layout; `ndjson` forces NDJSON.
-pub fn split(body: &[u8], ndjson: bool) -> Result<(Layout, Vec<Document>), BodyError> {
-    let mut lines = body
-        .split(|b| *b == b'\n')
-        .map(|line| line.trim_ascii())
-        .filter(|line| !line.is_empty());
+/// Hands each document of a body to `visit`, in order, and tells the body's layout;
+/// `ndjson` forces NDJSON. The documents are parsed one at a time (an array's elements
+/// as the array is read), so a body is never held as one parsed tree of all its events;
+/// an error from `visit` stops the walk and is returned.
+pub fn for_each_document(
+    body: &[u8],
+    ndjson: bool,
+    mut visit: impl FnMut(Document) -> Result<(), BodyError>,
+) -> Result<Layout, BodyError> {
+    let mut lines = non_empty_lines(body);
     let Some(first) = lines.next() else {
         return Err(BodyError::Empty);
     };
     if !ndjson {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(items)) => {
-                return Ok((Layout::Array, items.into_iter().map(Ok).collect()))
+        match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) if first.starts_with(b"[") => {
+                for_each_element(body, &mut visit)?;
+                return Ok(Layout::Array);
             }
-            Ok(value) => return Ok((Layout::Single, vec![Ok(value)])),
+            Ok(_) => {
+                visit(serde_json::from_slice(body).map_err(|e| malformed(&e)))?;
+                return Ok(Layout::Single);
+            }
             Err(e) => {
                 let more_lines = lines.next().is_some();
-                if !more_lines || serde_json::from_slice::<Value>(first).is_err() {
-                    return Ok((Layout::Single, vec![Err(malformed(&e))]));
+                if !more_lines || serde_json::from_slice::<IgnoredAny>(first).is_err() {
+                    visit(Err(malformed(&e)))?;
+                    return Ok(Layout::Single);
                 }
             }
         }
     }
-    let documents = body
-        .split(|b| *b == b'\n')
+    for line in non_empty_lines(body) {
+        visit(serde_json::from_slice::<Value>(line).map_err(|e| malformed(&e)))?;
+    }
+    Ok(Layout::Ndjson)
+}
+
+/// The lines of a body that hold more than whitespace, trimmed.
+fn non_empty_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split(|b| *b == b'\n')
         .map(|line| line.trim_ascii())
         .filter(|line| !line.is_empty())
-        .map(|line| serde_json::from_slice::<Value>(line).map_err(|e| malformed(&e)))
-        .collect();
-    Ok((Layout::Ndjson, documents))
+}
+
+/// Hands each element of the JSON array `body` (already known to be valid JSON) to
+/// `visit` as soon as it is parsed.
+fn for_each_element(
+    body: &[u8],
+    visit: &mut dyn FnMut(Document) -> Result<(), BodyError>,
+) -> Result<(), BodyError> {
+    /// Parses elements one by one, keeping why `visit` stopped the walk.
+    struct Elements<'v> {
+        visit: &'v mut dyn FnMut(Document) -> Result<(), BodyError>,
+        stopped: Option<BodyError>,
+    }
+    impl<'de> Visitor<'de> for &mut Elements<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut elements: A) -> Result<(), A::Error> {
+            while let Some(element) = elements.next_element::<Value>()? {
+                if let Err(stop) = (self.visit)(Ok(element)) {
+                    self.stopped = Some(stop);
+                    return Err(serde::de::Error::custom("stopped"));
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut elements = Elements {
+        visit,
+        stopped: None,
+    };
+    let parsed = serde_json::Deserializer::from_slice(body).deserialize_seq(&mut elements);
+    match (elements.stopped, parsed) {
+        (Some(stop), _) => Err(stop),
+        (None, Ok(())) => Ok(()),
+        (None, Err(e)) => (elements.visit)(Err(malformed(&e))),
+    }
 }
 
 fn malformed(error: &serde_json::Error) -> String {
@@ -108,6 +168,16 @@ fn malformed(error: &serde_json::Error) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Every document of a body, with its layout.
+    fn split(body: &[u8], ndjson: bool) -> Result<(Layout, Vec<Document>), BodyError> {
+        let mut documents = Vec::new();
+        let layout = for_each_document(body, ndjson, |document| {
+            documents.push(document);
+            Ok(())
+        })?;
+        Ok((layout, documents))
+    }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -140,6 +210,27 @@ mod tests {
         let (layout, docs) = split(b"{\"a\": 1}", true).unwrap();
         assert_eq!((layout, docs.len()), (Layout::Ndjson, 1));
         assert_eq!(split(b" \n\t\n", false).unwrap_err(), BodyError::Empty);
+    }
+
+    #[test]
+    fn a_walk_stops_at_the_first_refusal_without_reading_further() {
+        let mut seen = 0;
+        let malformed = for_each_document(b"[1, 2, 3, {oops", false, |_| Ok(()));
+        assert_eq!(
+            malformed,
+            Ok(Layout::Single),
+            "a malformed body is one bad document"
+        );
+        let stopped = for_each_document(b"[1, 2, 3, 4]", false, |_| {
+            seen += 1;
+            if seen == 2 {
+                Err(BodyError::TooManyEvents { limit: 1 })
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(stopped, Err(BodyError::TooManyEvents { limit: 1 }));
+        assert_eq!(seen, 2);
     }
 
     #[test]

@@ -81,6 +81,10 @@ pub struct RouterSection {
     /// Longest pause between retries.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Longest the router stays ready without a refresh of its routing table, or while
+    /// calls to shard leaders fail, without an answer from one.
+    #[serde(default = "default_ready_max_age_ms")]
+    pub ready_max_age_ms: u64,
 }
 
 fn default_refresh_ms() -> u64 {
@@ -103,6 +107,10 @@ fn default_backoff_max_ms() -> u64 {
     2_000
 }
 
+fn default_ready_max_age_ms() -> u64 {
+    20_000
+}
+
 impl RouterSection {
     /// [`RouterSection::refresh_ms`] as a duration.
     pub fn refresh(&self) -> Duration {
@@ -118,10 +126,19 @@ impl RouterSection {
     pub fn retry_for(&self) -> Duration {
         Duration::from_millis(self.retry_for_ms)
     }
+
+    /// [`RouterSection::ready_max_age_ms`] as a duration, at least one refresh period
+    /// and one call's timeout (a healthy router refreshes that often).
+    pub fn ready_max_age(&self) -> Duration {
+        Duration::from_millis(
+            self.ready_max_age_ms
+                .max(self.refresh_ms.saturating_add(self.rpc_timeout_ms)),
+        )
+    }
 }
 
 /// What ingestion accepts and how events are batched.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngestSection {
     /// Validation bounds (the same keys as a node's).
@@ -130,6 +147,22 @@ pub struct IngestSection {
     pub redaction: RedactionConfig,
     /// Batching toward shard leaders.
     pub batch: BatchConfig,
+    /// Most events in one REST or gRPC ingestion request; larger requests are refused whole.
+    pub max_events_per_request: usize,
+    /// Most problems of rejected events one ingestion answer lists; the rest are counted.
+    pub max_listed_problems: usize,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection {
+            validation: ValidationBounds::default(),
+            redaction: RedactionConfig::default(),
+            batch: BatchConfig::default(),
+            max_events_per_request: 10_000,
+            max_listed_problems: 100,
+        }
+    }
 }
 
 /// Batching toward shard leaders and the memory it may hold.

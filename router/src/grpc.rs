@@ -18,9 +18,10 @@ use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::api::{
-    cluster_status_answer, ingest_events, prepare_documents, query_answer, shard_count, ApiError,
-    ApiState, QueryRoute,
+    cluster_status_answer, query_answer, shard_count, ApiError, ApiState, QueryRoute,
 };
+use crate::body::BodyError;
+use crate::ingest::Admission;
 use crate::query::Query;
 
 /// Trailer listing every bad parameter or event as a JSON array.
@@ -75,25 +76,37 @@ impl PublicApi {
     /// `IngestEvents`, before it is counted.
     async fn ingest(&self, events: Vec<String>) -> Result<Response<IngestEventsReply>, Status> {
         let shards = shard_count(&self.api)?;
-        let intake = self.api.intake.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let documents = events
-                .iter()
-                .map(|event| serde_json::from_str(event).map_err(|e| format!("not JSON: {e}")));
-            prepare_documents(&intake, documents)
+        let limit = self.api.limits.max_events;
+        if events.len() > limit {
+            return Err(ApiError::from(BodyError::TooManyEvents { limit }).into());
+        }
+        let api = self.api.clone();
+        let admitted = tokio::task::spawn_blocking(move || {
+            let mut admission = Admission::new(&api.intake, &api.ids, shards, api.limits);
+            for event in events {
+                admission
+                    .document(serde_json::from_str(&event).map_err(|e| format!("not JSON: {e}")))?;
+            }
+            Ok::<_, BodyError>(admission.finish())
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let reports = ingest_events(&self.api, shards, prepared).await;
-        let tally = |status: &str| reports.iter().filter(|r| r.status == status).count() as u32;
-        let (applied, duplicates) = (tally("applied"), tally("duplicate"));
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(ApiError::from)?;
+        let admitted = admitted.forward(&self.api.forwarder).await;
+        self.api
+            .metrics
+            .events_rejected
+            .inc_by(admitted.tally("rejected") as u64);
+        let (applied, duplicates) = (admitted.tally("applied"), admitted.tally("duplicate"));
         Ok(Response::new(IngestEventsReply {
-            accepted: applied + duplicates,
-            applied,
-            duplicates,
-            rejected: tally("rejected"),
-            failed: tally("failed"),
-            results: reports
+            accepted: (applied + duplicates) as u32,
+            applied: applied as u32,
+            duplicates: duplicates as u32,
+            rejected: admitted.tally("rejected") as u32,
+            failed: admitted.tally("failed") as u32,
+            omitted_problems: admitted.problems.omitted() as u32,
+            results: admitted
+                .reports
                 .into_iter()
                 .map(|report| IngestedEvent {
                     index: report.index as u32,
@@ -285,6 +298,7 @@ impl Sentinel for PublicApi {
             .text("severity", &q.severity)
             .number("hours", q.hours)
             .number("limit", q.limit)
+            .text("cursor", &q.cursor)
             .text("consistency", &q.consistency)
             .query();
         self.reply(QueryRoute::Anomalies, query, "anomalies").await
@@ -297,6 +311,7 @@ impl Sentinel for PublicApi {
         let q = request.into_inner();
         let query = Pairs::default()
             .number("limit", q.limit)
+            .text("cursor", &q.cursor)
             .text("consistency", &q.consistency)
             .query();
         self.reply(QueryRoute::RecentAnomalies, query, "anomalies")
@@ -311,6 +326,8 @@ impl Sentinel for PublicApi {
         let query = Pairs::default()
             .text("service", &q.service)
             .text("model", &q.model)
+            .number("limit", q.limit)
+            .text("cursor", &q.cursor)
             .text("consistency", &q.consistency)
             .query();
         self.reply(QueryRoute::Baselines, query, "baselines").await

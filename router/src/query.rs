@@ -1,5 +1,5 @@
 //! Query parameters of the REST routes (every problem reported by parameter), the
-//! opaque telemetry cursor, and the merging of per-shard answers.
+//! opaque cursors of paged answers, and the merging of per-shard answers.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -9,11 +9,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sentinel_core::FieldError;
 use sentinel_proto::v1::Consistency;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Most records one query answers (what a node answers per call).
 pub const MAX_LIMIT: u32 = 10_000;
+/// Most baselines one query answers (a baseline is about a kilobyte).
+pub const MAX_BASELINES_LIMIT: u32 = 1_000;
 /// Longest look-back of `hours` (a year).
 const MAX_HOURS: f64 = 24.0 * 366.0;
 /// Default look-back of `hours`.
@@ -29,11 +32,16 @@ pub const TELEMETRY_PARAMETERS: &[&str] = &[
     "consistency",
 ];
 /// Parameters of `GET /api/v1/anomalies`.
-pub const ANOMALIES_PARAMETERS: &[&str] = &["severity", "hours", "limit", "consistency"];
+pub const ANOMALIES_PARAMETERS: &[&str] = &["severity", "hours", "limit", "cursor", "consistency"];
 /// Parameters of `GET /api/v1/anomalies/recent`.
-pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = &["limit", "consistency"];
+pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = &["limit", "cursor", "consistency"];
 /// Parameters of `GET /api/v1/baselines`.
-pub const BASELINES_PARAMETERS: &[&str] = &["service", "model", "consistency"];
+pub const BASELINES_PARAMETERS: &[&str] = &["service", "model", "limit", "cursor", "consistency"];
+
+/// Checks the query of a route that takes no parameters (`GET /api/v1/cluster/status`).
+pub fn no_parameters(query: impl Into<Query>) -> Result<(), Vec<FieldError>> {
+    Params::new(query, &[]).finish(())
+}
 
 /// The parameters of one query as (name, value) pairs: a REST query string, or the
 /// fields a gRPC request set.
@@ -65,9 +73,13 @@ impl Params {
         };
         for (name, value) in query.into().0 {
             if !allowed.contains(&name.as_str()) {
+                let taken = match allowed {
+                    [] => "no parameters".to_owned(),
+                    names => names.join(", "),
+                };
                 params.problem(
                     &name,
-                    format!("unknown parameter; this route takes {}", allowed.join(", ")),
+                    format!("unknown parameter; this route takes {taken}"),
                 );
             } else {
                 match params.values.entry(name) {
@@ -115,6 +127,16 @@ impl Params {
 
     fn limit(&mut self, default: u32) -> u32 {
         self.number("limit", default, 1, MAX_LIMIT)
+    }
+
+    /// The `cursor` parameter, decoded (a problem when it is not one this API returned).
+    fn cursor<C: DeserializeOwned>(&mut self) -> Option<C> {
+        let text = self.text("cursor")?;
+        let cursor = decode_cursor(&text);
+        if cursor.is_none() {
+            self.problem("cursor", "not a cursor this API returned");
+        }
+        cursor
     }
 
     /// `hours` as the start of the look-back, in ms since the Unix epoch.
@@ -215,10 +237,12 @@ impl TelemetryParams {
 pub struct AnomaliesParams {
     /// Only this severity.
     pub severity: Option<String>,
-    /// Raised at or after, ms since the Unix epoch.
+    /// Raised at or after, ms since the Unix epoch (fixed by the first page).
     pub since_ms: i64,
     /// Most anomalies answered.
     pub limit: u32,
+    /// Only anomalies after the last one of the previous page (newest first).
+    pub after: Option<AnomalyPosition>,
     /// Read freshness.
     pub consistency: Consistency,
 }
@@ -238,24 +262,29 @@ impl AnomaliesParams {
         }
         let since_ms = p.since(now_ms);
         let limit = p.limit(100);
+        let cursor: Option<AnomalyCursor> = p.cursor();
         let consistency = p.consistency();
         p.finish(AnomaliesParams {
             severity,
-            since_ms,
+            since_ms: cursor.as_ref().map_or(since_ms, |c| c.since_ms),
             limit,
+            after: cursor.map(|c| c.after),
             consistency,
         })
     }
 
-    /// Parses `limit`, `consistency` of `/api/v1/anomalies/recent` (any age, any severity).
+    /// Parses `limit`, `cursor`, `consistency` of `/api/v1/anomalies/recent` (any age,
+    /// any severity).
     pub fn parse_recent(query: impl Into<Query>) -> Result<AnomaliesParams, Vec<FieldError>> {
         let mut p = Params::new(query, RECENT_ANOMALIES_PARAMETERS);
         let limit = p.limit(20);
+        let cursor: Option<AnomalyCursor> = p.cursor();
         let consistency = p.consistency();
         p.finish(AnomaliesParams {
             severity: None,
             since_ms: 0,
             limit,
+            after: cursor.map(|c| c.after),
             consistency,
         })
     }
@@ -268,21 +297,88 @@ pub struct BaselinesParams {
     pub service: Option<String>,
     /// Only this model.
     pub model: Option<String>,
+    /// Most baselines answered.
+    pub limit: u32,
+    /// Only keys after this one (the last of the previous page).
+    pub after: Option<BaselineCursor>,
     /// Read freshness (`stale` may read any replica).
     pub consistency: Consistency,
 }
 
 impl BaselinesParams {
-    /// Parses `service`, `model`, `consistency`.
+    /// Parses `service`, `model`, `limit`, `cursor`, `consistency`.
     pub fn parse(query: impl Into<Query>) -> Result<BaselinesParams, Vec<FieldError>> {
         let mut p = Params::new(query, BASELINES_PARAMETERS);
         let (service, model) = (p.text("service"), p.text("model"));
+        let limit = p.number("limit", 100, 1, MAX_BASELINES_LIMIT);
+        let after = p.cursor();
         let consistency = p.consistency();
         p.finish(BaselinesParams {
             service,
             model,
+            limit,
+            after,
             consistency,
         })
+    }
+}
+
+/// The opaque text form of a cursor.
+fn encode_cursor(cursor: &impl Serialize) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).expect("cursors serialize"))
+}
+
+/// A cursor from its text form; `None` when it is not one [`encode_cursor`] made.
+fn decode_cursor<C: DeserializeOwned>(text: &str) -> Option<C> {
+    let bytes = URL_SAFE_NO_PAD.decode(text.trim()).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// An anomaly's place in the newest-first order: when it was raised, and its id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyPosition {
+    /// Raised at, ms since the Unix epoch.
+    #[serde(rename = "t")]
+    pub timestamp_ms: i64,
+    /// Its alert id.
+    #[serde(rename = "a")]
+    pub alert_id: String,
+}
+
+/// Where a paged anomaly query stands: the last anomaly answered, and the look-back
+/// start of the first page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyCursor {
+    /// Start of the look-back, fixed by the first page.
+    #[serde(rename = "f")]
+    pub since_ms: i64,
+    /// The last anomaly answered.
+    #[serde(rename = "l")]
+    pub after: AnomalyPosition,
+}
+
+impl AnomalyCursor {
+    /// The opaque text form.
+    pub fn encode(&self) -> String {
+        encode_cursor(self)
+    }
+}
+
+/// Where a paged baselines query stands: the last key answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineCursor {
+    /// Its service.
+    #[serde(rename = "s")]
+    pub service: String,
+    /// Its model.
+    #[serde(rename = "m")]
+    pub model: String,
+}
+
+impl BaselineCursor {
+    /// The opaque text form.
+    pub fn encode(&self) -> String {
+        encode_cursor(self)
     }
 }
 
@@ -333,14 +429,13 @@ impl TelemetryCursor {
 
     /// The opaque text form.
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("cursors serialize"))
+        encode_cursor(self)
     }
 
     /// Reads the text form, checking it against a cluster of `shards` shards.
     pub fn decode(text: &str, shards: u32) -> Result<TelemetryCursor, String> {
         let invalid = || "not a cursor this API returned".to_string();
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| invalid())?;
-        let cursor: TelemetryCursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        let cursor: TelemetryCursor = decode_cursor(text).ok_or_else(invalid)?;
         if cursor.positions.is_empty()
             || cursor
                 .positions
@@ -427,35 +522,63 @@ pub fn merge_telemetry(
     (merged, cursor)
 }
 
-/// Merges shard answers of anomalies: newest first (ties by alert id), at most `limit`.
-pub fn merge_anomalies(shards: Vec<Vec<Value>>, limit: usize) -> Vec<Value> {
+/// Merges pages that shards answered with at most `limit` records each, sorted by
+/// `key`: the first `limit` records, and the last one's key when more may follow (some
+/// shard filled its page, or records were left out).
+fn merge_pages<K: Ord>(
+    shards: Vec<Vec<Value>>,
+    limit: usize,
+    key: impl Fn(&Value) -> K,
+) -> (Vec<Value>, Option<K>) {
+    let full = shards.iter().any(|page| page.len() >= limit);
     let mut all: Vec<Value> = shards.into_iter().flatten().collect();
-    all.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["timestamp_ms"].as_i64().unwrap_or(0),
-                v["alert_id"].as_str().unwrap_or("").to_owned(),
-            )
-        };
-        key(b).cmp(&key(a))
-    });
+    all.sort_by_key(&key);
+    let more = full || all.len() > limit;
     all.truncate(limit);
-    all
+    let last = all.last().filter(|_| more).map(key);
+    (all, last)
 }
 
-/// Merges shard answers of baselines in (service, model) order.
-pub fn merge_baselines(shards: Vec<Vec<Value>>) -> Vec<Value> {
-    let mut all: Vec<Value> = shards.into_iter().flatten().collect();
-    all.sort_by(|a, b| {
-        let key = |v: &Value| {
-            (
-                v["service_name"].as_str().unwrap_or("").to_owned(),
-                v["model"].as_str().unwrap_or("").to_owned(),
-            )
-        };
-        key(a).cmp(&key(b))
+/// An anomaly's place in the newest-first order, reversed so that it sorts first.
+fn anomaly_order(anomaly: &Value) -> std::cmp::Reverse<(i64, String)> {
+    std::cmp::Reverse((
+        anomaly["timestamp_ms"].as_i64().unwrap_or(0),
+        anomaly["alert_id"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// Merges shard pages of anomalies: newest first (ties by alert id), at most `limit`, and
+/// the cursor of the next page (`None` on the last one) keeping `since_ms`.
+pub fn merge_anomalies(
+    since_ms: i64,
+    shards: Vec<Vec<Value>>,
+    limit: usize,
+) -> (Vec<Value>, Option<AnomalyCursor>) {
+    let (anomalies, last) = merge_pages(shards, limit, anomaly_order);
+    let cursor = last.map(
+        |std::cmp::Reverse((timestamp_ms, alert_id))| AnomalyCursor {
+            since_ms,
+            after: AnomalyPosition {
+                timestamp_ms,
+                alert_id,
+            },
+        },
+    );
+    (anomalies, cursor)
+}
+
+/// Merges shard pages of baselines in (service, model) order: at most `limit`, and the
+/// cursor of the next page (`None` on the last one).
+pub fn merge_baselines(
+    shards: Vec<Vec<Value>>,
+    limit: usize,
+) -> (Vec<Value>, Option<BaselineCursor>) {
+    let (baselines, last) = merge_pages(shards, limit, |baseline| {
+        let text = |field: &str| baseline[field].as_str().unwrap_or("").to_owned();
+        (text("service_name"), text("model"))
     });
-    all
+    let cursor = last.map(|(service, model)| BaselineCursor { service, model });
+    (baselines, cursor)
 }
 
 #[cfg(test)]
@@ -522,6 +645,12 @@ mod tests {
         assert_eq!(fields(&problems), ["severity", "hours", "limit"]);
         let problems = AnomaliesParams::parse_recent(Some("limit=10001")).unwrap_err();
         assert!(problems[0].problem.contains("between 1 and 10000"));
+        let problems = no_parameters(Some("verbose=1")).unwrap_err();
+        assert_eq!(
+            problems[0].problem,
+            "unknown parameter; this route takes no parameters"
+        );
+        assert_eq!(no_parameters(None), Ok(()));
         let problems = BaselinesParams::parse(Some("consistency=weak&x=1")).unwrap_err();
         assert_eq!(fields(&problems).len(), 2);
         let params = AnomaliesParams::parse(Some("severity=HIGH&limit=5"), NOW).unwrap();
@@ -617,7 +746,8 @@ mod tests {
     #[test]
     fn anomalies_merge_newest_first_within_the_limit() {
         let alert = |id: &str, t: i64| json!({"alert_id": id, "timestamp_ms": t});
-        let merged = merge_anomalies(
+        let (merged, cursor) = merge_anomalies(
+            5,
             vec![
                 vec![alert("a", 30), alert("b", 10)],
                 vec![alert("c", 20), alert("d", 30)],
@@ -629,11 +759,70 @@ mod tests {
             .map(|a| a["alert_id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, ["d", "a", "c"]);
-        let baselines = merge_baselines(vec![
-            vec![json!({"service_name": "b", "model": "m"})],
-            vec![json!({"service_name": "a", "model": "z"})],
-        ]);
+        let cursor = cursor.expect("one more anomaly");
+        assert_eq!(
+            (
+                cursor.since_ms,
+                cursor.after.timestamp_ms,
+                cursor.after.alert_id.as_str()
+            ),
+            (5, 20, "c")
+        );
+        let (_, last) = merge_anomalies(5, vec![vec![alert("a", 30)], vec![]], 3);
+        assert_eq!(last, None, "nothing left out and no shard filled its page");
+        let (_, full) = merge_anomalies(5, vec![vec![alert("a", 30), alert("b", 1)]], 2);
+        assert!(full.is_some(), "a shard that filled its page may have more");
+        let (baselines, next) = merge_baselines(
+            vec![
+                vec![json!({"service_name": "b", "model": "m"})],
+                vec![json!({"service_name": "a", "model": "z"})],
+            ],
+            1,
+        );
         assert_eq!(baselines[0]["service_name"], "a");
+        assert_eq!(
+            next,
+            Some(BaselineCursor {
+                service: "a".into(),
+                model: "z".into()
+            })
+        );
+    }
+
+    #[test]
+    fn list_cursors_round_trip_fix_the_look_back_and_foreign_ones_are_refused() {
+        let cursor = AnomalyCursor {
+            since_ms: 42,
+            after: AnomalyPosition {
+                timestamp_ms: 99,
+                alert_id: "al-7".into(),
+            },
+        };
+        let params = AnomaliesParams::parse(
+            Some(format!("cursor={}&hours=1", cursor.encode()).as_str()),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!((params.since_ms, params.after), (42, Some(cursor.after)));
+        let after = BaselineCursor {
+            service: "chat".into(),
+            model: "gpt-4o".into(),
+        };
+        let params =
+            BaselinesParams::parse(Some(format!("cursor={}&limit=5", after.encode()).as_str()))
+                .unwrap();
+        assert_eq!((params.limit, params.after), (5, Some(after)));
+        for query in ["cursor=zzz", "cursor=e30"] {
+            assert_eq!(
+                fields(&BaselinesParams::parse(Some(query)).unwrap_err()),
+                ["cursor"]
+            );
+            assert_eq!(
+                fields(&AnomaliesParams::parse_recent(Some(query)).unwrap_err()),
+                ["cursor"]
+            );
+        }
+        assert!(BaselinesParams::parse(Some("limit=1001")).is_err());
     }
 
     proptest! {

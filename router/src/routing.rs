@@ -83,6 +83,56 @@ impl Layout {
     }
 }
 
+/// What the router last heard from the cluster, which decides its readiness.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contact {
+    /// When the routing table was last refreshed from a node's answer.
+    pub refreshed: Option<Instant>,
+    /// Why the last refresh failed, when it did.
+    pub refresh_failure: Option<String>,
+    /// When a shard leader last answered a call.
+    pub leader_answered: Option<Instant>,
+    /// When a call to a shard leader last failed (the node did not answer, or could not
+    /// serve it).
+    pub leader_failed: Option<Instant>,
+}
+
+/// Why a router is not ready at `now`, or `None` when it is: its routing table is loaded
+/// and every shard has a leader in it, the last refresh succeeded at most `max_age` ago,
+/// and shard leaders answer (it is not ready when calls to them failed within `max_age`
+/// and none answered in that time).
+pub fn readiness(
+    layout: Option<&Layout>,
+    contact: &Contact,
+    now: Instant,
+    max_age: Duration,
+) -> Option<String> {
+    let Some(layout) = layout else {
+        return Some("the routing table is not loaded yet".into());
+    };
+    let recent =
+        |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) <= max_age);
+    if let Some(failure) = &contact.refresh_failure {
+        return Some(format!(
+            "the routing table could not be refreshed: {failure}"
+        ));
+    }
+    if !recent(contact.refreshed) {
+        return Some(format!(
+            "the routing table is stale: no node has answered for more than {max_age:?}"
+        ));
+    }
+    if let Some(reason) = layout.unsettled() {
+        return Some(reason);
+    }
+    if recent(contact.leader_failed) && !recent(contact.leader_answered) {
+        return Some(format!(
+            "calls to shard leaders fail and none has answered for more than {max_age:?}"
+        ));
+    }
+    None
+}
+
 /// The routing table and the channels to the nodes.
 pub struct RoutingTable {
     seeds: Vec<String>,
@@ -90,6 +140,7 @@ pub struct RoutingTable {
     transport: ClusterTransport,
     metrics: RouterMetrics,
     layout: RwLock<Option<Arc<Layout>>>,
+    contact: Mutex<Contact>,
     channels: Mutex<HashMap<String, Channel>>,
     prompt: Notify,
     rotation: AtomicUsize,
@@ -135,6 +186,7 @@ impl RoutingTable {
             transport,
             metrics,
             layout: RwLock::new(None),
+            contact: Mutex::new(Contact::default()),
             channels: Mutex::new(HashMap::new()),
             prompt: Notify::new(),
             rotation: AtomicUsize::new(0),
@@ -146,11 +198,25 @@ impl RoutingTable {
         self.layout.read().expect("layout lock").clone()
     }
 
-    /// Why the router cannot serve every shard yet, or `None` when it can.
+    /// Why the router is not ready (see [`readiness`]), or `None` when it is.
     pub fn not_ready(&self) -> Option<String> {
-        match self.layout() {
-            None => Some("the routing table is not loaded yet".into()),
-            Some(layout) => layout.unsettled(),
+        let contact = self.contact.lock().expect("contact lock").clone();
+        readiness(
+            self.layout().as_deref(),
+            &contact,
+            Instant::now(),
+            self.settings.ready_max_age(),
+        )
+    }
+
+    /// Notes what a call to a shard leader gave: an answer (`answered`) or a failure.
+    fn note_leader(&self, answered: bool) {
+        let mut contact = self.contact.lock().expect("contact lock");
+        let at = Some(Instant::now());
+        if answered {
+            contact.leader_answered = at;
+        } else {
+            contact.leader_failed = at;
         }
     }
 
@@ -218,13 +284,16 @@ impl RoutingTable {
             }
             asked.push(address);
         }
-        Err(CallError::Unreachable {
-            reason: problems.join("; "),
-        })
+        let reason = problems.join("; ");
+        self.contact.lock().expect("contact lock").refresh_failure = Some(reason.clone());
+        Err(CallError::Unreachable { reason })
     }
 
     fn install(&self, layout: Layout) {
         *self.layout.write().expect("layout lock") = Some(Arc::new(layout));
+        let mut contact = self.contact.lock().expect("contact lock");
+        contact.refreshed = Some(Instant::now());
+        contact.refresh_failure = None;
     }
 
     /// Refreshes the table periodically, and soon after [`RoutingTable::prompt_refresh`], until `stop` turns true.
@@ -315,7 +384,10 @@ impl RoutingTable {
                         Err(status) => Err(status),
                     };
                     let status = match answer {
-                        Ok(reply) => return Ok(reply.into_inner()),
+                        Ok(reply) => {
+                            self.note_leader(true);
+                            return Ok(reply.into_inner());
+                        }
                         Err(status) => status,
                     };
                     match leader_hint(&status) {
@@ -330,13 +402,15 @@ impl RoutingTable {
                             format!("redirected {hops} times")
                         }
                         _ if !retryable(status.code()) => {
+                            self.note_leader(true);
                             return Err(CallError::Refused {
                                 shard,
                                 code: status.code(),
                                 message: status.message().to_owned(),
-                            })
+                            });
                         }
                         _ => {
+                            self.note_leader(false);
                             if leader_lost(status.code()) {
                                 self.learn_leader(shard, id, None);
                                 self.prompt_refresh();
@@ -480,6 +554,80 @@ mod tests {
         table.learn_leader(1, 1, None);
         assert_eq!(table.leader(1).unwrap(), None);
         assert!(table.not_ready().is_some());
+    }
+
+    #[test]
+    fn readiness_needs_a_fresh_table_with_leaders_and_leaders_that_answer() {
+        let now = Instant::now();
+        let age = Duration::from_secs(10);
+        let ago = |secs| Some(now - Duration::from_secs(secs));
+        let settled = Layout::from_status(&status(&[Some(1), Some(2)]));
+        let leaderless = Layout::from_status(&status(&[Some(1), None]));
+        let fresh = Contact {
+            refreshed: ago(1),
+            ..Contact::default()
+        };
+        let cases = [
+            (None, fresh.clone(), Some("not loaded")),
+            (Some(&settled), fresh.clone(), None),
+            (
+                Some(&leaderless),
+                fresh.clone(),
+                Some("shard 1 has no leader"),
+            ),
+            (
+                Some(&settled),
+                Contact {
+                    refreshed: ago(11),
+                    ..Contact::default()
+                },
+                Some("stale"),
+            ),
+            (
+                Some(&settled),
+                Contact {
+                    refresh_failure: Some("127.0.0.1:1: connection refused".into()),
+                    ..fresh.clone()
+                },
+                Some("connection refused"),
+            ),
+            (
+                Some(&settled),
+                Contact {
+                    leader_failed: ago(2),
+                    leader_answered: ago(12),
+                    ..fresh.clone()
+                },
+                Some("calls to shard leaders fail"),
+            ),
+            (
+                Some(&settled),
+                Contact {
+                    leader_failed: ago(2),
+                    leader_answered: ago(3),
+                    ..fresh.clone()
+                },
+                None,
+            ),
+            (
+                Some(&settled),
+                Contact {
+                    leader_failed: ago(11),
+                    ..fresh.clone()
+                },
+                None,
+            ),
+        ];
+        for (layout, contact, expected) in cases {
+            let verdict = readiness(layout, &contact, now, age);
+            match expected {
+                None => assert_eq!(verdict, None, "{contact:?}"),
+                Some(part) => assert!(
+                    verdict.as_deref().is_some_and(|v| v.contains(part)),
+                    "{contact:?}: {verdict:?}"
+                ),
+            }
+        }
     }
 
     #[tokio::test]

@@ -182,12 +182,33 @@ impl ShardReader {
         since_ms: i64,
         limit: usize,
     ) -> Result<Vec<Anomaly>, Error> {
+        self.anomalies_before(severity, since_ms, None, limit)
+    }
+
+    /// [`ShardReader::anomalies`] that come before `before` (raised at, alert id) in
+    /// (time, alert id) order: the page after that anomaly.
+    pub fn anomalies_before(
+        &self,
+        severity: Option<Severity>,
+        since_ms: i64,
+        before: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Anomaly>, Error> {
         let table = self.table(keys::ANOMALIES);
         let mut from = table.clone();
         from.extend_from_slice(&keys::time(since_ms));
+        let until = match before {
+            Some((at_ms, alert_id)) => {
+                let mut until = table.clone();
+                until.extend_from_slice(&keys::time(at_ms));
+                until.extend_from_slice(alert_id.as_bytes());
+                until
+            }
+            None => prefix_end(&table),
+        };
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(from);
-        options.set_iterate_upper_bound(prefix_end(&table));
+        options.set_iterate_upper_bound(until);
         let wanted = severity.map(severity_byte);
         let mut out = Vec::new();
         for item in self
@@ -285,6 +306,25 @@ impl ShardReader {
     /// Baselines of the matching keys (`None` matches all).
     pub fn baselines(&self, service: Option<&str>, model: Option<&str>) -> Vec<KeyBaseline> {
         self.store.read().core.detector.baselines(service, model)
+    }
+
+    /// A page of [`ShardReader::baselines`]: at most `limit` keys after `after` (service,
+    /// model), in (service, model) order.
+    pub fn baselines_after(
+        &self,
+        service: Option<&str>,
+        model: Option<&str>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Vec<KeyBaseline> {
+        let mut baselines = self.baselines(service, model);
+        baselines.sort_by(|a, b| (&a.service_name, &a.model).cmp(&(&b.service_name, &b.model)));
+        let first = after.map_or(0, |after| {
+            baselines.partition_point(|b| (b.service_name.as_str(), b.model.as_str()) <= after)
+        });
+        baselines.drain(..first);
+        baselines.truncate(limit);
+        baselines
     }
 
     /// The settings in force.

@@ -5,6 +5,7 @@ use std::fmt;
 
 use prost_types::value::Kind;
 use prost_types::Struct;
+use sentinel_core::validate::is_unprintable;
 use serde_json::{Map, Value};
 
 /// Columns of `anomalies`.
@@ -109,14 +110,29 @@ fn number(n: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
-/// A JSON value as a table cell: strings as they are, numbers for people, `-` for null.
+/// A JSON value as a table cell: strings [`escaped`], numbers for people, `-` for null.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escaped(s),
         Value::Number(n) => n.as_f64().map_or_else(|| n.to_string(), number),
-        other => other.to_string(),
+        other => escaped(&other.to_string()),
     }
+}
+
+/// `text` with every character a terminal would act upon rather than show (control and
+/// bidirectional formatting characters) written as `\u{…}`, so an answer cannot move the
+/// cursor, recolour or reorder what is printed.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_unprintable(c) {
+            out += &format!("\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The cells of one anomaly, in [`ANOMALY_COLUMNS`] order.
@@ -342,6 +358,24 @@ mod tests {
         assert!(lines.iter().all(|l| !l.ends_with(' ')));
         let followed = follow_line(&alerts[0]);
         assert_eq!(followed.find("checkout"), follow_header().find("SERVICE"));
+    }
+
+    #[test]
+    fn control_and_bidirectional_characters_are_printed_escaped() {
+        let records = [json!({"event": {
+            "timestamp_ms": 0, "service": "chat\u{1b}]0;owned\u{7}", "model": "gpt\u{202e}4o",
+            "event_id": "e\u{0}\u{9b}", "latency_ms": 5,
+        }})];
+        let text = telemetry_table(&records).to_string();
+        assert!(text.contains("chat\\u{1b}]0;owned\\u{7}"), "{text}");
+        assert!(text.contains("gpt\\u{202e}4o"), "{text}");
+        assert!(text.contains("e\\u{0}\\u{9b}"), "{text}");
+        let unescaped = |text: &str| text.chars().any(|c| is_unprintable(c) && c != '\n');
+        assert!(!unescaped(&text), "{text:?}");
+        let baselines = baselines_tables(&[json!({"service_name": "a\u{2067}b", "model": "m",
+            "metrics": [{"metric": "latency_ms\u{1b}[31m"}]})]);
+        assert!(!unescaped(&baselines), "{baselines:?}");
+        assert_eq!(escaped("plain café"), "plain café");
     }
 
     #[test]

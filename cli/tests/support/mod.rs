@@ -420,6 +420,11 @@ impl RouterProcess {
         self.child = Some(launch("router", &self.env, &self.log));
     }
 
+    /// Process id of the router.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the router is running").id()
+    }
+
     /// Kills the process with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
