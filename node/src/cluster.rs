@@ -476,7 +476,7 @@ impl Reconciler {
                 self.strays.remove(&replica.shard);
                 self.lead(&replica, &metrics, &placement).await
             } else if !placement.holds(replica.shard, self.host.id) {
-                self.maybe_drop(&replica, &metrics).await
+                self.maybe_drop(&replica, &metrics, &placement).await
             } else {
                 self.strays.remove(&replica.shard);
                 Ok(())
@@ -664,17 +664,28 @@ impl Reconciler {
             .map_err(|s| s.message().to_owned())
     }
 
-    /// Drops a replica placement no longer wants once its leader no longer counts it.
+    /// Drops a replica placement no longer wants once the group no longer counts it: as
+    /// its leader reports, or — when this replica knows no leader (a member removed
+    /// before it heard of it stands for election alone) — as the replica placement
+    /// prefers for the shard reports.
     async fn maybe_drop(
         &mut self,
         replica: &Replica,
         metrics: &RaftMetrics<u64, BasicNode>,
+        placement: &Placement,
     ) -> Result<(), String> {
         let shard = replica.shard;
-        let Some(leader) = metrics.current_leader.filter(|&l| l != self.host.id) else {
+        let known = metrics.current_leader.filter(|&l| l != self.host.id);
+        let Some(asked) = known.or_else(|| {
+            placement
+                .replicas(shard)
+                .iter()
+                .copied()
+                .find(|&n| n != self.host.id)
+        }) else {
             return Ok(());
         };
-        let Some(address) = self.host.address(leader) else {
+        let Some(address) = self.host.address(asked) else {
             return Ok(());
         };
         let report = client(&self.host, &address)
@@ -686,7 +697,9 @@ impl Reconciler {
         let counted = report
             .replicas
             .iter()
-            .find(|r| r.group == shard && r.leader == Some(leader))
+            .find(|r| {
+                r.group == shard && r.leader.is_some() && (known.is_none() || r.leader == known)
+            })
             .map(|r| r.voters.contains(&self.host.id) || r.learners.contains(&self.host.id));
         if counted != Some(false) {
             self.strays.remove(&shard);

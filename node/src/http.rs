@@ -54,7 +54,13 @@ pub fn not_ready(host: &Host) -> Option<String> {
     if host.registry().address(host.id).is_none() {
         return Some("not registered in the cluster yet".into());
     }
+    // a replica placement no longer wants here is on its way out: it may know no
+    // leader any more (it was removed before it heard so) and says nothing of this node
+    let placement = host.placement();
     for replica in host.replicas() {
+        if !placement.holds(replica.shard, host.id) {
+            continue;
+        }
         let metrics = replica.metrics();
         if metrics.current_leader.is_none() {
             return Some(format!("shard {} has no leader", replica.shard));
