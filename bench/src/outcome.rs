@@ -1,6 +1,7 @@
 //! Runs a replay through the detection pipeline and scores what was raised against
 //! the injected incidents: which were caught, how fast, and what fired on clean traffic.
 
+use sentinel_core::incident::{Change, NotificationKind};
 use sentinel_core::{Anomaly, DetectionConfig};
 
 use crate::pipeline::{Pipeline, PipelineError, PipelineStats};
@@ -19,6 +20,8 @@ pub struct IncidentOutcome {
     pub first_alert: Option<Anomaly>,
     /// Alerts raised on the incident's key while it lasted (and during the grace period).
     pub alerts: usize,
+    /// Open times of the Sentinel incidents opened on its key while it lasted (and during the grace period).
+    pub opened_ms: Vec<i64>,
 }
 
 impl IncidentOutcome {
@@ -27,6 +30,11 @@ impl IncidentOutcome {
         self.first_alert
             .as_ref()
             .map(|a| a.timestamp_ms - self.incident.start_ms)
+    }
+
+    /// Event time from the incident's start to the first Sentinel incident on its key.
+    pub fn time_to_open_ms(&self) -> Option<i64> {
+        self.opened_ms.first().map(|at| at - self.incident.start_ms)
     }
 }
 
@@ -37,6 +45,10 @@ pub struct ReplayOutcome {
     pub incidents: Vec<IncidentOutcome>,
     /// Alerts raised outside every incident (false alarms).
     pub false_alerts: Vec<Anomaly>,
+    /// Sentinel incidents opened outside every injected incident: (open time, service, model, type).
+    pub false_incidents: Vec<(i64, String, String, String)>,
+    /// Notifications sent (opened, escalated, resolved).
+    pub notifications: u64,
     /// Events not covered by any incident.
     pub clean_events: u64,
     /// Pipeline counters.
@@ -55,6 +67,11 @@ impl ReplayOutcome {
     pub fn all_detected(&self) -> bool {
         self.incidents.iter().all(|o| o.first_alert.is_some())
     }
+
+    /// Whether every injected incident opened exactly one Sentinel incident.
+    pub fn one_incident_each(&self) -> bool {
+        self.incidents.iter().all(|o| o.opened_ms.len() == 1)
+    }
 }
 
 /// Why a replay run failed.
@@ -68,11 +85,12 @@ pub enum OutcomeError {
     Pipeline(#[from] PipelineError),
 }
 
-/// Whether `alert` belongs to `incident`: same key, inside the incident or its grace period.
-fn belongs(alert: &Anomaly, incident: &Incident) -> bool {
-    alert.service_name == incident.service
-        && alert.model == incident.model
-        && (incident.start_ms..incident.end_ms + INCIDENT_GRACE_MS).contains(&alert.timestamp_ms)
+/// Whether something raised on (service, model) at `at_ms` belongs to `incident`: same key,
+/// inside the incident or its grace period.
+fn belongs(service: &str, model: &str, at_ms: i64, incident: &Incident) -> bool {
+    service == incident.service
+        && model == incident.model
+        && (incident.start_ms..incident.end_ms + INCIDENT_GRACE_MS).contains(&at_ms)
 }
 
 /// Whether `alert` names one of the signals expected of `incident`.
@@ -90,6 +108,10 @@ pub struct Scoreboard {
     pub incidents: Vec<IncidentOutcome>,
     /// Alerts raised outside every incident (false alarms).
     pub false_alerts: Vec<Anomaly>,
+    /// Sentinel incidents opened outside every injected incident.
+    pub false_incidents: Vec<(i64, String, String, String)>,
+    /// Notifications sent.
+    pub notifications: u64,
 }
 
 impl Scoreboard {
@@ -102,10 +124,38 @@ impl Scoreboard {
                     incident: i.clone(),
                     first_alert: None,
                     alerts: 0,
+                    opened_ms: Vec::new(),
                 })
                 .collect(),
             false_alerts: Vec::new(),
+            false_incidents: Vec::new(),
+            notifications: 0,
         }
+    }
+
+    /// Records an incident change; the injected incident it belongs to, if any.
+    pub fn record_incident(&mut self, change: &Change) -> Option<&Incident> {
+        self.notifications += u64::from(change.notify);
+        let i = &change.incident;
+        let Some(outcome) = self
+            .incidents
+            .iter_mut()
+            .find(|o| belongs(&i.service_name, &i.model, i.opened_at_ms, &o.incident))
+        else {
+            if change.kind == NotificationKind::Opened {
+                self.false_incidents.push((
+                    i.opened_at_ms,
+                    i.service_name.clone(),
+                    i.model.clone(),
+                    i.anomaly_type.name().to_owned(),
+                ));
+            }
+            return None;
+        };
+        if change.kind == NotificationKind::Opened {
+            outcome.opened_ms.push(i.opened_at_ms);
+        }
+        Some(&outcome.incident)
     }
 
     /// Records `alert`; the incident it belongs to, if any.
@@ -113,7 +163,7 @@ impl Scoreboard {
         match self
             .incidents
             .iter_mut()
-            .find(|o| belongs(&alert, &o.incident))
+            .find(|o| belongs(&alert.service_name, &alert.model, alert.timestamp_ms, &o.incident))
         {
             Some(outcome) => {
                 outcome.alerts += 1;
@@ -153,12 +203,50 @@ pub fn alert_line(alert: &Anomaly, incident: Option<&Incident>) -> String {
     )
 }
 
-/// A table of incidents: kind, key, time to detect (or `MISSED`), alerts, and the
-/// first alert's type, metric and method.
+/// One line for an incident change: event time, what happened, severity, type, key,
+/// signals, and the injected incident it belongs to (or `clean traffic`).
+pub fn incident_line(change: &Change, injected: Option<&Incident>) -> String {
+    let i = &change.incident;
+    let tag = injected.map_or_else(
+        || "clean traffic".to_owned(),
+        |inj| format!("{} {:?}", inj.id, inj.kind),
+    );
+    let at = if change.kind == NotificationKind::Resolved {
+        i.resolved_at_ms.unwrap_or(i.updated_at_ms)
+    } else {
+        i.updated_at_ms
+    };
+    let signals: Vec<String> = i
+        .signals
+        .iter()
+        .map(|s| format!("{} {} via {}", s.anomaly_type.name(), s.metric, s.method))
+        .collect();
+    let resolution = i
+        .resolution
+        .map(|r| format!(" ({r:?})").to_lowercase())
+        .unwrap_or_default();
+    format!(
+        "{} incident {:<9}{} {:<8} {:<22} {:>17}/{:<18} {:>5.0}% affected{} [{}] {}",
+        sentinel_core::anomaly::rfc3339(at).get(11..23).unwrap_or_default(),
+        change.kind.name(),
+        if change.notify { " " } else { "*" },
+        i.severity.name(),
+        i.anomaly_type.name(),
+        i.service_name,
+        i.model,
+        100.0 * i.affected_share,
+        resolution,
+        tag,
+        signals.join(", "),
+    )
+}
+
+/// A table of injected incidents: kind, key, time to open a Sentinel incident (or `MISSED`),
+/// incidents opened, point alerts, and the first alert's type, metric and method.
 pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
     let mut table = format!(
-        "{:<8} {:<13} {:<36} {:>9} {:>7}  first alert\n",
-        "incident", "kind", "key", "detected", "alerts"
+        "{:<8} {:<13} {:<36} {:>8} {:>9} {:>9} {:>7}  first alert\n",
+        "incident", "kind", "key", "opened", "to open", "to alert", "alerts"
     );
     for o in incidents {
         let i = &o.incident;
@@ -174,11 +262,17 @@ pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
                 a.detection_method
             )
         });
+        let opened = o.time_to_open_ms().map_or_else(
+            || "MISSED".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        );
         table.push_str(&format!(
-            "{:<8} {:<13} {:<36} {:>9} {:>7}  {}\n",
+            "{:<8} {:<13} {:<36} {:>8} {:>9} {:>9} {:>7}  {}\n",
             i.id.to_string(),
             format!("{:?}", i.kind),
             format!("{}/{}", i.service, i.model),
+            o.opened_ms.len(),
+            opened,
             detected,
             o.alerts,
             first
@@ -187,13 +281,22 @@ pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
     table
 }
 
-/// Replays `replay` through a pipeline of `shards` shards, calling `on_alert` for every
-/// alert raised (with the incident it belongs to, if any), and scores the result.
+/// What a replay run reports as it goes.
+pub enum Raised<'a> {
+    /// A point anomaly.
+    Alert(&'a Anomaly),
+    /// An incident opened, escalated or resolved.
+    Incident(&'a Change),
+}
+
+/// Replays `replay` through a pipeline of `shards` shards, calling `on_raised` for every
+/// alert and incident change (with the injected incident it belongs to, if any), and
+/// scores the result.
 pub fn run(
     replay: ReplayConfig,
     detection: DetectionConfig,
     shards: u32,
-    mut on_alert: impl FnMut(&Anomaly, Option<&Incident>),
+    mut on_raised: impl FnMut(Raised<'_>, Option<&Incident>),
 ) -> Result<ReplayOutcome, OutcomeError> {
     let replay = Replay::new(replay)?;
     let mut scoreboard = Scoreboard::new(replay.incidents());
@@ -205,14 +308,20 @@ pub fn run(
         let Ok(observation) = pipeline.ingest(labeled.event) else {
             continue;
         };
+        for change in &observation.incidents {
+            let injected = scoreboard.record_incident(change);
+            on_raised(Raised::Incident(change), injected);
+        }
         for alert in observation.anomalies {
             let incident = scoreboard.record(alert.clone());
-            on_alert(&alert, incident);
+            on_raised(Raised::Alert(&alert), incident);
         }
     }
     Ok(ReplayOutcome {
         incidents: scoreboard.incidents,
         false_alerts: scoreboard.false_alerts,
+        false_incidents: scoreboard.false_incidents,
+        notifications: scoreboard.notifications,
         clean_events,
         stats: pipeline.stats().clone(),
         span_ms,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// How bad an anomaly is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -184,6 +185,9 @@ pub struct Anomaly {
     pub related_alerts: Vec<String>,
     /// Runbook link, when configured.
     pub runbook_url: Option<String>,
+    /// The incident open on the key when it was raised, if any.
+    #[serde(default)]
+    pub incident_id: Option<String>,
 }
 
 /// A detector's verdict before dedup turns it into an [`Anomaly`].
@@ -203,4 +207,35 @@ pub(crate) struct Finding {
     pub sample_count: u64,
     pub time_window: String,
     pub additional: BTreeMap<String, serde_json::Value>,
+}
+
+/// A UUID-shaped id (RFC 9562 version 8) from SHA-256 of `tag` and `parts`, in order.
+pub(crate) fn stable_uuid(tag: &[u8], parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    h.update(tag);
+    for part in parts {
+        h.update(part);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    // RFC 9562 version 8 (custom), variant 10.
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// RFC 3339 text of a Unix-ms time (UTC, millisecond precision).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| ms.to_string())
 }

@@ -42,6 +42,8 @@ pub struct DetectionConfig {
     pub user_usage: UserUsageConfig,
     /// Base URL of runbooks; an alert links `<base>/<anomaly_type>` when set.
     pub runbook_base_url: Option<String>,
+    /// Incidents: when evidence opens one, how it is graded, when it resolves.
+    pub incidents: IncidentConfig,
 }
 
 impl Default for DetectionConfig {
@@ -61,6 +63,7 @@ impl Default for DetectionConfig {
             request_rate: RequestRateConfig::default(),
             user_usage: UserUsageConfig::default(),
             runbook_base_url: None,
+            incidents: IncidentConfig::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl DetectionConfig {
         if self.request_rate.baseline_buckets < 2 {
             problems.push("request_rate.baseline_buckets: must be at least 2".to_string());
         }
+        self.incidents.check(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -539,5 +543,161 @@ impl Default for UserUsageConfig {
             min_requests: 30,
             max_users: 10_000,
         }
+    }
+}
+
+/// Incidents: one per key while evidence says it misbehaves, notified when it opens,
+/// escalates and resolves (see docs/detection.md, "Incidents").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentConfig {
+    /// Tail of a baseline a call must land in to count as a hit (0.01: beyond the p99).
+    pub tail: f64,
+    /// A share of hits this many times `tail` is what the evidence tests for.
+    pub share_factor: f64,
+    /// Smallest distance from the median a hit needs, on the metric's log scale (0.1 ≈ 10 %).
+    pub min_deviation: f64,
+    /// Evidence, in nats, that opens an incident (16 nats: odds of about 9 million to one).
+    pub threshold: f64,
+    /// Consecutive request-rate buckets out of line that open an incident.
+    pub rate_buckets: u32,
+    /// Whether latency and cost are judged given the call's tokens (fits per key).
+    pub conditional: bool,
+    /// Event time without evidence after which an incident resolves, ms.
+    pub resolve_after_ms: i64,
+    /// Calls on the key that must pass without evidence before it resolves.
+    pub resolve_min_calls: u64,
+    /// Calls for which an incident's metrics keep their pre-incident baseline; after
+    /// that the baseline learns the new level and the incident resolves as adapted.
+    pub hold_calls: u64,
+    /// A call slower than this opens an incident on its own, ms.
+    pub latency_cap_ms: Option<f64>,
+    /// A call dearer than this opens an incident on its own, USD.
+    pub cost_cap_usd: Option<f64>,
+    /// Latency objective: an incident whose calls' median exceeds it is at least `high`, ms.
+    pub latency_slo_ms: Option<f64>,
+    /// How impact maps to severity.
+    pub severity: ImpactSeverityConfig,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        IncidentConfig {
+            tail: 0.01,
+            share_factor: 10.0,
+            min_deviation: 0.1,
+            threshold: 16.0,
+            rate_buckets: 2,
+            conditional: true,
+            resolve_after_ms: 300_000,
+            resolve_min_calls: 10,
+            hold_calls: 5_000,
+            latency_cap_ms: None,
+            cost_cap_usd: None,
+            latency_slo_ms: None,
+            severity: ImpactSeverityConfig::default(),
+        }
+    }
+}
+
+impl IncidentConfig {
+    fn check(&self, problems: &mut Vec<String>) {
+        if !(self.tail > 0.0 && self.tail < 0.5) {
+            problems.push(format!("incidents.tail: {} is outside (0, 0.5)", self.tail));
+        }
+        if !(self.share_factor > 1.0 && self.share_factor * self.tail < 1.0) {
+            problems.push(format!(
+                "incidents.share_factor: {} must be above 1 and keep share_factor × tail below 1",
+                self.share_factor
+            ));
+        }
+        for (name, v) in [
+            ("incidents.min_deviation", self.min_deviation),
+            ("incidents.threshold", self.threshold),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                problems.push(format!("{name}: {v} must be a non-negative number"));
+            }
+        }
+        if self.rate_buckets == 0 {
+            problems.push("incidents.rate_buckets: must be at least 1".to_string());
+        }
+        if self.resolve_after_ms < 0 {
+            problems.push("incidents.resolve_after_ms: must not be negative".to_string());
+        }
+        for (name, v) in [
+            ("incidents.latency_cap_ms", self.latency_cap_ms),
+            ("incidents.cost_cap_usd", self.cost_cap_usd),
+            ("incidents.latency_slo_ms", self.latency_slo_ms),
+        ] {
+            if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                problems.push(format!("{name}: must be a positive number when set"));
+            }
+        }
+        let s = &self.severity;
+        if !(0.0 <= s.medium_share && s.medium_share <= s.high_share && s.high_share <= s.critical_share && s.critical_share <= 1.0) {
+            problems.push(format!(
+                "incidents.severity: shares must satisfy 0 <= medium_share ({}) <= high_share ({}) <= critical_share ({}) <= 1",
+                s.medium_share, s.high_share, s.critical_share
+            ));
+        }
+        if !(0.0 <= s.high_usd_per_hour && s.high_usd_per_hour <= s.critical_usd_per_hour) {
+            problems.push(format!(
+                "incidents.severity: high_usd_per_hour ({}) must be non-negative and at most critical_usd_per_hour ({})",
+                s.high_usd_per_hour, s.critical_usd_per_hour
+            ));
+        }
+    }
+}
+
+/// An incident's severity from its impact: the share of the key's calls it affects and
+/// the money it burns, whichever is worse; a breached latency objective makes it at least `high`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImpactSeverityConfig {
+    /// Share of calls affected from which an incident is `medium`.
+    pub medium_share: f64,
+    /// ... `high`.
+    pub high_share: f64,
+    /// ... `critical`.
+    pub critical_share: f64,
+    /// Extra spend per hour from which an incident is at least `high`, USD.
+    pub high_usd_per_hour: f64,
+    /// ... `critical`.
+    pub critical_usd_per_hour: f64,
+}
+
+impl Default for ImpactSeverityConfig {
+    fn default() -> Self {
+        ImpactSeverityConfig {
+            medium_share: 0.05,
+            high_share: 0.25,
+            critical_share: 0.5,
+            high_usd_per_hour: 10.0,
+            critical_usd_per_hour: 100.0,
+        }
+    }
+}
+
+impl ImpactSeverityConfig {
+    /// Severity of an incident affecting `share` of calls and costing `usd_per_hour` extra.
+    pub fn severity(&self, share: f64, usd_per_hour: f64) -> Severity {
+        let by_share = if share >= self.critical_share {
+            Severity::Critical
+        } else if share >= self.high_share {
+            Severity::High
+        } else if share >= self.medium_share {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        let by_cost = if usd_per_hour >= self.critical_usd_per_hour {
+            Severity::Critical
+        } else if usd_per_hour >= self.high_usd_per_hour {
+            Severity::High
+        } else {
+            Severity::Low
+        };
+        by_share.max(by_cost)
     }
 }

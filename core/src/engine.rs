@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::anomaly::{Anomaly, AnomalyContext, AnomalyDetails, Finding};
+use crate::anomaly::{rfc3339, stable_uuid, Anomaly, AnomalyContext, AnomalyDetails, Finding};
 use crate::config::{ConfigError, DetectionConfig, DetectorKind, MetricConfig, Scale};
 use crate::dedup::{Dedup, DedupKey, Repeat};
 use crate::detect::{iqr_score, modified_z_score, z_score, MAD_CONSISTENCY};
 use crate::drift::Drift;
 use crate::event::Event;
+use crate::incident::{Actor, CallEvidence, Change, Incident, Notification, Resolution, Silence};
+use crate::key::{cap_evidence, KeyState, MetricState};
 use crate::metric::{Metric, MetricValues};
-use crate::rate::{ErrorRate, RequestRate, UserUsage};
 use crate::window::{quantile_of_sorted, Window};
 
 /// What observing one event produced.
@@ -25,6 +26,21 @@ pub struct Observation {
     pub repeats: Vec<Repeat>,
     /// Whether any detector flagged the event, raised or folded.
     pub flagged: bool,
+    /// Incidents this event opened, escalated or resolved.
+    pub incidents: Vec<Change>,
+    /// What receivers are told of those changes.
+    pub notifications: Vec<Notification>,
+}
+
+/// Why an operator's request about an incident or silence cannot be carried out.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IncidentError {
+    /// No open incident has this id on this shard.
+    #[error("no open incident {0}")]
+    NotOpen(String),
+    /// No silence has this id on this shard.
+    #[error("no silence {0}")]
+    NoSilence(String),
 }
 
 /// Why a serialised detection state could not be restored.
@@ -36,45 +52,6 @@ pub enum StateError {
     /// The state decoded but carries an unusable configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
-}
-
-/// Baseline and drift state of one metric of one key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct MetricState {
-    window: Window,
-    /// Created when CUSUM first runs on the metric.
-    drift: Option<Drift>,
-}
-
-impl MetricState {
-    fn new(cfg: &DetectionConfig) -> Self {
-        MetricState {
-            window: Window::new(cfg.window_size),
-            drift: None,
-        }
-    }
-}
-
-/// Everything kept for one (service, model) key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct KeyState {
-    metrics: Vec<MetricState>,
-    error_rate: ErrorRate,
-    request_rate: RequestRate,
-    users: UserUsage,
-    events: u64,
-}
-
-impl KeyState {
-    fn new(cfg: &DetectionConfig) -> Self {
-        KeyState {
-            metrics: Metric::ALL.iter().map(|_| MetricState::new(cfg)).collect(),
-            error_rate: ErrorRate::default(),
-            request_rate: RequestRate::new(cfg.request_rate.baseline_buckets),
-            users: UserUsage::new(cfg.user_usage.baseline_samples),
-            events: 0,
-        }
-    }
 }
 
 /// Statistics of one metric's baseline, in the metric's own units.
@@ -133,6 +110,8 @@ pub struct ShardDetector {
     dedup: Dedup,
     observed: u64,
     raised: u64,
+    /// Silences by id.
+    silences: BTreeMap<String, Silence>,
 }
 
 impl ShardDetector {
@@ -147,6 +126,7 @@ impl ShardDetector {
             dedup: Dedup::default(),
             observed: 0,
             raised: 0,
+            silences: BTreeMap::new(),
         })
     }
 
@@ -206,6 +186,8 @@ impl ShardDetector {
     pub fn observe(&mut self, event: &Event, values: &MetricValues) -> Observation {
         self.observed += 1;
         let cfg = &self.config;
+        let shard = self.shard;
+        let silences = &self.silences;
         let key = match self
             .keys
             .get_mut(event.service.as_str())
@@ -222,32 +204,165 @@ impl ShardDetector {
         key.events += 1;
         let at = event.timestamp_ms;
         let failed = event.is_error();
+        // During an incident the key's baselines keep their level for a while, so the
+        // incident is judged against what was normal before it.
+        let hold = key.tracker.holds(&cfg.incidents);
+        key.tracker.held += u64::from(hold);
         let mut findings = Vec::new();
+        let mut evidence = CallEvidence::default();
         if !failed {
+            key.value_evidence(values, &self.metric_configs, cfg, at, hold, &mut evidence);
             for metric in Metric::ALL {
                 if let Some(v) = values.get(metric).filter(|v| v.is_finite()) {
                     let state = &mut key.metrics[metric.index()];
                     let mc = &self.metric_configs[metric.index()];
-                    observe_metric(state, metric, mc, cfg, at, v, &mut findings);
+                    observe_metric(state, metric, mc, cfg, at, v, !hold, &mut findings);
                 }
             }
         }
+        key.error_evidence(failed, cfg, at, &mut evidence);
         findings.extend(key.error_rate.observe(at, failed, &cfg.error_rate));
         findings.extend(key.request_rate.observe(at, &cfg.request_rate));
         if let Some(user) = event.user_id.as_deref() {
             findings.extend(key.users.observe(at, user, &cfg.user_usage));
         }
+        key.finding_evidence(&findings, cfg, at, &mut evidence);
+        cap_evidence(values, cfg, at, &mut evidence);
+        let incidents = key.tracker.step(
+            at,
+            (&event.service, &event.model),
+            evidence,
+            &cfg.incidents,
+            |ordinal| {
+                stable_uuid(
+                    b"sentinel-incident\0",
+                    &[
+                        &shard.to_be_bytes(),
+                        event.service.as_bytes(),
+                        &[0],
+                        event.model.as_bytes(),
+                        &[0],
+                        &ordinal.to_be_bytes(),
+                    ],
+                )
+            },
+            |incident| {
+                silences
+                    .values()
+                    .find(|s| s.matches(incident, at))
+                    .map(|s| s.silence_id.clone())
+            },
+        );
+        let open_incident = key.tracker.open.as_ref().map(|i| i.incident_id.clone());
+        let runbook = cfg.runbook_base_url.as_deref();
         let mut out = Observation {
             flagged: !findings.is_empty(),
+            notifications: incidents
+                .iter()
+                .filter(|c| c.notify)
+                .map(|c| Notification::of(c.kind, &c.incident, at, runbook))
+                .collect(),
+            incidents,
             ..Observation::default()
         };
         for finding in findings {
-            self.raise(event, finding, &mut out);
+            self.raise(event, finding, open_incident.as_deref(), &mut out);
+        }
+        if open_incident.is_some() && !out.anomalies.is_empty() {
+            if let Some(key) = self.key_mut(&event.service, &event.model) {
+                for anomaly in &out.anomalies {
+                    key.tracker.link(&anomaly.alert_id);
+                }
+            }
         }
         out
     }
 
-    fn raise(&mut self, event: &Event, finding: Finding, out: &mut Observation) {
+    fn key_mut(&mut self, service: &str, model: &str) -> Option<&mut KeyState> {
+        self.keys
+            .get_mut(service)
+            .and_then(|models| models.get_mut(model))
+            .map(|key| &mut **key)
+    }
+
+    /// Open incidents of the shard, in key order.
+    pub fn open_incidents(&self) -> Vec<&Incident> {
+        self.keys
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter_map(|key| key.tracker.open.as_ref())
+            .collect()
+    }
+
+    /// The silences of the shard, active or not, in id order.
+    pub fn silences(&self) -> impl Iterator<Item = &Silence> {
+        self.silences.values()
+    }
+
+    /// Adds (or replaces) a silence; it keeps back notifications of incidents opening while it is active.
+    pub fn add_silence(&mut self, silence: Silence) {
+        self.silences.insert(silence.silence_id.clone(), silence);
+    }
+
+    /// Ends a silence at `at_ms` (it stays listed until purged).
+    pub fn expire_silence(&mut self, silence_id: &str, at_ms: i64) -> Result<&Silence, IncidentError> {
+        let silence = self
+            .silences
+            .get_mut(silence_id)
+            .ok_or_else(|| IncidentError::NoSilence(silence_id.to_owned()))?;
+        silence.ends_at_ms = silence.ends_at_ms.min(at_ms);
+        Ok(silence)
+    }
+
+    /// Forgets silences that ended before `before_ms`; returns how many.
+    pub fn purge_silences(&mut self, before_ms: i64) -> usize {
+        let before = self.silences.len();
+        self.silences.retain(|_, s| s.ends_at_ms >= before_ms);
+        before - self.silences.len()
+    }
+
+    fn open_incident_mut(&mut self, incident_id: &str) -> Result<&mut KeyState, IncidentError> {
+        self.keys
+            .values_mut()
+            .flat_map(BTreeMap::values_mut)
+            .find(|key| {
+                key.tracker
+                    .open
+                    .as_ref()
+                    .is_some_and(|i| i.incident_id == incident_id)
+            })
+            .map(|key| &mut **key)
+            .ok_or_else(|| IncidentError::NotOpen(incident_id.to_owned()))
+    }
+
+    /// Acknowledges an open incident: it stays open but sends no escalation notifications.
+    pub fn acknowledge(&mut self, incident_id: &str, actor: Actor) -> Result<Incident, IncidentError> {
+        let key = self.open_incident_mut(incident_id)?;
+        let incident = key.tracker.open.as_mut().expect("found open above");
+        incident.acknowledged = Some(actor);
+        Ok(incident.clone())
+    }
+
+    /// Resolves an open incident by hand; the change, and the notification receivers get.
+    pub fn resolve_incident(
+        &mut self,
+        incident_id: &str,
+        actor: Actor,
+    ) -> Result<(Change, Option<Notification>), IncidentError> {
+        let runbook = self.config.runbook_base_url.clone();
+        let key = self.open_incident_mut(incident_id)?;
+        let at = actor.at_ms;
+        let change = key
+            .tracker
+            .close(at, Resolution::Manual, Some(actor))
+            .expect("found open above");
+        let notification = change
+            .notify
+            .then(|| Notification::of(change.kind, &change.incident, at, runbook.as_deref()));
+        Ok((change, notification))
+    }
+
+    fn raise(&mut self, event: &Event, finding: Finding, incident: Option<&str>, out: &mut Observation) {
         let window = self.config.dedup_window_ms;
         let at = event.timestamp_ms;
         let key = DedupKey {
@@ -317,32 +432,21 @@ impl ShardDetector {
                 .runbook_base_url
                 .as_ref()
                 .map(|base| format!("{}/{}", base.trim_end_matches('/'), anomaly_type.name())),
+            incident_id: incident.map(str::to_owned),
         });
     }
 
     /// A stable UUID-shaped id from the shard, the event's position and what was raised.
     fn alert_id(&self, metric: &str, anomaly_type: &str) -> String {
-        let mut h = Sha256::new();
-        h.update(b"sentinel-alert\0");
-        h.update(self.shard.to_be_bytes());
-        h.update(self.observed.to_be_bytes());
-        h.update(metric.as_bytes());
-        h.update([0]);
-        h.update(anomaly_type.as_bytes());
-        let d = h.finalize();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&d[..16]);
-        // RFC 9562 version 8 (custom), variant 10.
-        b[6] = (b[6] & 0x0f) | 0x80;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
+        stable_uuid(
+            b"sentinel-alert\0",
+            &[
+                &self.shard.to_be_bytes(),
+                &self.observed.to_be_bytes(),
+                metric.as_bytes(),
+                &[0],
+                anomaly_type.as_bytes(),
+            ],
         )
     }
 
@@ -438,7 +542,8 @@ fn resolve(config: &DetectionConfig) -> Vec<MetricConfig> {
     Metric::ALL.iter().map(|&m| config.metric(m)).collect()
 }
 
-/// Scores `raw` on one metric, adds it to the baseline and appends what fired.
+/// Scores `raw` on one metric, adds it to the baseline if `learn`, and appends what fired.
+#[allow(clippy::too_many_arguments)]
 fn observe_metric(
     state: &mut MetricState,
     metric: Metric,
@@ -446,6 +551,7 @@ fn observe_metric(
     cfg: &DetectionConfig,
     at: i64,
     raw: f64,
+    learn: bool,
     findings: &mut Vec<Finding>,
 ) {
     let t = mc.scale.forward(raw);
@@ -458,7 +564,9 @@ fn observe_metric(
             .get_or_insert_with(|| Drift::new(cfg.cusum.baseline_buckets));
         findings.extend(drift.observe(at, t, raw, metric, mc, &cfg.cusum));
     }
-    state.window.push(t);
+    if learn {
+        state.window.push(t);
+    }
 }
 
 /// Votes of the point detectors on `t`; a finding when enough of them agree.
@@ -593,13 +701,6 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
         p99: q(&raw, 0.99)?,
         mad: q(&dev, 0.5)?,
     })
-}
-
-/// RFC 3339 text of a Unix-ms time (UTC, millisecond precision).
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
 }
 
 #[cfg(test)]

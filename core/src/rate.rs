@@ -144,6 +144,8 @@ pub struct RequestRate {
     /// The first bucket a key is seen in is partial and never judged.
     partial: bool,
     history: Window,
+    /// Consecutive judged buckets out of line, up to the latest.
+    streak: u32,
 }
 
 impl RequestRate {
@@ -154,6 +156,7 @@ impl RequestRate {
             count: 0,
             partial: true,
             history: Window::new(buckets.max(1)),
+            streak: 0,
         }
     }
 
@@ -172,7 +175,9 @@ impl RequestRate {
             };
             for count in first.into_iter().chain(std::iter::repeat_n(0, empties)) {
                 if cfg.enabled {
-                    findings.extend(self.judge(count, cfg));
+                    let finding = self.judge(count, cfg);
+                    self.streak = if finding.is_some() { self.streak + 1 } else { 0 };
+                    findings.extend(finding);
                 }
                 self.history.push(f64::from(count));
             }
@@ -220,6 +225,11 @@ impl RequestRate {
             time_window: window_label(cfg.bucket_ms),
             additional: BTreeMap::new(),
         })
+    }
+
+    /// Consecutive closed buckets whose count was out of line, up to the latest.
+    pub fn streak(&self) -> u32 {
+        self.streak
     }
 
     /// Median requests per bucket over the baseline, if any bucket closed yet.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use sentinel_core::incident::{Actor, Incident, Silence};
 use sentinel_core::{DetectionConfig, Event, MetricValues, ShardDetector};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,29 @@ pub enum Command {
     Purge(Retention),
     /// Remove every export-queue entry with a sequence number at or below this one.
     Exported(u64),
+    /// Add (or replace) a silence.
+    AddSilence(Silence),
+    /// End a silence.
+    ExpireSilence {
+        /// The silence.
+        silence_id: String,
+        /// When it ends, Unix ms.
+        at_ms: i64,
+    },
+    /// Acknowledge an open incident: no more escalation notifications.
+    AcknowledgeIncident {
+        /// The incident.
+        incident_id: String,
+        /// Who, when and why.
+        actor: Actor,
+    },
+    /// Resolve an open incident by hand (receivers get the resolve notification).
+    ResolveIncident {
+        /// The incident.
+        incident_id: String,
+        /// Who, when and why.
+        actor: Actor,
+    },
 }
 
 /// A Kafka partition a batch was read from.
@@ -206,6 +230,12 @@ pub enum Response {
     Purged,
     /// This many export-queue entries were removed (acknowledging beyond the end or twice is not an error).
     Exported(usize),
+    /// The silence as it now stands.
+    Silence(Silence),
+    /// The incident as it now stands.
+    Incident(Box<Incident>),
+    /// The incident or silence named does not exist (or is no longer open).
+    NotFound(String),
     /// The command was refused as a whole and changed nothing.
     Rejected(String),
 }
@@ -250,9 +280,32 @@ impl Command {
         match self {
             Command::Ingest(batch) => batch.check(),
             Command::Configure(settings) => settings.check(),
-            Command::AckAlerts(_) | Command::Purge(_) | Command::Exported(_) => Ok(()),
+            Command::AddSilence(silence) => check_silence(silence),
+            Command::AckAlerts(_)
+            | Command::Purge(_)
+            | Command::Exported(_)
+            | Command::ExpireSilence { .. }
+            | Command::AcknowledgeIncident { .. }
+            | Command::ResolveIncident { .. } => Ok(()),
         }
     }
+}
+
+/// A silence needs an id, an end after its start, and who set it.
+fn check_silence(silence: &Silence) -> Result<(), String> {
+    if silence.silence_id.is_empty() {
+        return Err("silence_id: must not be empty".into());
+    }
+    if silence.ends_at_ms <= silence.starts_at_ms {
+        return Err(format!(
+            "ends_at_ms: {} is not after starts_at_ms {}",
+            silence.ends_at_ms, silence.starts_at_ms
+        ));
+    }
+    if silence.created.by.trim().is_empty() {
+        return Err("created.by: must say who sets the silence".into());
+    }
+    Ok(())
 }
 
 impl IngestBatch {

@@ -8,8 +8,8 @@
 //! [shard u32][b'm']                              state machine meta (applied, membership, generation)
 //! [shard u32][b's']                              meta of the current snapshot
 //! [shard u32][b'k'][chunk u32]                   checkpointed core state, in chunks
-//! [shard u32][b'r'][generation u32][table u8]…   state rows (telemetry, anomalies, outbox,
-//!                                                export queue)
+//! [shard u32][b'r'][generation u32][table u8]…   state rows (telemetry, anomalies, incidents,
+//!                                                outbox, export queue)
 //! ```
 //!
 //! Integers are big-endian so that byte order is numeric order; timestamps are stored with
@@ -36,6 +36,8 @@ pub(crate) const ROWS: u8 = b'r';
 pub(crate) const TELEMETRY: u8 = b't';
 /// Table of anomalies, ordered by time.
 pub(crate) const ANOMALIES: u8 = b'a';
+/// Table of incidents, ordered by opening time and id (the latest version of each).
+pub(crate) const INCIDENTS: u8 = b'i';
 /// Table of the alert outbox, ordered by sequence number.
 pub(crate) const OUTBOX: u8 = b'o';
 /// Table of the telemetry export queue, ordered by sequence number.

@@ -29,7 +29,8 @@ pub use error::Error;
 pub use log::{LogConfig, ShardLog};
 pub use machine::{ShardSnapshotBuilder, ShardStateMachine};
 pub use reader::{
-    ExportEntry, ExportItem, OutboxEntry, Page, ShardReader, ShardSummary, TelemetryQuery,
+    ExportEntry, ExportItem, IncidentQuery, OutboxEntry, Page, ShardReader, ShardSummary,
+    TelemetryQuery,
 };
 pub use state::TelemetryRecord;
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use openraft::{BasicNode, LogId, StoredMembership};
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 use sentinel_core::engine::KeyBaseline;
-use sentinel_core::{Anomaly, Severity};
+use sentinel_core::incident::{IncidentStatus, Silence};
+use sentinel_core::{Anomaly, Incident, Severity};
 use sha2::{Digest, Sha256};
 
 use crate::command::{ShardSettings, SourcePartition};
@@ -47,14 +48,31 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+/// An incident query.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IncidentQuery {
+    /// Only incidents in this state (all when `None`).
+    pub status: Option<IncidentStatus>,
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Opened at or after (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// Only incidents before this (opened at, incident id) in that order: the page after it.
+    pub before: Option<(i64, String)>,
+    /// Most incidents answered.
+    pub limit: usize,
+}
+
 /// An alert waiting for delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     /// Outbox sequence number (acknowledge with it).
     pub seq: u64,
-    /// The alert as JSON, exactly as delivered.
+    /// The notification as JSON, exactly as delivered.
     pub json: String,
-    /// The alert.
+    /// Its alert fields (what routing reads).
     pub alert: Anomaly,
 }
 
@@ -230,6 +248,62 @@ impl ShardReader {
             out.push(serde_json::from_slice(json).map_err(|e| Error::corrupt("anomaly", e))?);
         }
         Ok(out)
+    }
+
+    /// Incidents matching `query`, newest opening first; open ones as they stand now.
+    pub fn incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, Error> {
+        let open: BTreeMap<String, Incident> = self
+            .store
+            .read()
+            .core
+            .detector
+            .open_incidents()
+            .into_iter()
+            .map(|i| (i.incident_id.clone(), i.clone()))
+            .collect();
+        let table = self.table(keys::INCIDENTS);
+        let mut from = table.clone();
+        from.extend_from_slice(&keys::time(query.since_ms));
+        let until = match &query.before {
+            Some((at_ms, id)) => {
+                let mut until = table.clone();
+                until.extend_from_slice(&keys::time(*at_ms));
+                until.extend_from_slice(id.as_bytes());
+                until
+            }
+            None => prefix_end(&table),
+        };
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(from);
+        options.set_iterate_upper_bound(until);
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .engine
+            .db
+            .iterator_opt(IteratorMode::End, options)
+        {
+            if out.len() >= query.limit {
+                break;
+            }
+            let (_, value) = item?;
+            let stored: Incident =
+                serde_json::from_slice(&value).map_err(|e| Error::corrupt("incident", e))?;
+            // A row is rewritten on every change; an open incident's counts move on in the state.
+            let incident = open.get(&stored.incident_id).cloned().unwrap_or(stored);
+            let wanted = query.status.is_none_or(|s| s == incident.status)
+                && query.service.as_ref().is_none_or(|s| *s == incident.service_name)
+                && query.model.as_ref().is_none_or(|m| *m == incident.model);
+            if wanted {
+                out.push(incident);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The silences of the shard, active or not, in id order.
+    pub fn silences(&self) -> Vec<Silence> {
+        self.store.read().core.detector.silences().cloned().collect()
     }
 
     /// Alerts not yet acknowledged, oldest first, starting after `after_seq`.

@@ -11,7 +11,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use rocksdb::WriteBatch;
-use sentinel_core::{Anomaly, Event, MetricValues, ShardDetector};
+use sentinel_core::incident::{Change, Notification};
+use sentinel_core::{Anomaly, Event, Incident, MetricValues, ShardDetector};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
@@ -206,6 +207,15 @@ impl RowWriter<'_> {
         self.batch.put(key, value);
     }
 
+    /// Stores the latest version of an incident under (opened at, id).
+    fn incident(&mut self, incident: &Incident) {
+        let mut key = self.table(keys::INCIDENTS);
+        key.extend_from_slice(&keys::time(incident.opened_at_ms));
+        key.extend_from_slice(incident.incident_id.as_bytes());
+        let json = serde_json::to_vec(incident).expect("incidents always serialise");
+        self.batch.put(key, json);
+    }
+
     fn queue_entry(&self, table: u8, seq: u64) -> Vec<u8> {
         keys::queue_entry(self.shard, self.generation, table, seq)
     }
@@ -322,7 +332,59 @@ impl CoreState {
                 let removed = self.rest.export.remove_before(seq.saturating_add(1), rows);
                 Response::Exported(removed as usize)
             }
+            Command::AddSilence(silence) => {
+                self.detector.add_silence(silence.clone());
+                Response::Silence(silence.clone())
+            }
+            Command::ExpireSilence { silence_id, at_ms } => {
+                match self.detector.expire_silence(silence_id, *at_ms) {
+                    Ok(silence) => Response::Silence(silence.clone()),
+                    Err(e) => Response::NotFound(e.to_string()),
+                }
+            }
+            Command::AcknowledgeIncident { incident_id, actor } => {
+                match self.detector.acknowledge(incident_id, actor.clone()) {
+                    Ok(incident) => {
+                        rows.incident(&incident);
+                        Response::Incident(Box::new(incident))
+                    }
+                    Err(e) => Response::NotFound(e.to_string()),
+                }
+            }
+            Command::ResolveIncident { incident_id, actor } => {
+                match self.detector.resolve_incident(incident_id, actor.clone()) {
+                    Ok((change, notification)) => {
+                        self.record(&[change.clone()], notification.as_slice(), rows);
+                        Response::Incident(Box::new(change.incident))
+                    }
+                    Err(e) => Response::NotFound(e.to_string()),
+                }
+            }
         }
+    }
+
+    /// Stores changed incidents and queues their notifications; the outbox sequence numbers.
+    fn record(
+        &mut self,
+        changes: &[Change],
+        notifications: &[Notification],
+        rows: &mut RowWriter<'_>,
+    ) -> Vec<u64> {
+        for change in changes {
+            rows.incident(&change.incident);
+        }
+        notifications
+            .iter()
+            .map(|notification| {
+                let json =
+                    serde_json::to_vec(notification).expect("notifications always serialise");
+                let seq = self.rest.outbox_next;
+                self.rest.outbox_next += 1;
+                self.rest.outbox.insert(seq);
+                rows.batch.put(rows.queue_entry(keys::OUTBOX, seq), json);
+                seq
+            })
+            .collect()
     }
 
     fn ingest(
@@ -376,12 +438,9 @@ impl CoreState {
                 let json = serde_json::to_vec(anomaly).expect("anomalies always serialise");
                 rows.anomaly(anomaly, &json);
                 self.rest.export.push(rows, EXPORT_ANOMALY, &json);
-                let seq = self.rest.outbox_next;
-                self.rest.outbox_next += 1;
-                self.rest.outbox.insert(seq);
-                rows.batch.put(rows.queue_entry(keys::OUTBOX, seq), json);
-                outcome.alerts.push(seq);
             }
+            let queued = self.record(&observation.incidents, &observation.notifications, rows);
+            outcome.alerts.extend(queued);
             outcome.events.push(EventOutcome::Applied);
         }
         self.rest.export.trim(rows);
@@ -400,11 +459,14 @@ impl CoreState {
             to.extend_from_slice(&keys::time(retention.telemetry_before_ms));
             rows.batch.delete_range(from, to);
         }
-        let table = rows.table(keys::ANOMALIES);
-        let mut to = table.clone();
-        to.extend_from_slice(&keys::time(retention.anomalies_before_ms));
-        rows.batch.delete_range(table, to);
+        for table in [keys::ANOMALIES, keys::INCIDENTS] {
+            let table = rows.table(table);
+            let mut to = table.clone();
+            to.extend_from_slice(&keys::time(retention.anomalies_before_ms));
+            rows.batch.delete_range(table, to);
+        }
         self.detector.purge_dedup(retention.dedup_before_ms);
+        self.detector.purge_silences(retention.anomalies_before_ms);
     }
 }
 
