@@ -160,11 +160,14 @@ impl Scoreboard {
 
     /// Records `alert`; the incident it belongs to, if any.
     pub fn record(&mut self, alert: Anomaly) -> Option<&Incident> {
-        match self
-            .incidents
-            .iter_mut()
-            .find(|o| belongs(&alert.service_name, &alert.model, alert.timestamp_ms, &o.incident))
-        {
+        match self.incidents.iter_mut().find(|o| {
+            belongs(
+                &alert.service_name,
+                &alert.model,
+                alert.timestamp_ms,
+                &o.incident,
+            )
+        }) {
             Some(outcome) => {
                 outcome.alerts += 1;
                 if outcome.first_alert.is_none() && expected(&alert, &outcome.incident) {
@@ -227,7 +230,9 @@ pub fn incident_line(change: &Change, injected: Option<&Incident>) -> String {
         .unwrap_or_default();
     format!(
         "{} incident {:<9}{} {:<8} {:<22} {:>17}/{:<18} {:>5.0}% affected{} [{}] {}",
-        sentinel_core::anomaly::rfc3339(at).get(11..23).unwrap_or_default(),
+        sentinel_core::anomaly::rfc3339(at)
+            .get(11..23)
+            .unwrap_or_default(),
         change.kind.name(),
         if change.notify { " " } else { "*" },
         i.severity.name(),

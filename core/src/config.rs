@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::{AnomalyType, Severity};
 use crate::detect::ScaleFloor;
 use crate::metric::Metric;
+use crate::onset::OnsetConfig;
 
 /// Everything that decides what a shard's detection raises.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub struct DetectionConfig {
     pub mad: ThresholdDetector,
     /// CUSUM drift detector.
     pub cusum: CusumConfig,
+    /// Onset detector, for metrics that list `onset` among their detectors.
+    pub onset: OnsetSection,
     /// How many of the enabled point detectors (z-score, IQR, MAD) must agree before a
     /// point anomaly is raised; capped at the number enabled for the metric.
     pub min_votes: usize,
@@ -55,6 +58,7 @@ impl Default for DetectionConfig {
             iqr: ThresholdDetector::on(1.5),
             mad: ThresholdDetector::on(3.5),
             cusum: CusumConfig::default(),
+            onset: OnsetSection::default(),
             min_votes: 3,
             metrics: BTreeMap::new(),
             severity: SeverityConfig::default(),
@@ -124,6 +128,19 @@ impl DetectionConfig {
             problems.push(format!(
                 "cusum.min_spread: {} must be a non-negative number",
                 self.cusum.min_spread
+            ));
+        }
+        if !(self.onset.threshold.is_finite() && self.onset.threshold > 0.0) {
+            problems.push(format!(
+                "onset.threshold: {} must be a positive number",
+                self.onset.threshold
+            ));
+        }
+        if self.onset.detector.window < 2 || self.onset.detector.window > u16::MAX as usize {
+            problems.push(format!(
+                "onset.detector.window: {} is outside 2..={}",
+                self.onset.detector.window,
+                u16::MAX
             ));
         }
         if self.min_votes == 0 {
@@ -227,6 +244,36 @@ impl Default for CusumConfig {
     }
 }
 
+/// The onset detector in the live set: off for every metric unless listed in its `detectors`.
+///
+/// It keeps three windows of `detector.window` values per metric and key, so it suits
+/// keys with steady, aggregate-like series more than raw per-call values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OnsetSection {
+    /// Whether it runs at all (per metric it also needs `onset` in the metric's detectors).
+    pub enabled: bool,
+    /// Surprisal (−log10 of the tail probability) an onset needs to count (7: one in ten million).
+    pub threshold: f64,
+    /// The detector's own parameters.
+    pub detector: OnsetConfig,
+}
+
+impl Default for OnsetSection {
+    fn default() -> Self {
+        OnsetSection {
+            enabled: true,
+            threshold: 7.0,
+            detector: OnsetConfig {
+                window: 1000,
+                quiet_secs: 3_600,
+                season_secs: 0,
+                ..OnsetConfig::default()
+            },
+        }
+    }
+}
+
 /// Which side of the baseline counts as anomalous for a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -293,6 +340,8 @@ pub enum DetectorKind {
     Mad,
     /// CUSUM drift.
     Cusum,
+    /// Onset: the start of a change in level, spread or range, once (see `onset`).
+    Onset,
 }
 
 impl DetectorKind {
@@ -303,6 +352,7 @@ impl DetectorKind {
             DetectorKind::Iqr => "iqr",
             DetectorKind::Mad => "mad",
             DetectorKind::Cusum => "cusum",
+            DetectorKind::Onset => "onset",
         }
     }
 }
@@ -635,7 +685,11 @@ impl IncidentConfig {
             }
         }
         let s = &self.severity;
-        if !(0.0 <= s.medium_share && s.medium_share <= s.high_share && s.high_share <= s.critical_share && s.critical_share <= 1.0) {
+        if !(0.0 <= s.medium_share
+            && s.medium_share <= s.high_share
+            && s.high_share <= s.critical_share
+            && s.critical_share <= 1.0)
+        {
             problems.push(format!(
                 "incidents.severity: shares must satisfy 0 <= medium_share ({}) <= high_share ({}) <= critical_share ({}) <= 1",
                 s.medium_share, s.high_share, s.critical_share

@@ -15,6 +15,7 @@ use crate::event::Event;
 use crate::incident::{Actor, CallEvidence, Change, Incident, Notification, Resolution, Silence};
 use crate::key::{cap_evidence, KeyState, MetricState};
 use crate::metric::{Metric, MetricValues};
+use crate::onset::OnsetDetector;
 use crate::window::{quantile_of_sorted, Window};
 
 /// What observing one event produced.
@@ -305,7 +306,11 @@ impl ShardDetector {
     }
 
     /// Ends a silence at `at_ms` (it stays listed until purged).
-    pub fn expire_silence(&mut self, silence_id: &str, at_ms: i64) -> Result<&Silence, IncidentError> {
+    pub fn expire_silence(
+        &mut self,
+        silence_id: &str,
+        at_ms: i64,
+    ) -> Result<&Silence, IncidentError> {
         let silence = self
             .silences
             .get_mut(silence_id)
@@ -336,7 +341,11 @@ impl ShardDetector {
     }
 
     /// Acknowledges an open incident: it stays open but sends no escalation notifications.
-    pub fn acknowledge(&mut self, incident_id: &str, actor: Actor) -> Result<Incident, IncidentError> {
+    pub fn acknowledge(
+        &mut self,
+        incident_id: &str,
+        actor: Actor,
+    ) -> Result<Incident, IncidentError> {
         let key = self.open_incident_mut(incident_id)?;
         let incident = key.tracker.open.as_mut().expect("found open above");
         incident.acknowledged = Some(actor);
@@ -362,7 +371,13 @@ impl ShardDetector {
         Ok((change, notification))
     }
 
-    fn raise(&mut self, event: &Event, finding: Finding, incident: Option<&str>, out: &mut Observation) {
+    fn raise(
+        &mut self,
+        event: &Event,
+        finding: Finding,
+        incident: Option<&str>,
+        out: &mut Observation,
+    ) {
         let window = self.config.dedup_window_ms;
         let at = event.timestamp_ms;
         let key = DedupKey {
@@ -564,8 +579,48 @@ fn observe_metric(
             .get_or_insert_with(|| Drift::new(cfg.cusum.baseline_buckets));
         findings.extend(drift.observe(at, t, raw, metric, mc, &cfg.cusum));
     }
+    if cfg.onset.enabled && mc.runs(DetectorKind::Onset) {
+        let median = state.window.median();
+        let onset = state
+            .onset
+            .get_or_insert_with(|| Box::new(OnsetDetector::new(cfg.onset.detector)));
+        let score = onset.update(at.div_euclid(1000), t);
+        let side = median.map_or(0.0, |m| (t - m).signum());
+        if score.onset && score.surprisal >= cfg.onset.threshold && mc.direction.admits(side) {
+            findings.push(onset_finding(metric, mc, cfg, raw, median, score.surprisal));
+        }
+    }
     if learn {
         state.window.push(t);
+    }
+}
+
+/// The finding of an onset of `surprisal` on `metric`.
+fn onset_finding(
+    metric: Metric,
+    mc: &MetricConfig,
+    cfg: &DetectionConfig,
+    raw: f64,
+    median: Option<f64>,
+    surprisal: f64,
+) -> Finding {
+    let mut additional = BTreeMap::new();
+    additional.insert("surprisal".into(), surprisal.into());
+    let baseline = median.map_or(raw, |m| mc.scale.inverse(m));
+    Finding {
+        metric: metric.name(),
+        anomaly_type: mc.point_type,
+        method: DetectorKind::Onset.name(),
+        value: raw,
+        baseline,
+        threshold: baseline,
+        deviation_sigma: 0.0,
+        ratio: surprisal / cfg.onset.threshold,
+        votes: 1,
+        voters: 1,
+        sample_count: cfg.onset.detector.window as u64,
+        time_window: format!("last {} values", cfg.onset.detector.window),
+        additional,
     }
 }
 

@@ -52,6 +52,8 @@ pub fn beyond_tail(window: &Window, t: f64, side: Side, tail: f64, min_deviation
 pub struct ShareCusum {
     /// Accumulated evidence, nats.
     pub statistic: f64,
+    /// Hits among the latest 32 calls, newest in the lowest bit.
+    recent: u32,
 }
 
 impl ShareCusum {
@@ -64,9 +66,21 @@ impl ShareCusum {
             ((1.0 - p1) / (1.0 - p0)).ln()
         };
         self.statistic = (self.statistic + llr).clamp(0.0, cap);
+        self.recent = (self.recent << 1) | u32::from(hit);
         self.statistic
     }
 
+    /// The largest share of hits among the latest n calls, for n from `shortest` (the
+    /// fewest calls that can reach the threshold) to 32: how many calls the evidence says
+    /// are affected, without the quiet calls before it diluting the share.
+    pub fn recent_share(&self, shortest: u32) -> f64 {
+        (shortest.clamp(1, 32)..=32)
+            .map(|n| {
+                let mask = if n == 32 { u32::MAX } else { (1u32 << n) - 1 };
+                f64::from((self.recent & mask).count_ones()) / f64::from(n)
+            })
+            .fold(0.0, f64::max)
+    }
 }
 
 /// An exponentially weighted least-squares fit `y ≈ a·x₀ + b·x₁` over recent calls,
@@ -138,12 +152,29 @@ mod tests {
         assert!(peak < 16.0, "peak {peak}");
         // every call a hit: 7 calls of ln 10 = 2.3 nats
         c = ShareCusum::default();
-        let calls = (1..).find(|_| c.update(true, 0.01, 0.1, 32.0) > 16.0).unwrap();
+        let calls = (1..)
+            .find(|_| c.update(true, 0.01, 0.1, 32.0) > 16.0)
+            .unwrap();
         assert_eq!(calls, 7);
+        assert_eq!(c.recent_share(7), 1.0);
         for _ in 0..1000 {
             c.update(true, 0.01, 0.1, 32.0);
         }
         assert_eq!(c.statistic, 32.0);
+    }
+
+    #[test]
+    fn the_recent_share_is_not_diluted_by_the_calls_before_a_burst() {
+        let mut c = ShareCusum::default();
+        for i in 0..40 {
+            c.update(i % 4 == 0, 0.01, 0.1, 32.0);
+        }
+        assert!((c.recent_share(7) - 0.25).abs() < 1e-12, "one call in four");
+        for _ in 0..7 {
+            c.update(true, 0.01, 0.1, 32.0);
+        }
+        assert_eq!(c.recent_share(7), 1.0);
+        assert!((c.recent_share(32) - 13.0 / 32.0).abs() < 1e-12);
     }
 
     #[test]
@@ -154,13 +185,19 @@ mod tests {
             f.add([1.0, tokens], 300.0 + 20.0 * tokens, 1000.0);
         }
         let (a, b) = f.coefficients().unwrap();
-        assert!((a - 300.0).abs() < 1e-6 && (b - 20.0).abs() < 1e-9, "{a} {b}");
+        assert!(
+            (a - 300.0).abs() < 1e-6 && (b - 20.0).abs() < 1e-9,
+            "{a} {b}"
+        );
         for i in 0..20_000 {
             let tokens = f64::from(i % 400);
             f.add([1.0, tokens], 100.0 + 10.0 * tokens, 1000.0);
         }
         let (a, b) = f.coefficients().unwrap();
-        assert!((a - 100.0).abs() < 1e-3 && (b - 10.0).abs() < 1e-5, "{a} {b}");
+        assert!(
+            (a - 100.0).abs() < 1e-3 && (b - 10.0).abs() < 1e-5,
+            "{a} {b}"
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::anomaly::{rfc3339, stable_uuid, Anomaly, AnomalyContext, AnomalyDetails, AnomalyType};
 use crate::anomaly::Severity;
+use crate::anomaly::{rfc3339, stable_uuid, Anomaly, AnomalyContext, AnomalyDetails, AnomalyType};
 use crate::config::IncidentConfig;
 
 /// Version of the notification payload; receivers can tell it from the point-alert payload.
@@ -170,10 +170,12 @@ impl Incident {
 pub struct CallEvidence {
     /// Signals whose evidence crossed the threshold on this call.
     pub fired: Vec<IncidentSignal>,
-    /// Whether any evidence is still building (above half the threshold) or fired.
-    pub active: bool,
+    /// Signals whose evidence stands above half the threshold: (type, metric).
+    pub building: Vec<(AnomalyType, &'static str)>,
     /// Whether the call itself was out of line.
     pub affected: bool,
+    /// Share of out-of-line calls behind the signals that fired (since their evidence began).
+    pub share: f64,
     /// Whether the call missed the latency objective.
     pub over_slo: bool,
     /// The call's cost above the key's baseline cost per call, USD (may be negative).
@@ -208,9 +210,7 @@ impl Silence {
                 .as_ref()
                 .is_none_or(|s| *s == incident.service_name)
             && self.model.as_ref().is_none_or(|m| *m == incident.model)
-            && self
-                .anomaly_type
-                .is_none_or(|t| t == incident.anomaly_type)
+            && self.anomaly_type.is_none_or(|t| t == incident.anomaly_type)
     }
 }
 
@@ -231,19 +231,33 @@ pub struct Notification {
 
 impl Notification {
     /// The notification of `kind` for `incident` at `at_ms`.
-    pub fn of(kind: NotificationKind, incident: &Incident, at_ms: i64, runbook_base: Option<&str>) -> Self {
+    pub fn of(
+        kind: NotificationKind,
+        incident: &Incident,
+        at_ms: i64,
+        runbook_base: Option<&str>,
+    ) -> Self {
         let lead = incident
             .signals
             .iter()
             .find(|s| s.anomaly_type == incident.anomaly_type)
             .or(incident.signals.first());
-        let (metric, value, baseline, method, evidence) = lead.map_or(
-            ("", 0.0, 0.0, "", 0.0),
-            |s| (s.metric.as_str(), s.value, s.baseline, s.method.as_str(), s.evidence),
-        );
+        let (metric, value, baseline, method, evidence) =
+            lead.map_or(("", 0.0, 0.0, "", 0.0), |s| {
+                (
+                    s.metric.as_str(),
+                    s.value,
+                    s.baseline,
+                    s.method.as_str(),
+                    s.evidence,
+                )
+            });
         let mut additional = std::collections::BTreeMap::new();
         additional.insert("affected_share".into(), incident.affected_share.into());
-        additional.insert("excess_usd_per_hour".into(), incident.excess_usd_per_hour().into());
+        additional.insert(
+            "excess_usd_per_hour".into(),
+            incident.excess_usd_per_hour().into(),
+        );
         additional.insert("signals".into(), incident.signals.len().into());
         let alert_id = stable_uuid(
             b"sentinel-notification",
@@ -362,10 +376,21 @@ impl KeyTracker {
         new_id: impl FnOnce(u64) -> String,
         silence: impl Fn(&Incident) -> Option<String>,
     ) -> Vec<Change> {
-        let blend = |share: f64, on: bool| share + SHARE_SMOOTHING * (f64::from(u8::from(on)) - share);
-        self.affected_share = blend(self.affected_share, evidence.affected);
+        let blend =
+            |share: f64, on: bool| share + SHARE_SMOOTHING * (f64::from(u8::from(on)) - share);
+        self.affected_share = blend(self.affected_share, evidence.affected).max(evidence.share);
         self.over_slo_share = blend(self.over_slo_share, evidence.over_slo);
-        if evidence.active {
+        // Evidence keeps an incident open if it fired, or builds on one of its signals.
+        let active = !evidence.fired.is_empty()
+            || self.open.as_ref().is_some_and(|incident| {
+                evidence.building.iter().any(|&(t, metric)| {
+                    incident
+                        .signals
+                        .iter()
+                        .any(|s| s.anomaly_type == t && s.metric == metric)
+                })
+            });
+        if active {
             self.last_evidence_ms = at_ms;
             self.quiet_calls = 0;
         } else {
@@ -433,7 +458,9 @@ impl KeyTracker {
             });
         } else if incident.silenced_by.is_none()
             && incident.acknowledged.is_none()
-            && incident.notified_severity.is_some_and(|n| incident.severity > n)
+            && incident
+                .notified_severity
+                .is_some_and(|n| incident.severity > n)
         {
             incident.notified_severity = Some(incident.severity);
             out.push(Change {
@@ -442,7 +469,7 @@ impl KeyTracker {
                 notify: true,
             });
         }
-        if !evidence.active
+        if !active
             && at_ms - self.last_evidence_ms >= cfg.resolve_after_ms
             && self.quiet_calls >= cfg.resolve_min_calls
         {
@@ -457,7 +484,12 @@ impl KeyTracker {
     }
 
     /// Resolves the open incident; receivers are told if they were told of its opening.
-    pub fn close(&mut self, at_ms: i64, resolution: Resolution, by: Option<Actor>) -> Option<Change> {
+    pub fn close(
+        &mut self,
+        at_ms: i64,
+        resolution: Resolution,
+        by: Option<Actor>,
+    ) -> Option<Change> {
         let mut incident = self.open.take()?;
         self.held = 0;
         incident.status = IncidentStatus::Resolved;

@@ -10,6 +10,7 @@ use crate::drift::Drift;
 use crate::evidence::{beyond_tail, LinearFit, ShareCusum, Side};
 use crate::incident::{CallEvidence, IncidentSignal, KeyTracker};
 use crate::metric::{Metric, MetricValues};
+use crate::onset::OnsetDetector;
 use crate::rate::{ErrorRate, RequestRate, UserUsage};
 use crate::window::Window;
 
@@ -19,6 +20,8 @@ pub(crate) struct MetricState {
     pub window: Window,
     /// Created when CUSUM first runs on the metric.
     pub drift: Option<Drift>,
+    /// Created when the onset detector first runs on the metric.
+    pub onset: Option<Box<OnsetDetector>>,
 }
 
 impl MetricState {
@@ -26,6 +29,7 @@ impl MetricState {
         MetricState {
             window: Window::new(cfg.window_size),
             drift: None,
+            onset: None,
         }
     }
 }
@@ -82,6 +86,11 @@ const SHARE_SIGNALS: [ShareSignal; 5] = [
         metric: Metric::PromptTokens,
     },
 ];
+
+/// The fewest hits in a row that take a share CUSUM from zero to `threshold`.
+fn shortest_run(p0: f64, p1: f64, threshold: f64) -> u32 {
+    (threshold / (p1 / p0).ln()).ceil().clamp(1.0, 32.0) as u32
+}
 
 /// Forgetting horizon of the per-key fits, in calls (one window's worth).
 fn fit_memory(cfg: &DetectionConfig) -> f64 {
@@ -140,18 +149,22 @@ impl KeyState {
         let ready = |fit: &LinearFit| fit.weight() >= cfg.min_samples as f64;
         let prompt = values.get(Metric::PromptTokens);
         let completion = values.get(Metric::CompletionTokens);
-        let latency = values.get(Metric::LatencyMs).zip(completion).and_then(|(l, c)| {
-            let fitted = self.latency_fit.predict([1.0, c])?.max(0.0);
-            ready(&self.latency_fit)
-                .then(|| ((l + LATENCY_OFFSET_MS) / (fitted + LATENCY_OFFSET_MS)).ln())
-        });
-        let cost = values.get(Metric::CostUsd).zip(prompt.zip(completion)).and_then(
-            |(cost, (p, c))| {
+        let latency = values
+            .get(Metric::LatencyMs)
+            .zip(completion)
+            .and_then(|(l, c)| {
+                let fitted = self.latency_fit.predict([1.0, c])?.max(0.0);
+                ready(&self.latency_fit)
+                    .then(|| ((l + LATENCY_OFFSET_MS) / (fitted + LATENCY_OFFSET_MS)).ln())
+            });
+        let cost = values
+            .get(Metric::CostUsd)
+            .zip(prompt.zip(completion))
+            .and_then(|(cost, (p, c))| {
                 let fitted = self.cost_fit.predict([p, c])?.max(0.0);
                 ready(&self.cost_fit)
                     .then(|| ((cost + COST_OFFSET_USD) / (fitted + COST_OFFSET_USD)).ln())
-            },
-        );
+            });
         [latency, cost]
     }
 
@@ -181,9 +194,7 @@ impl KeyState {
                 Source::LatencyGivenTokens if ic.conditional => {
                     (&self.latency_residual, latency_r, Some(0))
                 }
-                Source::CostGivenTokens if ic.conditional => {
-                    (&self.cost_residual, cost_r, Some(1))
-                }
+                Source::CostGivenTokens if ic.conditional => (&self.cost_residual, cost_r, Some(1)),
                 _ => (own, Some(scale.forward(raw)), None),
             };
             let Some(t) = t.filter(|_| window.len() >= min_len) else {
@@ -196,10 +207,21 @@ impl KeyState {
             let before = self.shares[i].statistic;
             let after = self.shares[i].update(hit, p0, p1, cap);
             evidence.affected |= hit;
-            evidence.active |= after >= ic.threshold / 2.0;
+            if after >= ic.threshold / 2.0 {
+                evidence
+                    .building
+                    .push((signal.anomaly_type, signal.metric.name()));
+            }
             if before < ic.threshold && after >= ic.threshold {
+                evidence.share = evidence.share.max(self.shares[i].recent_share(shortest_run(
+                    p0,
+                    p1,
+                    ic.threshold,
+                )));
                 let baseline = match residual {
-                    Some(0) => self.latency_fit.predict([1.0, values.get(Metric::CompletionTokens).unwrap_or(0.0)]),
+                    Some(0) => self
+                        .latency_fit
+                        .predict([1.0, values.get(Metric::CompletionTokens).unwrap_or(0.0)]),
                     Some(_) => self.cost_fit.predict([
                         values.get(Metric::PromptTokens).unwrap_or(0.0),
                         values.get(Metric::CompletionTokens).unwrap_or(0.0),
@@ -213,7 +235,7 @@ impl KeyState {
                     first_at_ms: at,
                     last_at_ms: at,
                     value: raw,
-                    baseline: baseline.unwrap_or(f64::NAN),
+                    baseline: baseline.unwrap_or(raw),
                     evidence: after,
                 });
             }
@@ -232,13 +254,17 @@ impl KeyState {
         let completion = values.get(Metric::CompletionTokens);
         let memory = fit_memory(cfg);
         if let (Some(l), Some(c)) = (values.get(Metric::LatencyMs), completion) {
-            latency_r.map(|r| self.latency_residual.push(r));
+            if let Some(r) = latency_r {
+                self.latency_residual.push(r);
+            }
             if !residual_hits[0] {
                 self.latency_fit.add([1.0, c], l, memory);
             }
         }
         if let (Some(cost), Some(p), Some(c)) = (values.get(Metric::CostUsd), prompt, completion) {
-            cost_r.map(|r| self.cost_residual.push(r));
+            if let Some(r) = cost_r {
+                self.cost_residual.push(r);
+            }
             if !residual_hits[1] {
                 self.cost_fit.add([p, c], cost, memory);
             }
@@ -246,7 +272,13 @@ impl KeyState {
     }
 
     /// Adds the call's success or failure to the error-share evidence.
-    pub fn error_evidence(&mut self, failed: bool, cfg: &DetectionConfig, at: i64, evidence: &mut CallEvidence) {
+    pub fn error_evidence(
+        &mut self,
+        failed: bool,
+        cfg: &DetectionConfig,
+        at: i64,
+        evidence: &mut CallEvidence,
+    ) {
         let ic = &cfg.incidents;
         let ((requests, errors), (history_requests, history_errors)) = self.error_rate.counts();
         if history_requests < u64::from(cfg.error_rate.min_requests) {
@@ -260,8 +292,16 @@ impl KeyState {
         let before = self.errors.statistic;
         let after = self.errors.update(failed, p0, p1, 2.0 * ic.threshold);
         evidence.affected |= failed;
-        evidence.active |= after >= ic.threshold / 2.0;
+        if after >= ic.threshold / 2.0 {
+            evidence
+                .building
+                .push((AnomalyType::ErrorRateIncrease, "error_rate"));
+        }
         if before < ic.threshold && after >= ic.threshold {
+            evidence.share =
+                evidence
+                    .share
+                    .max(self.errors.recent_share(shortest_run(p0, p1, ic.threshold)));
             evidence.fired.push(IncidentSignal {
                 anomaly_type: AnomalyType::ErrorRateIncrease,
                 metric: "error_rate".to_owned(),
@@ -277,15 +317,20 @@ impl KeyState {
 
     /// Adds the findings of the bucketed detectors that are evidence on their own: a drift
     /// alarm, a request rate out of line for `rate_buckets` buckets, a user far above others.
-    pub fn finding_evidence(&self, findings: &[Finding], cfg: &DetectionConfig, at: i64, evidence: &mut CallEvidence) {
+    pub fn finding_evidence(
+        &self,
+        findings: &[Finding],
+        cfg: &DetectionConfig,
+        at: i64,
+        evidence: &mut CallEvidence,
+    ) {
         for f in findings {
             let counts = match f.method {
-                "cusum" | "user_rate" => true,
+                "cusum" | "onset" | "user_rate" => true,
                 "request_rate" => self.request_rate.streak() >= cfg.incidents.rate_buckets,
                 _ => false,
             };
             if counts {
-                evidence.active = true;
                 evidence.fired.push(IncidentSignal {
                     anomaly_type: f.anomaly_type,
                     metric: f.metric.to_owned(),
@@ -302,17 +347,31 @@ impl KeyState {
 }
 
 /// Adds a breach of the user's latency or cost cap by one call to `evidence`.
-pub(crate) fn cap_evidence(values: &MetricValues, cfg: &DetectionConfig, at: i64, evidence: &mut CallEvidence) {
+pub(crate) fn cap_evidence(
+    values: &MetricValues,
+    cfg: &DetectionConfig,
+    at: i64,
+    evidence: &mut CallEvidence,
+) {
     let ic = &cfg.incidents;
     for (metric, cap, anomaly_type, method) in [
-        (Metric::LatencyMs, ic.latency_cap_ms, AnomalyType::LatencySpike, "latency_cap"),
-        (Metric::CostUsd, ic.cost_cap_usd, AnomalyType::CostAnomaly, "cost_cap"),
+        (
+            Metric::LatencyMs,
+            ic.latency_cap_ms,
+            AnomalyType::LatencySpike,
+            "latency_cap",
+        ),
+        (
+            Metric::CostUsd,
+            ic.cost_cap_usd,
+            AnomalyType::CostAnomaly,
+            "cost_cap",
+        ),
     ] {
         let (Some(cap), Some(value)) = (cap, values.get(metric)) else {
             continue;
         };
         if value > cap {
-            evidence.active = true;
             evidence.affected = true;
             evidence.fired.push(IncidentSignal {
                 anomaly_type,

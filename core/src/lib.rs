@@ -26,11 +26,14 @@ pub mod shard;
 pub mod validate;
 pub mod window;
 
+#[cfg(test)]
+mod incident_tests;
+
 pub use anomaly::{Anomaly, AnomalyType, Severity};
 pub use config::DetectionConfig;
 pub use engine::{Observation, ShardDetector};
-pub use incident::{Incident, Notification, NotificationKind, Silence};
 pub use event::Event;
+pub use incident::{Incident, Notification, NotificationKind, Silence};
 pub use intake::Intake;
 pub use metric::{Metric, MetricValues};
 pub use parse::{parse_event, parse_otlp_traces, parse_value, EventError, FieldError};

@@ -27,6 +27,7 @@ use crate::window::{Window, MAX_CAPACITY};
 
 /// Parameters of an [`OnsetDetector`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OnsetConfig {
     /// Length of each view's baseline window (observations, at most 65,535).
     pub window: usize,

@@ -176,7 +176,11 @@ impl RequestRate {
             for count in first.into_iter().chain(std::iter::repeat_n(0, empties)) {
                 if cfg.enabled {
                     let finding = self.judge(count, cfg);
-                    self.streak = if finding.is_some() { self.streak + 1 } else { 0 };
+                    self.streak = if finding.is_some() {
+                        self.streak + 1
+                    } else {
+                        0
+                    };
                     findings.extend(finding);
                 }
                 self.history.push(f64::from(count));

@@ -292,7 +292,10 @@ impl ShardReader {
             // A row is rewritten on every change; an open incident's counts move on in the state.
             let incident = open.get(&stored.incident_id).cloned().unwrap_or(stored);
             let wanted = query.status.is_none_or(|s| s == incident.status)
-                && query.service.as_ref().is_none_or(|s| *s == incident.service_name)
+                && query
+                    .service
+                    .as_ref()
+                    .is_none_or(|s| *s == incident.service_name)
                 && query.model.as_ref().is_none_or(|m| *m == incident.model);
             if wanted {
                 out.push(incident);
@@ -303,7 +306,13 @@ impl ShardReader {
 
     /// The silences of the shard, active or not, in id order.
     pub fn silences(&self) -> Vec<Silence> {
-        self.store.read().core.detector.silences().cloned().collect()
+        self.store
+            .read()
+            .core
+            .detector
+            .silences()
+            .cloned()
+            .collect()
     }
 
     /// Alerts not yet acknowledged, oldest first, starting after `after_seq`.

@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sentinel_bench::outcome::{alert_line, incident_line, incident_table, run, Raised, ReplayOutcome};
+use sentinel_bench::outcome::{
+    alert_line, incident_line, incident_table, run, Raised, ReplayOutcome,
+};
 use sentinel_bench::replay::{Incident, ReplayConfig};
 use sentinel_core::DetectionConfig;
 
@@ -101,7 +103,8 @@ fn detection(path: Option<&std::path::Path>) -> Result<DetectionConfig> {
     let Some(path) = path else {
         return Ok(DetectionConfig::default());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
