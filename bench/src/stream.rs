@@ -142,6 +142,8 @@ pub struct Confusion {
     pub clean: u64,
     /// Clean calls the set flagged.
     pub false_alarms: u64,
+    /// Incidents opened (isolated spikes of 0.5 % of calls should open none).
+    pub incidents: u64,
 }
 
 impl Confusion {
@@ -170,7 +172,13 @@ pub fn evaluate(stream: StreamConfig, config: DetectionConfig) -> Confusion {
     let mut c = Confusion::default();
     for StreamEvent { event, spike } in SpikeStream::new(stream) {
         let values = extract_metrics(&event, &prices).values;
-        let flagged = detector.observe(&event, &values).flagged;
+        let observation = detector.observe(&event, &values);
+        let flagged = observation.flagged;
+        c.incidents += observation
+            .incidents
+            .iter()
+            .filter(|c| c.kind == sentinel_core::NotificationKind::Opened)
+            .count() as u64;
         if spike {
             c.spikes += 1;
             c.caught += u64::from(flagged);

@@ -18,6 +18,7 @@ fn default_set_catches_spikes_without_flagging_clean_calls() {
         "{:.4}% of clean calls flagged ({c:?})",
         100.0 * c.false_alarm_rate()
     );
+    assert_eq!(c.incidents, 0, "isolated spikes are records, not incidents");
 }
 
 #[test]

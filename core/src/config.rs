@@ -609,17 +609,24 @@ pub struct IncidentConfig {
     pub min_deviation: f64,
     /// Evidence, in nats, that opens an incident (16 nats: odds of about 9 million to one).
     pub threshold: f64,
-    /// Consecutive request-rate buckets out of line that open an incident.
+    /// Consecutive request-rate (or per-user) buckets out of line that open an incident.
     pub rate_buckets: u32,
+    /// Metrics whose drift alarm opens an incident on its own; drift of the others is
+    /// recorded as anomalies only (slow changes of usage are trends, not outages).
+    pub drift_metrics: Vec<Metric>,
     /// Whether latency and cost are judged given the call's tokens (fits per key).
     pub conditional: bool,
     /// Event time without evidence after which an incident resolves, ms.
     pub resolve_after_ms: i64,
     /// Calls on the key that must pass without evidence before it resolves.
     pub resolve_min_calls: u64,
-    /// Calls for which an incident's metrics keep their pre-incident baseline; after
-    /// that the baseline learns the new level and the incident resolves as adapted.
-    pub hold_calls: u64,
+    /// Event time for which an open incident's key keeps its pre-incident baselines;
+    /// evidence that outlasts it is the new normal: the baselines learn it and the
+    /// incident resolves as adapted, ms.
+    pub hold_ms: i64,
+    /// An escalation is notified at most this often per incident (a rise to `critical`
+    /// always is), ms of event time.
+    pub escalation_interval_ms: i64,
     /// A call slower than this opens an incident on its own, ms.
     pub latency_cap_ms: Option<f64>,
     /// A call dearer than this opens an incident on its own, USD.
@@ -638,10 +645,12 @@ impl Default for IncidentConfig {
             min_deviation: 0.1,
             threshold: 16.0,
             rate_buckets: 2,
+            drift_metrics: vec![Metric::LatencyMs],
             conditional: true,
             resolve_after_ms: 300_000,
             resolve_min_calls: 10,
-            hold_calls: 5_000,
+            hold_ms: 900_000,
+            escalation_interval_ms: 300_000,
             latency_cap_ms: None,
             cost_cap_usd: None,
             latency_slo_ms: None,
@@ -672,8 +681,17 @@ impl IncidentConfig {
         if self.rate_buckets == 0 {
             problems.push("incidents.rate_buckets: must be at least 1".to_string());
         }
-        if self.resolve_after_ms < 0 {
-            problems.push("incidents.resolve_after_ms: must not be negative".to_string());
+        for (name, v) in [
+            ("incidents.resolve_after_ms", self.resolve_after_ms),
+            ("incidents.hold_ms", self.hold_ms),
+            (
+                "incidents.escalation_interval_ms",
+                self.escalation_interval_ms,
+            ),
+        ] {
+            if v < 0 {
+                problems.push(format!("{name}: must not be negative"));
+            }
         }
         for (name, v) in [
             ("incidents.latency_cap_ms", self.latency_cap_ms),

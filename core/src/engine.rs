@@ -207,8 +207,7 @@ impl ShardDetector {
         let failed = event.is_error();
         // During an incident the key's baselines keep their level for a while, so the
         // incident is judged against what was normal before it.
-        let hold = key.tracker.holds(&cfg.incidents);
-        key.tracker.held += u64::from(hold);
+        let hold = key.tracker.holds(at, &cfg.incidents);
         let mut findings = Vec::new();
         let mut evidence = CallEvidence::default();
         if !failed {

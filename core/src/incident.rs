@@ -334,10 +334,10 @@ pub struct KeyTracker {
     pub open: Option<Incident>,
     /// Incidents opened on this key so far (names the next one).
     pub opened: u64,
-    /// Calls whose baseline learning was held back for the open incident.
-    pub held: u64,
     /// Event time of the latest evidence.
     last_evidence_ms: i64,
+    /// Event time of the latest notification of the open incident.
+    last_notified_ms: i64,
     /// Calls since the latest evidence.
     quiet_calls: u64,
     /// Running share of calls out of line.
@@ -359,9 +359,11 @@ pub struct Change {
 }
 
 impl KeyTracker {
-    /// Whether the key's baselines should keep their pre-incident level for this call.
-    pub fn holds(&self, cfg: &IncidentConfig) -> bool {
-        self.open.is_some() && self.held < cfg.hold_calls
+    /// Whether the key's baselines keep their pre-incident level at `at_ms`.
+    pub fn holds(&self, at_ms: i64, cfg: &IncidentConfig) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|i| at_ms - i.opened_at_ms < cfg.hold_ms)
     }
 
     /// Folds one call's evidence in; opens, escalates or resolves the key's incident.
@@ -423,7 +425,6 @@ impl KeyTracker {
                 notified_severity: None,
             };
             self.opened += 1;
-            self.held = 0;
             self.open = Some(incident);
         }
         let Some(incident) = self.open.as_mut() else {
@@ -450,6 +451,7 @@ impl KeyTracker {
             let notify = incident.silenced_by.is_none();
             if notify {
                 incident.notified_severity = Some(incident.severity);
+                self.last_notified_ms = at_ms;
             }
             out.push(Change {
                 kind: NotificationKind::Opened,
@@ -461,8 +463,11 @@ impl KeyTracker {
             && incident
                 .notified_severity
                 .is_some_and(|n| incident.severity > n)
+            && (incident.severity == Severity::Critical
+                || at_ms - self.last_notified_ms >= cfg.escalation_interval_ms)
         {
             incident.notified_severity = Some(incident.severity);
+            self.last_notified_ms = at_ms;
             out.push(Change {
                 kind: NotificationKind::Escalated,
                 incident: incident.clone(),
@@ -473,7 +478,8 @@ impl KeyTracker {
             && at_ms - self.last_evidence_ms >= cfg.resolve_after_ms
             && self.quiet_calls >= cfg.resolve_min_calls
         {
-            let resolution = if self.held >= cfg.hold_calls {
+            let outlasted_hold = self.last_evidence_ms - incident.opened_at_ms >= cfg.hold_ms;
+            let resolution = if outlasted_hold {
                 Resolution::Adapted
             } else {
                 Resolution::Recovered
@@ -491,7 +497,6 @@ impl KeyTracker {
         by: Option<Actor>,
     ) -> Option<Change> {
         let mut incident = self.open.take()?;
-        self.held = 0;
         incident.status = IncidentStatus::Resolved;
         incident.resolved_at_ms = Some(at_ms);
         incident.resolution = Some(resolution);

@@ -184,7 +184,7 @@ fn a_price_change_is_a_cost_incident_that_adapts() {
     assert_eq!(during.len(), 1, "{during:?}");
     assert_eq!(during[0].1.anomaly_type, AnomalyType::CostAnomaly);
     // the new price stays: after the hold the baseline learns it and the incident ends
-    let later = changes(&run(&mut d, &mut t, 12_000, Fault::Price(5.0)));
+    let later = changes(&run(&mut d, &mut t, 20_000, Fault::Price(5.0)));
     let resolved: Vec<_> = later
         .iter()
         .filter(|(k, _)| *k == NotificationKind::Resolved)

@@ -117,6 +117,8 @@ pub(crate) struct KeyState {
     pub latency_residual: Window,
     /// ln of cost over its fitted value, per call.
     pub cost_residual: Window,
+    /// Mean cost per successful call, exponentially weighted over about one window, USD.
+    pub cost_mean: Option<f64>,
     /// Evidence of each of [`SHARE_SIGNALS`].
     pub shares: Vec<ShareCusum>,
     /// Evidence that calls fail more often than the baseline error rate.
@@ -137,6 +139,7 @@ impl KeyState {
             cost_fit: LinearFit::default(),
             latency_residual: Window::new(cfg.window_size),
             cost_residual: Window::new(cfg.window_size),
+            cost_mean: None,
             shares: vec![ShareCusum::default(); SHARE_SIGNALS.len()],
             errors: ShareCusum::default(),
             tracker: KeyTracker::default(),
@@ -240,15 +243,16 @@ impl KeyState {
                 });
             }
         }
-        if let Some(cost) = values.get(Metric::CostUsd) {
-            let window = &self.metrics[Metric::CostUsd.index()].window;
-            let scale = metric_configs[Metric::CostUsd.index()].scale;
-            if let Some(median) = window.median() {
-                evidence.excess_cost_usd = cost - scale.inverse(median);
-            }
+        let cost = values.get(Metric::CostUsd).filter(|c| c.is_finite());
+        if let (Some(cost), Some(mean)) = (cost, self.cost_mean) {
+            evidence.excess_cost_usd = cost - mean;
         }
         if hold {
             return;
+        }
+        if let Some(cost) = cost {
+            let mean = self.cost_mean.get_or_insert(cost);
+            *mean += (cost - *mean) / fit_memory(cfg);
         }
         let prompt = values.get(Metric::PromptTokens);
         let completion = values.get(Metric::CompletionTokens);
@@ -326,8 +330,14 @@ impl KeyState {
     ) {
         for f in findings {
             let counts = match f.method {
-                "cusum" | "onset" | "user_rate" => true,
+                "cusum" => cfg
+                    .incidents
+                    .drift_metrics
+                    .iter()
+                    .any(|m| m.name() == f.metric),
+                "onset" => true,
                 "request_rate" => self.request_rate.streak() >= cfg.incidents.rate_buckets,
+                "user_rate" => self.users.streak() >= cfg.incidents.rate_buckets,
                 _ => false,
             };
             if counts {

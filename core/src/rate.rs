@@ -251,6 +251,10 @@ pub struct UserUsage {
     history: Window,
     /// Smoothed requests per bucket of users that have sent at least half the minimum.
     heavy: BTreeMap<String, f64>,
+    /// Whether a user was flagged in the current bucket.
+    flagged: bool,
+    /// Consecutive closed buckets in which a user was flagged.
+    flagged_before: u32,
 }
 
 /// Weight of the newest bucket in a heavy user's smoothed rate.
@@ -264,10 +268,27 @@ impl UserUsage {
             counts: BTreeMap::new(),
             history: Window::new(samples.max(1)),
             heavy: BTreeMap::new(),
+            flagged: false,
+            flagged_before: 0,
         }
     }
 
-    fn close(&mut self, cfg: &UserUsageConfig) {
+    /// Consecutive buckets, up to the current one, in which a user was flagged.
+    pub fn streak(&self) -> u32 {
+        if self.flagged {
+            self.flagged_before + 1
+        } else {
+            0
+        }
+    }
+
+    fn close(&mut self, cfg: &UserUsageConfig, closed: u64) {
+        self.flagged_before = if self.flagged && closed == 1 {
+            self.flagged_before + 1
+        } else {
+            0
+        };
+        self.flagged = false;
         for &count in self.counts.values() {
             self.history.push(f64::from(count));
         }
@@ -299,8 +320,9 @@ impl UserUsage {
         user: &str,
         cfg: &UserUsageConfig,
     ) -> Option<Finding> {
-        if self.clock.advance(at_ms, cfg.bucket_ms) > 0 {
-            self.close(cfg);
+        let closed = self.clock.advance(at_ms, cfg.bucket_ms);
+        if closed > 0 {
+            self.close(cfg, closed);
         }
         let count = if let Some(count) = self.counts.get_mut(user) {
             *count = count.saturating_add(1);
@@ -325,6 +347,7 @@ impl UserUsage {
             return None;
         }
         let median = self.history.median()?;
+        self.flagged = true;
         let mut additional = BTreeMap::new();
         additional.insert("user_p99_per_bucket".into(), p99.into());
         additional.insert("user_usual_per_bucket".into(), own.into());

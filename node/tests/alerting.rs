@@ -65,6 +65,7 @@ fn alert(severity: Severity, anomaly_type: AnomalyType) -> (Anomaly, String) {
         remediation: vec!["Check the provider's status page".to_owned()],
         related_alerts: Vec::new(),
         runbook_url: None,
+        incident_id: None,
     };
     let json = serde_json::to_string(&alert).unwrap();
     (alert, json)

@@ -70,7 +70,7 @@ fn traffic() -> Vec<Command> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_export_off_nothing_is_queued() {
-    let (_dir, _engine, mut machine, reader) = open(EngineOptions::default());
+    let (_dir, _engine, mut machine, reader) = open(capped_options());
     let responses = apply_all(
         &mut machine,
         0,
@@ -121,9 +121,15 @@ async fn each_applied_event_is_queued_with_its_anomalies_in_apply_order_and_once
     let responses = apply_all(&mut machine, 2, vec![rest, retry]).await;
     assert_eq!(applied(&responses[1]), 0, "repeated event ids");
     let entries = queue(&reader);
-    let alerts = reader.outbox(None, 100).unwrap();
-    assert!(!alerts.is_empty(), "the spike raised alerts");
-    assert_eq!(entries.len(), stream.len() + alerts.len());
+    let mut raised = reader.anomalies(None, i64::MIN, 100).unwrap();
+    raised.reverse();
+    assert!(!raised.is_empty(), "the spike raised anomalies");
+    assert_eq!(
+        reader.outbox(None, 100).unwrap().len(),
+        1,
+        "and one notification"
+    );
+    assert_eq!(entries.len(), stream.len() + raised.len());
     assert_eq!(
         seqs(&entries),
         (0..entries.len() as u64).collect::<Vec<_>>()
@@ -132,13 +138,13 @@ async fn each_applied_event_is_queued_with_its_anomalies_in_apply_order_and_once
     for e in &stream {
         expected.push(e.event.event_id.clone().unwrap());
         expected.extend(
-            alerts
+            raised
                 .iter()
-                .filter(|a| a.alert.timestamp_ms == e.event.timestamp_ms)
-                .map(|a| format!("alert:{}", a.alert.alert_id)),
+                .filter(|a| a.timestamp_ms == e.event.timestamp_ms)
+                .map(|a| format!("alert:{}", a.alert_id)),
         );
     }
-    assert_eq!(ids(&entries), expected, "each event, then its alerts");
+    assert_eq!(ids(&entries), expected, "each event, then its anomalies");
     let anomalies: Vec<_> = entries
         .iter()
         .filter_map(|e| match &e.item {
@@ -146,10 +152,7 @@ async fn each_applied_event_is_queued_with_its_anomalies_in_apply_order_and_once
             ExportItem::Telemetry(_) => None,
         })
         .collect();
-    assert_eq!(
-        anomalies,
-        alerts.into_iter().map(|a| a.alert).collect::<Vec<_>>()
-    );
+    assert_eq!(anomalies, raised);
     assert_eq!(reader.summary().export_pending, entries.len() as u64);
 }
 

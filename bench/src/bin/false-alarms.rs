@@ -40,18 +40,19 @@ fn main() -> Result<()> {
         ..StreamConfig::default()
     };
     println!(
-        "{:<24} {:>8} {:>10} {:>14} {:>9}",
-        "detector set", "recall", "precision", "clean flagged", "flagged"
+        "{:<24} {:>8} {:>10} {:>14} {:>9} {:>10}",
+        "detector set", "recall", "precision", "clean flagged", "flagged", "incidents"
     );
     for (name, config) in detector_sets() {
         let c = evaluate(stream, config);
         println!(
-            "{:<24} {:>7.2}% {:>10.3} {:>13.3}% {:>9}",
+            "{:<24} {:>7.2}% {:>10.3} {:>13.3}% {:>9} {:>10}",
             name,
             100.0 * c.recall(),
             c.precision(),
             100.0 * c.false_alarm_rate(),
-            c.caught + c.false_alarms
+            c.caught + c.false_alarms,
+            c.incidents
         );
     }
     Ok(())

@@ -84,13 +84,29 @@ pub fn direct_batch(received_ms: i64, events: Vec<IngestEvent>) -> Command {
     })
 }
 
+/// Shard settings under which one call over 30 s (the spike of [`spike_stream`]) opens an
+/// incident on its own: a latency cap.
+pub fn capped_settings() -> ShardSettings {
+    let mut settings = ShardSettings::default();
+    settings.detection.incidents.latency_cap_ms = Some(30_000.0);
+    settings
+}
+
+/// Engine options with [`capped_settings`].
+pub fn capped_options() -> EngineOptions {
+    EngineOptions {
+        shard_settings: capped_settings(),
+        ..EngineOptions::default()
+    }
+}
+
 /// Engine options whose shards queue telemetry for export, at most `queue_max` entries.
 pub fn export_options(queue_max: u64) -> EngineOptions {
     EngineOptions {
         shard_settings: ShardSettings {
             export: true,
             export_queue_max: queue_max,
-            ..ShardSettings::default()
+            ..capped_settings()
         },
         ..EngineOptions::default()
     }
