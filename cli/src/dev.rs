@@ -1,7 +1,7 @@
 //! `sentinel dev`: three nodes and a router in this process on loopback, fed the realistic
 //! replay with injected incidents, and a live view of what Sentinel sees.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sentinel_bench::cluster::{Layout, LocalCluster, LocalRouter};
-use sentinel_bench::outcome::{alert_line, incident_table, Scoreboard};
+use sentinel_bench::outcome::{incident_line, incident_table, Scoreboard};
 use sentinel_bench::replay::{Incident, ReplayConfig};
 use sentinel_config::LogFormat;
+use sentinel_core::incident::{Change, IncidentStatus, NotificationKind};
 use sentinel_core::Anomaly;
 use tokio::sync::watch;
 
@@ -43,7 +44,7 @@ const REPLICAS: u32 = 3;
 const KAFKA_TOPIC: &str = "llm.telemetry";
 /// How long the view waits for the router's answer before trying again next tick.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the view asks for new anomalies and redraws the status line.
+/// How often the view asks for incidents and anomalies and redraws the status line.
 const TICK: Duration = Duration::from_secs(1);
 /// The file of the data directory that says up to which event time earlier runs replayed.
 const REPLAYED_UNTIL: &str = "replayed-until";
@@ -157,20 +158,13 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         .timeout(QUERY_TIMEOUT)
         .build()
         .context("creating the HTTP client")?;
-    let anomalies_url = format!(
-        "http://{}/api/v1/anomalies?hours=24&limit=1000&consistency=stale",
-        router.http
-    );
-    let known = fetch_anomalies(&http, &anomalies_url)
+    let urls = Urls::new(&router.http.to_string());
+    let known = fetch(&http, &urls)
         .await
-        .context("asking the router for anomalies")?;
+        .context("asking the router for incidents and anomalies")?;
 
     print_banner(&args, &cluster, &router, &log, start_ms, &incidents);
-    let mut view = View::new(
-        incidents,
-        known.into_iter().map(|a| a.alert_id).collect(),
-        args.speed,
-    );
+    let mut view = View::new(incidents, known, args.speed);
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (stop_feed, feed_stopped) = watch::channel(false);
@@ -187,9 +181,9 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
                 view.replay_done(&tally.lock().expect("tally lock"));
             }
             _ = ticks.tick() => {
-                match fetch_anomalies(&http, &anomalies_url).await {
-                    Ok(anomalies) => view.show(anomalies),
-                    Err(e) => tracing::warn!(error = %e, "asking the router for anomalies"),
+                match fetch(&http, &urls).await {
+                    Ok(seen) => view.show(seen),
+                    Err(e) => tracing::warn!(error = %e, "asking the router for incidents"),
                 }
                 view.status(&tally.lock().expect("tally lock"), feeding);
             }
@@ -205,8 +199,8 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
     let replayed_ms =
         (feed_started.elapsed().as_secs_f64() * args.speed * 1e3).min(args.duration * 1e3) as i64;
     remember_replayed_until(&data_dir, start_ms + replayed_ms);
-    if let Ok(anomalies) = fetch_anomalies(&http, &anomalies_url).await {
-        view.show(anomalies);
+    if let Ok(seen) = fetch(&http, &urls).await {
+        view.show(seen);
     }
     view.summary(&tally.lock().expect("tally lock"));
     router.stop().await.context("stopping the router")?;
@@ -289,13 +283,74 @@ fn remember_replayed_until(data_dir: &Path, until_ms: i64) {
     }
 }
 
-/// The router's anomalies, oldest first.
-async fn fetch_anomalies(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Anomaly>> {
+/// The router's query URLs the view polls.
+struct Urls {
+    incidents: String,
+    anomalies: String,
+}
+
+impl Urls {
+    fn new(http: &str) -> Urls {
+        let query = "hours=24&limit=1000&consistency=stale";
+        Urls {
+            incidents: format!("http://{http}/api/v1/incidents?{query}"),
+            anomalies: format!("http://{http}/api/v1/anomalies?{query}"),
+        }
+    }
+}
+
+/// What the router knows: incidents (oldest opening first) and anomalies.
+struct Seen {
+    incidents: Vec<sentinel_core::Incident>,
+    anomalies: Vec<Anomaly>,
+}
+
+/// One list of the router's answer at `url`, under `field`.
+async fn fetch_list<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    field: &str,
+) -> anyhow::Result<Vec<T>> {
     let response = http.get(url).send().await?.error_for_status()?;
     let mut answer: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
-    let mut anomalies: Vec<Anomaly> = serde_json::from_value(answer["anomalies"].take())?;
-    anomalies.sort_by_key(|a| a.timestamp_ms);
-    Ok(anomalies)
+    Ok(serde_json::from_value(answer[field].take())?)
+}
+
+/// The router's incidents and anomalies.
+async fn fetch(http: &reqwest::Client, urls: &Urls) -> anyhow::Result<Seen> {
+    let mut incidents: Vec<sentinel_core::Incident> =
+        fetch_list(http, &urls.incidents, "incidents").await?;
+    incidents
+        .sort_by(|a, b| (a.opened_at_ms, &a.incident_id).cmp(&(b.opened_at_ms, &b.incident_id)));
+    let anomalies = fetch_list(http, &urls.anomalies, "anomalies").await?;
+    Ok(Seen {
+        incidents,
+        anomalies,
+    })
+}
+
+/// The changes that take an incident from what the view last showed (`shown`: severity
+/// and status) to `now`.
+fn changes_since(
+    shown: Option<(sentinel_core::Severity, IncidentStatus)>,
+    now: &sentinel_core::Incident,
+) -> Vec<NotificationKind> {
+    let mut kinds = Vec::new();
+    let open_shown = match shown {
+        None => {
+            kinds.push(NotificationKind::Opened);
+            None
+        }
+        Some((severity, IncidentStatus::Open)) => Some(severity),
+        Some((_, IncidentStatus::Resolved)) => return kinds,
+    };
+    if open_shown.is_some_and(|s| now.severity > s) && now.status == IncidentStatus::Open {
+        kinds.push(NotificationKind::Escalated);
+    }
+    if now.status == IncidentStatus::Resolved {
+        kinds.push(NotificationKind::Resolved);
+    }
+    kinds
 }
 
 fn say(line: String) {
@@ -356,15 +411,21 @@ fn print_banner(
         );
     }
     out!();
-    out!("Press Ctrl-C to stop. Anomalies as they are raised (event time, severity, type,");
-    out!("service/model, metric, value vs baseline, detector, [injected incident]):");
+    out!("Press Ctrl-C to stop. Incidents as they open, escalate and resolve (event time, what");
+    out!("happened, severity, type, service/model, share of calls affected, [injected incident],");
+    out!("signals; * marks a change no notification was sent for):");
     out!();
 }
 
-/// What the terminal shows: anomalies as they are raised and a status line.
+/// What the terminal shows: incidents as they change, and a status line.
 struct View {
     scoreboard: Scoreboard,
+    /// Anomalies counted so far, by id.
     seen: HashSet<String>,
+    /// Incidents shown so far: their severity and status as last shown.
+    shown: HashMap<String, (sentinel_core::Severity, IncidentStatus)>,
+    /// Incidents that were there before this run.
+    earlier: HashSet<String>,
     speed: f64,
     started: Instant,
     terminal: bool,
@@ -374,10 +435,12 @@ struct View {
 }
 
 impl View {
-    fn new(incidents: Vec<Incident>, seen: HashSet<String>, speed: f64) -> View {
+    fn new(incidents: Vec<Incident>, known: Seen, speed: f64) -> View {
         View {
             scoreboard: Scoreboard::new(&incidents),
-            seen,
+            seen: known.anomalies.into_iter().map(|a| a.alert_id).collect(),
+            shown: HashMap::new(),
+            earlier: known.incidents.into_iter().map(|i| i.incident_id).collect(),
             speed,
             started: Instant::now(),
             terminal: std::io::stdout().is_terminal(),
@@ -387,15 +450,32 @@ impl View {
         }
     }
 
-    /// Prints each anomaly not shown before.
-    fn show(&mut self, anomalies: Vec<Anomaly>) {
-        for anomaly in anomalies {
-            if !self.seen.insert(anomaly.alert_id.clone()) {
+    /// Prints each change of an incident since the last look, and counts new anomalies.
+    fn show(&mut self, seen: Seen) {
+        for anomaly in seen.anomalies {
+            if self.seen.insert(anomaly.alert_id.clone()) {
+                self.scoreboard.record(anomaly);
+            }
+        }
+        for incident in seen.incidents {
+            if self.earlier.contains(&incident.incident_id) {
                 continue;
             }
-            self.clear_status();
-            let incident = self.scoreboard.record(anomaly.clone());
-            out!("{}", alert_line(&anomaly, incident));
+            let shown = self.shown.get(&incident.incident_id).copied();
+            for kind in changes_since(shown, &incident) {
+                let change = Change {
+                    kind,
+                    notify: incident.silenced_by.is_none(),
+                    incident: incident.clone(),
+                };
+                self.clear_status();
+                let injected = self.scoreboard.record_incident(&change);
+                out!("{}", incident_line(&change, injected));
+            }
+            self.shown.insert(
+                incident.incident_id.clone(),
+                (incident.severity, incident.status),
+            );
         }
     }
 
@@ -415,12 +495,13 @@ impl View {
             "replay done".to_owned()
         };
         let line = format!(
-            "events {} ({:.0}/s) | acknowledged {} | rejected {} | failed {} | anomalies {} | {replayed}",
+            "events {} ({:.0}/s) | acknowledged {} | rejected {} | failed {} | incidents {} | anomalies {} | {replayed}",
             tally.sent,
             rate,
             tally.acknowledged,
             tally.rejected,
             tally.failed,
+            self.shown.len(),
             self.seen_this_run(),
         );
         if self.terminal {
@@ -467,7 +548,8 @@ impl View {
         out!();
         out_partial!("{}", incident_table(&self.scoreboard.incidents));
         out!(
-            "clean traffic: {} anomalies; events sent {}, acknowledged {} ({} duplicates), rejected {}, failed {}",
+            "clean traffic: {} incidents, {} anomalies; events sent {}, acknowledged {} ({} duplicates), rejected {}, failed {}",
+            self.scoreboard.false_incidents.len(),
             self.scoreboard.false_alerts.len(),
             tally.sent,
             tally.acknowledged,

@@ -233,7 +233,7 @@ impl Default for CusumConfig {
     fn default() -> Self {
         CusumConfig {
             enabled: true,
-            threshold: 5.0,
+            threshold: 6.0,
             drift: 0.5,
             bucket_ms: 60_000,
             baseline_buckets: 60,

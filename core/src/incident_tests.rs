@@ -323,3 +323,30 @@ fn replicas_agree_on_incidents_and_a_restored_state_continues_identically() {
     assert_eq!(seen_a.len(), 1, "resolved once");
     assert_eq!(a.digest(), b.digest());
 }
+
+#[test]
+fn calls_without_token_counts_are_judged_on_their_own_latency() {
+    let mut d = detector();
+    let mut t = Traffic::new(11);
+    let mut opened = Vec::new();
+    for i in 0..3000 {
+        let fault = if i >= 2900 {
+            Fault::Slow(8.0)
+        } else {
+            Fault::None
+        };
+        let (e, mut v) = t.next(fault);
+        for metric in [
+            Metric::PromptTokens,
+            Metric::CompletionTokens,
+            Metric::TotalTokens,
+            Metric::CostUsd,
+            Metric::TokensPerSecond,
+        ] {
+            v.set(metric, None);
+        }
+        opened.extend(d.observe(&e, &v).incidents);
+    }
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0].incident.anomaly_type, AnomalyType::LatencySpike);
+}

@@ -193,16 +193,24 @@ impl KeyState {
             };
             let scale = metric_configs[signal.metric.index()].scale;
             let own = &self.metrics[signal.metric.index()].window;
-            let (window, t, residual) = match signal.source {
+            // Judged given the call's tokens where the fit and its residuals are ready, on
+            // the metric's own baseline otherwise (a call without token counts, say).
+            let conditional = match signal.source {
                 Source::LatencyGivenTokens if ic.conditional => {
-                    (&self.latency_residual, latency_r, Some(0))
+                    latency_r.map(|t| (&self.latency_residual, t, 0))
                 }
-                Source::CostGivenTokens if ic.conditional => (&self.cost_residual, cost_r, Some(1)),
-                _ => (own, Some(scale.forward(raw)), None),
+                Source::CostGivenTokens if ic.conditional => {
+                    cost_r.map(|t| (&self.cost_residual, t, 1))
+                }
+                _ => None,
             };
-            let Some(t) = t.filter(|_| window.len() >= min_len) else {
+            let (window, t, residual) = match conditional {
+                Some((window, t, r)) if window.len() >= min_len => (window, t, Some(r)),
+                _ => (own, scale.forward(raw), None),
+            };
+            if window.len() < min_len {
                 continue;
-            };
+            }
             let hit = beyond_tail(window, t, signal.side, ic.tail, ic.min_deviation);
             if let (true, Some(r)) = (hit, residual) {
                 residual_hits[r] = true;

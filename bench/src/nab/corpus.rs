@@ -51,7 +51,8 @@ impl LabelWindow {
 pub struct DataFile {
     /// Path relative to the data directory, `<category>/<file>.csv`, as in the labels.
     pub key: String,
-    /// The rows, in file order (timestamps never decrease; NAB files repeat a few).
+    /// The rows, in file order (NAB files repeat a few timestamps, and one steps back an
+    /// hour at a daylight-saving change; NAB accepts both, and so does the loader).
     pub records: Vec<Record>,
     /// The anomaly windows, sorted and disjoint.
     pub windows: Vec<LabelWindow>,
@@ -188,15 +189,16 @@ fn locate(key: &str, records: &[Record], timestamp: &str) -> Result<usize, NabEr
     };
     let micros = parse_timestamp(timestamp)
         .ok_or_else(|| bad(format!("`{timestamp}` is not a timestamp")))?;
-    // The first row with this timestamp, as NAB's `timestamps.index(t)`.
-    let index = records.partition_point(|r| r.micros < micros);
-    if records.get(index).is_some_and(|r| r.micros == micros) {
-        Ok(index)
-    } else {
-        Err(bad(format!(
-            "window limit {timestamp} is not a row of the data file"
-        )))
-    }
+    // The first row with this timestamp in file order, as NAB's `timestamps.index(t)`
+    // (a linear search: the timestamps of a file may step back).
+    records
+        .iter()
+        .position(|r| r.micros == micros)
+        .ok_or_else(|| {
+            bad(format!(
+                "window limit {timestamp} is not a row of the data file"
+            ))
+        })
 }
 
 /// Microseconds since the epoch of a `YYYY-MM-DD HH:MM:SS[.f]` timestamp.
@@ -214,7 +216,7 @@ pub(crate) fn read_text(path: &Path) -> Result<String, NabError> {
     })
 }
 
-/// Reads a `timestamp,value` CSV whose timestamps never decrease.
+/// Reads a `timestamp,value` CSV, in file order.
 pub fn read_records(path: &Path) -> Result<Vec<Record>, NabError> {
     let text = read_text(path)?;
     let bad = |line: usize, reason: String| NabError::Csv {
@@ -254,12 +256,6 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, NabError> {
             .ok()
             .filter(|v: &f64| v.is_finite())
             .ok_or_else(|| bad(line_no, format!("`{value}` is not a finite number")))?;
-        if records.last().is_some_and(|last| last.micros > micros) {
-            return Err(bad(
-                line_no,
-                format!("timestamp {timestamp} is before the previous row's"),
-            ));
-        }
         records.push(Record {
             timestamp: timestamp.trim().to_string(),
             micros,
@@ -422,6 +418,28 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_stepping_back_load_and_windows_map_to_first_occurrences() {
+        // A daylight-saving artefact: 01:00–01:59 twice.
+        let data = "timestamp,value\n\
+            2020-11-01 00:30:00,1\n\
+            2020-11-01 01:00:00,2\n\
+            2020-11-01 01:30:00,3\n\
+            2020-11-01 01:00:00,4\n\
+            2020-11-01 01:30:00,5\n\
+            2020-11-01 02:00:00,6\n";
+        let dir = Dir::new("dst");
+        dir.write("data/cat/a.csv", data).write(
+            "combined_windows.json",
+            &labels(r#"[["2020-11-01 01:30:00.000000", "2020-11-01 02:00:00.000000"]]"#),
+        );
+        let corpus = Corpus::load(&dir.0).unwrap();
+        let file = &corpus.files[0];
+        assert_eq!(file.records.len(), 6);
+        assert_eq!(file.records[3].value, 4.0);
+        assert_eq!(file.windows, vec![LabelWindow { start: 2, end: 5 }]);
+    }
+
+    #[test]
     fn bad_csv_files_are_typed_errors_with_line_numbers() {
         let cases = [
             ("time,value\n2020-01-01 00:00:00,1\n", 1),
@@ -429,10 +447,6 @@ mod tests {
             ("timestamp,value\n2020-01-01 00:00:00,inf\n", 2),
             ("timestamp,value\n2020-01-01 00:00:00,1\nyesterday,2\n", 3),
             ("timestamp,value\n2020-01-01 00:00:00\n", 2),
-            (
-                "timestamp,value\n2020-01-02 00:00:00,1\n2020-01-01 00:00:00,2\n",
-                3,
-            ),
             ("", 1),
         ];
         for (data, want_line) in cases {
