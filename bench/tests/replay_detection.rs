@@ -14,8 +14,8 @@ const SUDDEN_TARGET_MS: i64 = 5_000;
 /// Most event time the median slow drift may take to open one.
 const DRIFT_TARGET_MS: i64 = 120_000;
 
-/// Seeds the replay is scored on: the default one and five more.
-const SEEDS: [u64; 6] = [42, 1, 2, 3, 4, 5];
+/// Seeds the replay is scored on: the default one and eleven more (docs/benchmarks.md).
+const SEEDS: [u64; 12] = [42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 #[test]
 fn every_injected_incident_opens_one_incident_quickly_and_clean_traffic_stays_quiet() {
@@ -64,7 +64,7 @@ fn every_injected_incident_opens_one_incident_quickly_and_clean_traffic_stays_qu
         );
     }
     drift_ms.sort_unstable();
-    let median = (drift_ms[2] + drift_ms[3]) / 2;
+    let median = (drift_ms[5] + drift_ms[6]) / 2;
     assert!(
         median <= DRIFT_TARGET_MS,
         "slow drifts opened after {drift_ms:?} ms (median {median})"
