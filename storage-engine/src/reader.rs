@@ -57,6 +57,8 @@ pub struct IncidentQuery {
     pub service: Option<String>,
     /// Only this model.
     pub model: Option<String>,
+    /// Only the incident with this id.
+    pub incident_id: Option<String>,
     /// Opened at or after (ms since the Unix epoch).
     pub since_ms: i64,
     /// Only incidents before this (opened at, incident id) in that order: the page after it.
@@ -292,8 +294,15 @@ impl ShardReader {
             // A row is rewritten on every change; an open incident's counts move on in the state.
             let incident = open.get(&stored.incident_id).cloned().unwrap_or(stored);
             let wanted = query.status.is_none_or(|s| s == incident.status)
-                && query.service.as_ref().is_none_or(|s| *s == incident.service_name)
-                && query.model.as_ref().is_none_or(|m| *m == incident.model);
+                && query
+                    .service
+                    .as_ref()
+                    .is_none_or(|s| *s == incident.service_name)
+                && query.model.as_ref().is_none_or(|m| *m == incident.model)
+                && query
+                    .incident_id
+                    .as_ref()
+                    .is_none_or(|id| *id == incident.incident_id);
             if wanted {
                 out.push(incident);
             }
@@ -303,7 +312,13 @@ impl ShardReader {
 
     /// The silences of the shard, active or not, in id order.
     pub fn silences(&self) -> Vec<Silence> {
-        self.store.read().core.detector.silences().cloned().collect()
+        self.store
+            .read()
+            .core
+            .detector
+            .silences()
+            .cloned()
+            .collect()
     }
 
     /// Alerts not yet acknowledged, oldest first, starting after `after_seq`.
