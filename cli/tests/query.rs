@@ -485,7 +485,7 @@ async fn operators_list_acknowledge_resolve_incidents_and_silence_them_from_the_
     let none = ok(run(&["incidents", "--status", "resolved"]));
     assert_eq!(none.trim(), "no incidents");
     let shown = ok(run(&["incidents", "show", &id]));
-    assert!(shown.contains("status:      open"), "{shown}");
+    assert!(shown.contains("status:       open"), "{shown}");
     assert!(
         shown.contains("EVIDENCE"),
         "the signals are listed: {shown}"

@@ -210,7 +210,7 @@ pub fn incident_details(incident: &Value) -> String {
     ];
     let mut text: Vec<String> = fields
         .iter()
-        .map(|(name, value)| format!("{:<13}{value}", format!("{name}:")))
+        .map(|(name, value)| format!("{:<14}{value}", format!("{name}:")))
         .collect();
     let mut signals = Table::new(&[
         "TYPE", "METRIC", "METHOD", "FIRST", "LAST", "VALUE", "BASELINE", "EVIDENCE",
