@@ -57,7 +57,8 @@ enum Command {
     /// Sends events from a JSONL or CSV file, or from the realistic replay, to a router
     /// over HTTP or to Kafka, and reports what was acknowledged and rejected.
     Produce(produce::ProduceArgs),
-    /// The query client (anomalies, baselines, telemetry, cluster), over a router's gRPC API.
+    /// The query client (anomalies, baselines, telemetry, incidents, silences, cluster),
+    /// over a router's gRPC API.
     #[command(flatten)]
     Query(query::QueryCommand),
     /// Prints the shell completion script.

@@ -1,5 +1,6 @@
-//! The query client: `sentinel anomalies`, `baselines`, `telemetry` and `cluster`, asking
-//! a router's public gRPC API (`sentinel.v1.Sentinel`) and printing tables or JSON.
+//! The query client: `sentinel anomalies`, `baselines`, `telemetry`, `incidents`,
+//! `silence` and `cluster`, asking a router's public gRPC API (`sentinel.v1.Sentinel`) and
+//! printing tables or JSON.
 
 mod output;
 
@@ -50,6 +51,8 @@ macro_rules! help {
     };
 }
 
+mod operate;
+
 /// The commands of the query client.
 #[derive(Subcommand)]
 pub enum QueryCommand {
@@ -73,6 +76,27 @@ pub enum QueryCommand {
         "sentinel telemetry --output json --limit 1000 --cursor <next_cursor of the last page>",
     ))]
     Telemetry(TelemetryArgs),
+    /// Lists incidents, newest opening first, or shows, acknowledges or resolves one.
+    #[command(after_help = help!(
+        "sentinel incidents --status open --service checkout",
+        "sentinel incidents --hours 72 --output json",
+        "sentinel incidents show 0b6f3c1e-5a7d-8e2f-9c41-7d2a6b8e1f03",
+        "sentinel incidents ack 0b6f3c1e-5a7d-8e2f-9c41-7d2a6b8e1f03 --by alice",
+        "sentinel incidents resolve 0b6f3c1e-5a7d-8e2f-9c41-7d2a6b8e1f03 --by alice --comment 'rolled back'",
+    ))]
+    Incidents(operate::IncidentsArgs),
+    /// Adds, lists or expires silences, which keep back the notifications of matching
+    /// incidents.
+    #[command(after_help = help!(
+        "sentinel silence add --service checkout --duration 2h --by alice",
+        "sentinel silence list --active",
+        "sentinel silence expire 6f1d0c2a-93b4-4e1f-a7c5-2b8d9e0f1a34",
+    ))]
+    Silence {
+        /// What to do.
+        #[command(subcommand)]
+        command: operate::SilenceCommand,
+    },
     /// Shows the cluster (nodes, shards, leaders, replication lag) or decommissions a node.
     #[command(after_help = help!(
         "sentinel cluster status",
@@ -115,12 +139,14 @@ pub enum ClusterCommand {
     },
 }
 
-/// Where the router is, how to present the key, and how to print answers.
+/// Where the router is, how to present the key, and how to print answers (global: a
+/// subcommand takes them too).
 #[derive(Args)]
 pub struct ClientArgs {
     /// The router's gRPC API (`grpc.listen` of the router).
     #[arg(
         long,
+        global = true,
         env = "SENTINEL_ENDPOINT",
         default_value = "http://127.0.0.1:7500",
         value_name = "URL"
@@ -130,13 +156,14 @@ pub struct ClientArgs {
     /// `auth.api_keys`).
     #[arg(
         long,
+        global = true,
         env = "SENTINEL_API_KEY",
         hide_env_values = true,
         value_name = "KEY"
     )]
     api_key: Option<String>,
     /// `table` for people, `json` for scripts (one document; JSON lines with `--follow`).
-    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
 }
 
@@ -487,6 +514,8 @@ async fn execute(command: QueryCommand) -> Result<(), Failure> {
         QueryCommand::Anomalies(args) => anomalies(args).await,
         QueryCommand::Baselines(args) => baselines(args).await,
         QueryCommand::Telemetry(args) => telemetry(args).await,
+        QueryCommand::Incidents(args) => operate::incidents(args).await,
+        QueryCommand::Silence { command } => operate::silence(command).await,
         QueryCommand::Cluster {
             command: ClusterCommand::Status { client },
         } => cluster_status(client).await,

@@ -117,25 +117,7 @@ async fn stored_ids(cluster: &Cluster, status: &ClusterStatusReply) -> BTreeSet<
 
 /// Waits until every replica of every shard reports the same digest.
 async fn assert_replicas_agree(cluster: &Cluster) -> BTreeMap<u32, String> {
-    let mut last = String::new();
-    let agreed = wait_for(CONVERGE, async || {
-        let status = cluster.status(true).await?;
-        last = format!("{status:#?}");
-        let mut digests = BTreeMap::new();
-        for shard in &status.shards {
-            let set: BTreeSet<&str> = shard.replicas.iter().map(|r| r.digest.as_str()).collect();
-            if shard.replicas.len() != cluster.replicas as usize
-                || set.len() != 1
-                || set.contains("")
-            {
-                return None;
-            }
-            digests.insert(shard.shard, set.into_iter().next()?.to_owned());
-        }
-        Some(digests)
-    })
-    .await;
-    agreed.unwrap_or_else(|| panic!("replicas disagree: {last}\n{}", cluster.logs()))
+    support::assert_replicas_agree(cluster, CONVERGE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

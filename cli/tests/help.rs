@@ -17,7 +17,7 @@ fn text(args: &[&str]) -> String {
 }
 
 /// Every command, as the words after `sentinel`.
-const COMMANDS: [&[&str]; 11] = [
+const COMMANDS: [&[&str]; 18] = [
     &["node"],
     &["router"],
     &["dev"],
@@ -25,6 +25,13 @@ const COMMANDS: [&[&str]; 11] = [
     &["anomalies"],
     &["baselines"],
     &["telemetry"],
+    &["incidents"],
+    &["incidents", "show"],
+    &["incidents", "ack"],
+    &["incidents", "resolve"],
+    &["silence", "add"],
+    &["silence", "list"],
+    &["silence", "expire"],
     &["cluster", "status"],
     &["cluster", "decommission"],
     &["completions"],

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::{event_json, sha256_hex, wait_for, Cluster, RouterProcess};
 
 /// Generous bound for anything that waits on the cluster (2-core CI machines).
@@ -457,4 +457,158 @@ async fn the_query_client_prints_tables_json_and_exit_statuses_scripts_can_use()
             .code(),
         Some(2)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_acknowledge_resolve_incidents_and_silence_them_from_the_command_line() {
+    let keys = format!("[sha256:{}]", sha256_hex(KEY));
+    let cluster = Cluster::start(1, 2, 1);
+    cluster.wait_converged(PATIENCE).await;
+    let mut router = cluster
+        .router(&[("SENTINEL_AUTH__API_KEYS", keys.as_str())])
+        .await;
+    router.api_key = Some(KEY.into());
+    let endpoint = format!("http://{}", router.grpc);
+    let run = |args: &[&str]| sentinel(&endpoint, Some(KEY), args);
+    let opened = router.open_incident("checkout", "gpt-4o", cluster.t0).await;
+    let id = opened["incident_id"].as_str().unwrap().to_owned();
+
+    let listed = json(run(&["incidents", "--status", "open", "--output", "json"]));
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["incidents"][0]["incident_id"], id.as_str());
+    let table = ok(run(&["incidents", "--service", "checkout", "--hours", "2"]));
+    assert!(table.starts_with("OPENED"), "{table}");
+    assert!(
+        table.contains(&id) && table.contains("latency_spike"),
+        "{table}"
+    );
+    let none = ok(run(&["incidents", "--status", "resolved"]));
+    assert_eq!(none.trim(), "no incidents");
+    let shown = ok(run(&["incidents", "show", &id]));
+    assert!(shown.contains("status:       open"), "{shown}");
+    assert!(
+        shown.contains("EVIDENCE"),
+        "the signals are listed: {shown}"
+    );
+    // The client's options may follow the subcommand.
+    let shown = json(run(&["incidents", "show", &id, "--output", "json"]));
+    assert_eq!(shown["incident_id"], id.as_str());
+
+    // A comment holding a terminal escape is printed escaped.
+    let acknowledged = ok(run(&[
+        "incidents",
+        "ack",
+        &id,
+        "--by",
+        "alice",
+        "--comment",
+        "on it\u{1b}[2J",
+    ]));
+    assert!(!acknowledged.contains('\u{1b}'), "{acknowledged}");
+    assert!(
+        acknowledged.contains("alice at ") && acknowledged.contains("on it\\u{1b}[2J"),
+        "{acknowledged}"
+    );
+    let resolved = json(run(&[
+        "incidents",
+        "resolve",
+        &id,
+        "--by",
+        "alice",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(
+        (&resolved["status"], &resolved["resolution"]),
+        (&json!("resolved"), &json!("manual")),
+        "{resolved}"
+    );
+    let (code, stderr) = failed(run(&["incidents", "ack", &id, "--by", "alice"]));
+    assert_eq!(code, 5, "no longer open: {stderr}");
+    let (code, stderr) = failed(run(&["incidents", "show", "no-such-incident"]));
+    assert_eq!(code, 5, "{stderr}");
+    assert_eq!(
+        run(&["incidents", "ack", &id]).status.code(),
+        Some(2),
+        "--by is required"
+    );
+    let (code, stderr) = failed(sentinel(&endpoint, None, &["incidents"]));
+    assert_eq!(code, 4, "{stderr}");
+
+    let added = json(run(&[
+        "silence",
+        "add",
+        "--service",
+        "checkout",
+        "--duration",
+        "2h",
+        "--by",
+        "bob",
+        "--comment",
+        "deploy",
+        "--output",
+        "json",
+    ]));
+    let silence_id = added["silence_id"].as_str().expect("an id").to_owned();
+    let span = added["ends_at_ms"].as_i64().unwrap() - added["starts_at_ms"].as_i64().unwrap();
+    assert_eq!(span, 7_200_000, "{added}");
+    assert_eq!(
+        run(&[
+            "silence",
+            "add",
+            "--duration",
+            "2h",
+            "--until",
+            "2030-01-01T00:00:00Z",
+            "--by",
+            "b"
+        ])
+        .status
+        .code(),
+        Some(2),
+        "--duration or --until, not both"
+    );
+    let (code, stderr) = failed(run(&[
+        "silence",
+        "add",
+        "--until",
+        "2020-01-01T00:00:00Z",
+        "--type",
+        "outage",
+        "--by",
+        "bob",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("ends_at: must be after starts_at") && stderr.contains("anomaly_type: "),
+        "{stderr}"
+    );
+    let active = ok(run(&["silence", "list", "--active"]));
+    assert!(
+        active.starts_with("ID") && active.contains(&silence_id),
+        "{active}"
+    );
+    assert!(
+        active.contains("deploy") && active.contains("yes"),
+        "{active}"
+    );
+    let expired = json(run(&["silence", "expire", &silence_id, "--output", "json"]));
+    assert!(
+        expired["ends_at_ms"].as_i64() <= Some(now_ms()),
+        "{expired}"
+    );
+    let active = json(run(&["silence", "list", "--active", "--output", "json"]));
+    assert_eq!(active["count"], 0, "{active}");
+    let all = json(run(&["silence", "list", "--output", "json"]));
+    assert_eq!(all["count"], 1, "{all}");
+    let (code, stderr) = failed(run(&["silence", "expire", "no-such-silence"]));
+    assert_eq!(code, 5, "{stderr}");
+}
+
+/// Now, in ms since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
 }

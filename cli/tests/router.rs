@@ -17,11 +17,14 @@ use sentinel_proto::otlp::{
 };
 use sentinel_proto::v1::sentinel_client::SentinelClient;
 use sentinel_proto::v1::{
-    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, IngestEventsRequest, QueryReply,
-    RecentAnomaliesQuery, TelemetryQuery,
+    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, IncidentChange, IncidentRef,
+    IncidentsQuery, IngestEventsRequest, NewSilence, QueryReply, RecentAnomaliesQuery, SilenceRef,
+    SilencesQuery, TelemetryQuery,
 };
 use serde_json::{json, Value};
-use support::{event_json as flat, rfc3339, wait_for, Cluster, RouterProcess};
+use support::{
+    assert_replicas_agree, event_json as flat, rfc3339, wait_for, Cluster, RouterProcess,
+};
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -600,6 +603,251 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
         first["baselines"][0]["events"]
     );
     assert!(counter(&h.metrics().await, &cache("error")) > errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_killed_leader() {
+    let (mut cluster, h) = start(&[]).await;
+    let mut grpc = SentinelClient::connect(format!("http://{}", h.grpc))
+        .await
+        .expect("the router's gRPC API");
+    let opened = h.open_incident("payments", "gpt-4o", cluster.t0).await;
+    let id = opened["incident_id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        (
+            &opened["status"],
+            &opened["anomaly_type"],
+            &opened["resolution"]
+        ),
+        (&json!("open"), &json!("latency_spike"), &Value::Null),
+        "{opened}"
+    );
+    assert!(opened["acknowledged"].is_null());
+
+    // Listed alike over REST and gRPC, and shown by id.
+    let (status, listed) = h.get("/api/v1/incidents?service=payments&hours=2").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["count"], 1, "{listed}");
+    let over_grpc = grpc
+        .incidents(IncidentsQuery {
+            service: "payments".into(),
+            hours: Some(2.0),
+            ..Default::default()
+        })
+        .await
+        .expect("incidents over gRPC")
+        .into_inner();
+    assert_eq!(
+        grpc_answer(over_grpc, "incidents"),
+        normalized(listed.clone())
+    );
+    let (status, shown) = h.get(&format!("/api/v1/incidents/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown, listed["incidents"][0]);
+    let shown_over_grpc = grpc
+        .get_incident(IncidentRef {
+            incident_id: id.clone(),
+            consistency: "stale".into(),
+        })
+        .await
+        .expect("the incident over gRPC")
+        .into_inner();
+    assert_eq!(normalized(struct_json(&shown_over_grpc)), normalized(shown));
+    let (status, none) = h.get("/api/v1/incidents?status=resolved&hours=2").await;
+    assert_eq!(
+        (status, &none["count"]),
+        (StatusCode::OK, &json!(0)),
+        "{none}"
+    );
+
+    // Unknown ids are 404, bad requests 400 field by field.
+    for (status, answer) in [
+        h.get("/api/v1/incidents/no-such-incident").await,
+        h.post_json(
+            "/api/v1/incidents/no-such-incident/acknowledge",
+            &json!({"by": "alice"}),
+        )
+        .await,
+        h.delete("/api/v1/silences/no-such-silence").await,
+    ] {
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{answer}"
+        );
+    }
+    let missing = grpc
+        .get_incident(IncidentRef {
+            incident_id: "no-such-incident".into(),
+            consistency: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    let acknowledge = format!("/api/v1/incidents/{id}/acknowledge");
+    let (status, answer) = h
+        .post_json(
+            &acknowledge,
+            &json!({"by": 7, "comment": "x", "when": "now"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(fields(&answer["details"]), BTreeSet::from(["by", "when"]));
+    let (status, answer) = h.post(&acknowledge, b"{not json".to_vec(), &[]).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body")),
+        "{answer}"
+    );
+    let (status, answer) = h
+        .post_json(
+            "/api/v1/silences",
+            &json!({"service": "payments", "duration_s": -5, "ends_at": "soon", "until": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        fields(&answer["details"]),
+        BTreeSet::from(["created_by", "duration_s", "until"])
+    );
+    let (status, answer) = h
+        .post_json(
+            "/api/v1/silences",
+            &json!({"ends_at": "2020-01-01T00:00:00Z", "anomaly_type": "outage", "created_by": "bob"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        fields(&answer["details"]),
+        BTreeSet::from(["anomaly_type", "ends_at"])
+    );
+    let (status, answer) = h.get("/api/v1/incidents?status=closed&limit=5000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        fields(&answer["details"]),
+        BTreeSet::from(["limit", "status"])
+    );
+    let refused = grpc
+        .acknowledge_incident(IncidentChange {
+            incident_id: id.clone(),
+            by: String::new(),
+            comment: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+
+    // Acknowledged over REST, silenced over gRPC.
+    let (status, acknowledged) = h
+        .post_json(&acknowledge, &json!({"by": "alice", "comment": "looking"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{acknowledged}");
+    assert_eq!(acknowledged["status"], "open");
+    assert_eq!(acknowledged["acknowledged"]["by"], "alice");
+    assert_eq!(acknowledged["acknowledged"]["comment"], "looking");
+    let silence = grpc
+        .add_silence(NewSilence {
+            service: "payments".into(),
+            anomaly_type: "latency_spike".into(),
+            duration_s: Some(3_600.0),
+            created_by: "bob".into(),
+            comment: "deploy".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a silence")
+        .into_inner();
+    let silence = struct_json(&silence);
+    let silence_id = silence["silence_id"].as_str().expect("an id").to_owned();
+    assert_eq!(silence_id.len(), 36, "a UUID: {silence_id}");
+    assert_eq!(silence["service_name"], "payments");
+    assert!(silence["model"].is_null());
+    let (status, added) = h
+        .post_json(
+            "/api/v1/silences",
+            &json!({"model": "gpt-4o", "ends_at": rfc3339(now_ms() + 600_000), "created_by": "carol"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let (status, silences) = h.get("/api/v1/silences?active=true").await;
+    assert_eq!(status, StatusCode::OK, "{silences}");
+    assert_eq!(
+        silences["count"], 2,
+        "one entry per silence, not per shard: {silences}"
+    );
+    let over_grpc = grpc
+        .silences(SilencesQuery {
+            active: true,
+            consistency: String::new(),
+        })
+        .await
+        .expect("silences over gRPC")
+        .into_inner();
+    assert_eq!(grpc_answer(over_grpc, "silences"), normalized(silences));
+
+    // The leader of the incident's shard is killed: the acknowledgement and the silences
+    // are answered by the new leader.
+    let (_, layout) = h.get("/api/v1/cluster/status").await;
+    let shard = sentinel_core::shard::shard_of("payments", "gpt-4o", SHARDS);
+    let leader = layout["shards"][shard as usize]["leader"]
+        .as_u64()
+        .expect("a leader");
+    cluster.kill(leader);
+    let survived = wait_for(PATIENCE, async || {
+        let (status, shown) = h.get(&format!("/api/v1/incidents/{id}")).await;
+        (status == StatusCode::OK).then_some(shown)
+    })
+    .await
+    .expect("the incident answered after its leader was killed");
+    assert_eq!(survived["acknowledged"], acknowledged["acknowledged"]);
+    let (status, silences) = h.get("/api/v1/silences").await;
+    assert_eq!(status, StatusCode::OK, "{silences}");
+    let ids: BTreeSet<&str> = silences["silences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["silence_id"].as_str())
+        .collect();
+    assert!(ids.contains(silence_id.as_str()), "{silences}");
+
+    // Resolved by hand; then it is no longer open to acknowledge.
+    let resolve = format!("/api/v1/incidents/{id}/resolve");
+    let (status, resolved) = h
+        .post_json(&resolve, &json!({"by": "dave", "comment": "rolled back"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resolved}");
+    assert_eq!(
+        (
+            &resolved["status"],
+            &resolved["resolution"],
+            &resolved["resolved_by"]["by"]
+        ),
+        (&json!("resolved"), &json!("manual"), &json!("dave")),
+        "{resolved}"
+    );
+    assert!(resolved["resolved_at_ms"].is_i64(), "{resolved}");
+    let (status, _) = h.post_json(&resolve, &json!({"by": "dave"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = h.get("/api/v1/incidents?status=resolved&hours=2").await;
+    assert_eq!(listed["incidents"][0]["incident_id"], json!(id), "{listed}");
+
+    // Expired: listed, but no longer active.
+    let expired = grpc
+        .expire_silence(SilenceRef {
+            silence_id: silence_id.clone(),
+        })
+        .await
+        .expect("expired")
+        .into_inner();
+    assert!(struct_json(&expired)["ends_at_ms"].as_f64().unwrap() <= now_ms() as f64);
+    let (_, active) = h.get("/api/v1/silences?active=true").await;
+    assert_eq!(active["count"], 1, "{active}");
+    let (_, all) = h.get("/api/v1/silences").await;
+    assert_eq!(all["count"], 2, "{all}");
+
+    // The killed node comes back and catches up: every replica holds the same state.
+    cluster.spawn(leader);
+    assert_replicas_agree(&cluster, PATIENCE).await;
 }
 
 /// A number-agnostic form of JSON (every number as f64), as `google.protobuf.Struct` has it.

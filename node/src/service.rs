@@ -5,19 +5,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::error::RaftError;
+use sentinel_core::incident::{Actor, IncidentStatus, Silence};
 use sentinel_core::{FieldError, Severity};
 use sentinel_proto::not_leader;
 use sentinel_proto::v1::node_server::Node;
 use sentinel_proto::v1::raft_transport_server::RaftTransport;
 use sentinel_proto::v1::{
-    self as pb, AnomaliesReply, AnomaliesRequest, BaselinesReply, BaselinesRequest, CampaignReply,
-    CampaignRequest, ClusterStatusReply, ClusterStatusRequest, Consistency, DecommissionReply,
-    DecommissionRequest, EventResult, IngestReply, IngestRequest, JoinReply, JoinRequest,
-    LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, TelemetryReply, TelemetryRequest,
+    self as pb, change_silence_request, AnomaliesReply, AnomaliesRequest, BaselinesReply,
+    BaselinesRequest, CampaignReply, CampaignRequest, ChangeIncidentReply, ChangeIncidentRequest,
+    ChangeSilenceReply, ChangeSilenceRequest, ClusterStatusReply, ClusterStatusRequest,
+    Consistency, DecommissionReply, DecommissionRequest, EventResult, IncidentAction,
+    IncidentsReply, IncidentsRequest, IngestReply, IngestRequest, JoinReply, JoinRequest,
+    LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, SilencesReply, SilencesRequest,
+    TelemetryReply, TelemetryRequest,
 };
 use sentinel_storage_engine::{
-    Command, EventOutcome, IngestBatch, IngestEvent, Response as ShardResponse, SourcePartition,
-    TelemetryQuery,
+    Command, EventOutcome, IncidentQuery, IngestBatch, IngestEvent, Response as ShardResponse,
+    SourcePartition, TelemetryQuery,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -73,6 +77,35 @@ impl NodeService {
         match error.forward_to_leader::<openraft::BasicNode>() {
             Some(forward) => self.not_leader(shard, forward.leader_id),
             None => Status::unavailable(format!("shard {shard}: {error}")),
+        }
+    }
+
+    /// The shard's local replica when it leads the shard, or the status sending the
+    /// caller to the leader.
+    fn leading_replica(&self, shard: u32) -> Result<Arc<Replica>, Status> {
+        let replica = self.replica(shard)?;
+        let leader = replica.metrics().current_leader;
+        if leader != Some(self.host.id) {
+            return Err(self.not_leader(shard, leader));
+        }
+        Ok(replica)
+    }
+
+    /// Proposes an operator's `command` through the shard's Raft log: the incident or
+    /// silence it answered as JSON, or `None` when the shard has no such one.
+    async fn propose(&self, shard: u32, command: Command) -> Result<Option<String>, Status> {
+        let replica = self.leading_replica(shard)?;
+        let written = replica
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| self.raft_error(shard, e))?;
+        match written.data {
+            ShardResponse::Incident(incident) => Ok(Some(to_json(&incident))),
+            ShardResponse::Silence(silence) => Ok(Some(to_json(&silence))),
+            ShardResponse::NotFound(_) => Ok(None),
+            ShardResponse::Rejected(reason) => Err(Status::invalid_argument(reason)),
+            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -144,6 +177,97 @@ fn storage_error(e: sentinel_storage_engine::Error) -> Status {
     Status::internal(format!("storage: {e}"))
 }
 
+/// Refuses a request with `problems` (`field: problem` each), if any.
+fn check_fields(problems: Vec<String>) -> Result<(), Status> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(problems.join("; ")))
+    }
+}
+
+/// The incident status a request names (`None`: every status).
+fn incident_status(name: &str) -> Result<Option<IncidentStatus>, String> {
+    match name {
+        "" => Ok(None),
+        "open" => Ok(Some(IncidentStatus::Open)),
+        "resolved" => Ok(Some(IncidentStatus::Resolved)),
+        other => Err(format!("status: `{other}` is not one of open, resolved")),
+    }
+}
+
+/// The command a [`ChangeIncidentRequest`] asks for, or every problem with its fields.
+fn incident_command(request: ChangeIncidentRequest) -> Result<Command, Status> {
+    let mut problems = Vec::new();
+    if request.incident_id.trim().is_empty() {
+        problems.push("incident_id: must not be empty".to_owned());
+    }
+    let action = IncidentAction::try_from(request.action).ok();
+    if matches!(action, None | Some(IncidentAction::Unspecified)) {
+        problems.push(format!(
+            "action: {} is not acknowledge (1) or resolve (2)",
+            request.action
+        ));
+    }
+    let actor = request.actor.unwrap_or_default();
+    if actor.by.trim().is_empty() {
+        problems.push("actor.by: must say who changes the incident".to_owned());
+    }
+    if actor.at_ms < 0 {
+        problems.push(format!("actor.at_ms: {} is negative", actor.at_ms));
+    }
+    check_fields(problems)?;
+    let actor = Actor {
+        by: actor.by,
+        at_ms: match actor.at_ms {
+            0 => crate::now_ms(),
+            at_ms => at_ms,
+        },
+        comment: actor.comment,
+    };
+    let incident_id = request.incident_id;
+    Ok(match action {
+        Some(IncidentAction::Resolve) => Command::ResolveIncident { incident_id, actor },
+        _ => Command::AcknowledgeIncident { incident_id, actor },
+    })
+}
+
+/// The command a [`ChangeSilenceRequest`] asks for, or every problem with its fields.
+fn silence_command(request: ChangeSilenceRequest) -> Result<Command, Status> {
+    if request.at_ms < 0 {
+        return Err(Status::invalid_argument(format!(
+            "at_ms: {} is negative",
+            request.at_ms
+        )));
+    }
+    match request.change {
+        None => Err(Status::invalid_argument(
+            "change: either add or expire is required",
+        )),
+        Some(change_silence_request::Change::Add(json)) => {
+            let silence: Silence = serde_json::from_str(&json)
+                .map_err(|e| Status::invalid_argument(format!("add: not a silence: {e}")))?;
+            let command = Command::AddSilence(silence);
+            command
+                .check()
+                .map_err(|problem| Status::invalid_argument(format!("add.{problem}")))?;
+            Ok(command)
+        }
+        Some(change_silence_request::Change::Expire(silence_id)) => {
+            if silence_id.trim().is_empty() {
+                return Err(Status::invalid_argument("expire: must not be empty"));
+            }
+            Ok(Command::ExpireSilence {
+                silence_id,
+                at_ms: match request.at_ms {
+                    0 => crate::now_ms(),
+                    at_ms => at_ms,
+                },
+            })
+        }
+    }
+}
+
 /// Checks the request as a whole: batch size, source and offsets.
 fn check_ingest(request: &IngestRequest, max_events: usize) -> Result<(), Status> {
     if request.events.len() > max_events {
@@ -188,12 +312,8 @@ impl Node for NodeService {
     ) -> Result<Response<IngestReply>, Status> {
         let request = request.into_inner();
         check_ingest(&request, self.host.config.ingest.max_batch_events)?;
-        let replica = self.replica(request.shard)?;
+        let replica = self.leading_replica(request.shard)?;
         let shards = self.host.shard_count();
-        let metrics = replica.metrics();
-        if metrics.current_leader != Some(self.host.id) {
-            return Err(self.not_leader(request.shard, metrics.current_leader));
-        }
         self.metrics
             .events_received
             .inc_by(request.events.len() as u64);
@@ -367,6 +487,73 @@ impl Node for NodeService {
         );
         Ok(Response::new(BaselinesReply {
             baselines: baselines.iter().map(to_json).collect(),
+        }))
+    }
+
+    async fn incidents(
+        &self,
+        request: Request<IncidentsRequest>,
+    ) -> Result<Response<IncidentsReply>, Status> {
+        let request = request.into_inner();
+        let status = incident_status(&request.status).map_err(Status::invalid_argument)?;
+        let replica = self.replica(request.shard)?;
+        self.read_barrier(&replica, request.consistency).await?;
+        let incidents = replica
+            .reader
+            .incidents(&IncidentQuery {
+                status,
+                service: Some(request.service).filter(|s| !s.is_empty()),
+                model: Some(request.model).filter(|s| !s.is_empty()),
+                incident_id: Some(request.incident_id).filter(|s| !s.is_empty()),
+                since_ms: request.since_ms,
+                before: request
+                    .before_ms
+                    .map(|at_ms| (at_ms, request.before_incident_id)),
+                limit: limit(request.limit, 100),
+            })
+            .map_err(storage_error)?;
+        Ok(Response::new(IncidentsReply {
+            incidents: incidents.iter().map(to_json).collect(),
+        }))
+    }
+
+    async fn change_incident(
+        &self,
+        request: Request<ChangeIncidentRequest>,
+    ) -> Result<Response<ChangeIncidentReply>, Status> {
+        let request = request.into_inner();
+        let shard = request.shard;
+        let command = incident_command(request)?;
+        let incident = self.propose(shard, command).await?;
+        Ok(Response::new(ChangeIncidentReply {
+            found: incident.is_some(),
+            incident: incident.unwrap_or_default(),
+        }))
+    }
+
+    async fn silences(
+        &self,
+        request: Request<SilencesRequest>,
+    ) -> Result<Response<SilencesReply>, Status> {
+        let request = request.into_inner();
+        let replica = self.replica(request.shard)?;
+        self.read_barrier(&replica, request.consistency).await?;
+        Ok(Response::new(SilencesReply {
+            silences: replica.reader.silences().iter().map(to_json).collect(),
+        }))
+    }
+
+    async fn change_silence(
+        &self,
+        request: Request<ChangeSilenceRequest>,
+    ) -> Result<Response<ChangeSilenceReply>, Status> {
+        let request = request.into_inner();
+        let shard = request.shard;
+        let command = silence_command(request)?;
+        let silence = self.propose(shard, command).await?;
+        Ok(Response::new(ChangeSilenceReply {
+            found: silence.is_some(),
+            silence: silence.unwrap_or_default(),
         }))
     }
 

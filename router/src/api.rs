@@ -6,17 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use futures::StreamExt;
 use sentinel_core::{FieldError, Intake};
 use sentinel_proto::v1::{
-    AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, TelemetryRequest,
+    AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, IncidentsRequest,
+    TelemetryRequest,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -26,14 +28,16 @@ use crate::auth::{presented_key, ApiKeys, Verdict};
 use crate::body::{self, BodyError};
 use crate::cache::QueryCache;
 use crate::config::HttpSection;
+use crate::control::{self, ActorInput, Change};
 use crate::error::CallError;
 use crate::forward::Forwarder;
 use crate::ingest::{self, Admission, Admitted, EventIds, EventReport, RequestLimits};
 use crate::metrics::RouterMetrics;
 use crate::otlp::{self, OtlpError};
 use crate::query::{
-    self, merge_anomalies, merge_baselines, merge_telemetry, AnomaliesParams, BaselinesParams,
-    Query, ShardPage, TelemetryParams,
+    self, merge_baselines, merge_newest, merge_telemetry, AnomaliesParams, BaselinesParams,
+    IncidentsParams, Query, ShardPage, SilencesParams, TelemetryParams, ANOMALY_ORDER,
+    INCIDENT_ORDER,
 };
 use crate::routing::RoutingTable;
 
@@ -111,6 +115,28 @@ pub fn routes() -> Vec<(&'static str, Method, Access, MethodRouter<Arc<ApiState>
             get(recent_anomalies),
         ),
         ("/api/v1/baselines", Method::GET, Keyed, get(baselines)),
+        ("/api/v1/incidents", Method::GET, Keyed, get(incidents)),
+        ("/api/v1/incidents/{id}", Method::GET, Keyed, get(incident)),
+        (
+            "/api/v1/incidents/{id}/acknowledge",
+            Method::POST,
+            Keyed,
+            post(acknowledge_incident),
+        ),
+        (
+            "/api/v1/incidents/{id}/resolve",
+            Method::POST,
+            Keyed,
+            post(resolve_incident),
+        ),
+        ("/api/v1/silences", Method::GET, Keyed, get(silences)),
+        ("/api/v1/silences", Method::POST, Keyed, post(add_silence)),
+        (
+            "/api/v1/silences/{id}",
+            Method::DELETE,
+            Keyed,
+            delete(expire_silence),
+        ),
         (
             "/api/v1/cluster/status",
             Method::GET,
@@ -169,6 +195,37 @@ impl ApiError {
         }
     }
 
+    /// 400 listing every bad field of a request (body or path) as `{field, problem}`.
+    pub(crate) fn fields(problems: Vec<FieldError>) -> ApiError {
+        ApiError {
+            details: problems.iter().map(|p| json!(p)).collect(),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_fields",
+                format!(
+                    "{} invalid field{}",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                ),
+            )
+        }
+    }
+
+    /// 400: the body is not what the route takes.
+    pub(crate) fn invalid_body(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
+    }
+
+    /// 404: no such incident or silence.
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 502: a node answered something unusable.
+    pub(crate) fn node_error(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, "node_error", message)
+    }
+
     fn not_ready(reason: String) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
     }
@@ -186,9 +243,7 @@ impl From<CallError> for ApiError {
                 code: tonic::Code::InvalidArgument,
                 ..
             } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameters", message),
-            CallError::Refused { .. } => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "node_error", message)
-            }
+            CallError::Refused { .. } => ApiError::node_error(message),
         }
     }
 }
@@ -311,7 +366,7 @@ async fn cors(State(api): Shared, request: Request, next: Next) -> Response {
         let headers = response.headers_mut();
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, OPTIONS"),
+            HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
         );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -347,7 +402,7 @@ async fn render_metrics(State(api): Shared) -> Response {
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -517,7 +572,7 @@ where
 
 /// Asks every shard of `shards` at once (`call` with the shard's `request`) for records
 /// answered as JSON text, and parses them.
-async fn fan_out<R, F, Fut>(
+pub(crate) async fn fan_out<R, F, Fut>(
     api: &ApiState,
     shards: impl IntoIterator<Item = u32>,
     consistency: Consistency,
@@ -548,7 +603,7 @@ fn records(texts: Vec<String>) -> Result<Vec<Value>, ApiError> {
         .iter()
         .map(|text| serde_json::from_str(text))
         .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "node_error", e.to_string()))
+        .map_err(|e| ApiError::node_error(e.to_string()))
 }
 
 /// A query route: the REST and gRPC query operations.
@@ -562,6 +617,10 @@ pub enum QueryRoute {
     RecentAnomalies,
     /// `GET /api/v1/baselines`.
     Baselines,
+    /// `GET /api/v1/incidents`.
+    Incidents,
+    /// `GET /api/v1/silences`.
+    Silences,
 }
 
 impl QueryRoute {
@@ -572,6 +631,8 @@ impl QueryRoute {
             QueryRoute::Anomalies => "Anomalies",
             QueryRoute::RecentAnomalies => "RecentAnomalies",
             QueryRoute::Baselines => "Baselines",
+            QueryRoute::Incidents => "Incidents",
+            QueryRoute::Silences => "Silences",
         }
     }
 
@@ -582,6 +643,8 @@ impl QueryRoute {
             QueryRoute::Anomalies => "/api/v1/anomalies",
             QueryRoute::RecentAnomalies => "/api/v1/anomalies/recent",
             QueryRoute::Baselines => "/api/v1/baselines",
+            QueryRoute::Incidents => "/api/v1/incidents",
+            QueryRoute::Silences => "/api/v1/silences",
         }
     }
 }
@@ -602,6 +665,11 @@ pub async fn query_answer(
                 anomalies_answer(api, anomalies_params(query.clone(), true)?).await
             }
             QueryRoute::Baselines => baselines_answer(api, query.clone()).await,
+            QueryRoute::Incidents => incidents_answer(api, query.clone()).await,
+            QueryRoute::Silences => {
+                let params = SilencesParams::parse(query.clone()).map_err(ApiError::parameters)?;
+                control::silences_answer(api, params).await
+            }
         }
     };
     api.cache.answer(route.path(), &query, compute).await
@@ -668,11 +736,11 @@ async fn anomalies_answer(api: &ApiState, params: AnomaliesParams) -> Result<Val
         since_ms: params.since_ms,
         limit: params.limit,
         consistency: params.consistency as i32,
-        before_ms: params.after.as_ref().map(|a| a.timestamp_ms),
+        before_ms: params.after.as_ref().map(|a| a.at_ms),
         before_alert_id: params
             .after
             .as_ref()
-            .map(|a| a.alert_id.clone())
+            .map(|a| a.id.clone())
             .unwrap_or_default(),
     };
     let answers = fan_out(
@@ -682,7 +750,12 @@ async fn anomalies_answer(api: &ApiState, params: AnomaliesParams) -> Result<Val
         request,
         |mut client, r| async move { Ok(client.anomalies(r).await?.map(|reply| reply.alerts)) },
     );
-    let (anomalies, next) = merge_anomalies(params.since_ms, answers.await?, params.limit as usize);
+    let (anomalies, next) = merge_newest(
+        ANOMALY_ORDER,
+        params.since_ms,
+        answers.await?,
+        params.limit as usize,
+    );
     Ok(json!({
         "count": anomalies.len(),
         "anomalies": anomalies,
@@ -757,6 +830,123 @@ async fn baselines_answer(api: &ApiState, query: Query) -> Result<Value, ApiErro
     }))
 }
 
+async fn incidents(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    answer(&api, QueryRoute::Incidents, query).await
+}
+
+/// `{count, incidents, next_cursor}`: one page of incidents, newest opening first, merged
+/// across shards.
+async fn incidents_answer(api: &ApiState, query: Query) -> Result<Value, ApiError> {
+    let params = IncidentsParams::parse(query, now_ms()).map_err(ApiError::parameters)?;
+    let shards = shard_count(api)?;
+    let request = |shard| IncidentsRequest {
+        shard,
+        status: params.status.clone().unwrap_or_default(),
+        service: params.service.clone().unwrap_or_default(),
+        model: params.model.clone().unwrap_or_default(),
+        since_ms: params.since_ms,
+        limit: params.limit,
+        consistency: params.consistency as i32,
+        before_ms: params.after.as_ref().map(|a| a.at_ms),
+        before_incident_id: params
+            .after
+            .as_ref()
+            .map(|a| a.id.clone())
+            .unwrap_or_default(),
+        incident_id: String::new(),
+    };
+    let answers = fan_out(
+        api,
+        0..shards,
+        params.consistency,
+        request,
+        |mut client, r| async move { Ok(client.incidents(r).await?.map(|reply| reply.incidents)) },
+    );
+    let (incidents, next) = merge_newest(
+        INCIDENT_ORDER,
+        params.since_ms,
+        answers.await?,
+        params.limit as usize,
+    );
+    Ok(json!({
+        "count": incidents.len(),
+        "incidents": incidents,
+        "next_cursor": next.map(|c| c.encode()),
+    }))
+}
+
+/// The `{id}` of a path, or 400 when it is not text.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    match path {
+        Ok(Path(id)) => Ok(id),
+        Err(rejection) => Err(ApiError::fields(vec![FieldError::new(
+            "id",
+            rejection.body_text(),
+        )])),
+    }
+}
+
+async fn incident(
+    State(api): Shared,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(path)?;
+    let consistency =
+        query::incident_consistency(query.as_deref()).map_err(ApiError::parameters)?;
+    Ok(Json(control::incident(&api, &id, consistency).await?))
+}
+
+/// Reads the `{by, comment}` body of an incident change and makes it.
+async fn change_incident(
+    api: &ApiState,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+    change: Change,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(path)?;
+    let body = read_body(body, api.http.max_body_bytes).await?;
+    let actor = ActorInput::from_body(&body)?;
+    Ok(Json(
+        control::change_incident(api, &id, change, actor).await?,
+    ))
+}
+
+async fn acknowledge_incident(
+    State(api): Shared,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    change_incident(&api, path, body, Change::Acknowledge).await
+}
+
+async fn resolve_incident(
+    State(api): Shared,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    change_incident(&api, path, body, Change::Resolve).await
+}
+
+async fn silences(State(api): Shared, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    answer(&api, QueryRoute::Silences, query).await
+}
+
+async fn add_silence(State(api): Shared, body: Body) -> Result<Response, ApiError> {
+    let body = read_body(body, api.http.max_body_bytes).await?;
+    let silence = control::silence_from_body(&body, control::new_silence_id(), now_ms())?;
+    let added = control::add_silence(&api, &silence).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn expire_silence(
+    State(api): Shared,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(path)?;
+    Ok(Json(control::expire_silence(&api, &id).await?))
+}
+
 async fn cluster_status(
     State(api): Shared,
     RawQuery(query): RawQuery,
@@ -795,20 +985,25 @@ fn status_json(status: &ClusterStatusReply) -> Value {
 mod tests {
     use super::*;
     use crate::query::{
-        ANOMALIES_PARAMETERS, BASELINES_PARAMETERS, RECENT_ANOMALIES_PARAMETERS,
-        TELEMETRY_PARAMETERS,
+        ANOMALIES_PARAMETERS, BASELINES_PARAMETERS, INCIDENTS_PARAMETERS, INCIDENT_PARAMETERS,
+        RECENT_ANOMALIES_PARAMETERS, SILENCES_PARAMETERS, TELEMETRY_PARAMETERS,
     };
     use std::collections::BTreeSet;
 
-    /// The query parameters a route takes.
-    fn parameters_of(path: &str) -> &'static [&'static str] {
-        match path {
-            "/api/v1/telemetry" => TELEMETRY_PARAMETERS,
-            "/api/v1/anomalies" => ANOMALIES_PARAMETERS,
-            "/api/v1/anomalies/recent" => RECENT_ANOMALIES_PARAMETERS,
-            "/api/v1/baselines" => BASELINES_PARAMETERS,
+    /// The query parameters a route takes, and `id` when its path has one.
+    fn parameters_of(method: &Method, path: &str) -> Vec<&'static str> {
+        let query = match (method.as_str(), path) {
+            (_, "/api/v1/telemetry") => TELEMETRY_PARAMETERS,
+            (_, "/api/v1/anomalies") => ANOMALIES_PARAMETERS,
+            (_, "/api/v1/anomalies/recent") => RECENT_ANOMALIES_PARAMETERS,
+            (_, "/api/v1/baselines") => BASELINES_PARAMETERS,
+            (_, "/api/v1/incidents") => INCIDENTS_PARAMETERS,
+            ("GET", "/api/v1/incidents/{id}") => INCIDENT_PARAMETERS,
+            ("GET", "/api/v1/silences") => SILENCES_PARAMETERS,
             _ => &[],
-        }
+        };
+        let id = path.contains("{id}").then_some("id");
+        query.iter().copied().chain(id).collect()
     }
 
     #[test]
@@ -853,7 +1048,7 @@ mod tests {
                         .unwrap_or_else(|| panic!("{reference} is defined"))
                 })
                 .collect();
-            let taken: BTreeSet<&str> = parameters_of(path).iter().copied().collect();
+            let taken: BTreeSet<&str> = parameters_of(&method, path).into_iter().collect();
             assert_eq!(parameters, taken, "parameters of {method} {path}");
         }
     }

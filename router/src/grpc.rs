@@ -10,19 +10,21 @@ use sentinel_proto::leader_hint;
 use sentinel_proto::v1::sentinel_server::Sentinel;
 use sentinel_proto::v1::{
     AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, DecommissionQuery, DecommissionReply,
-    DecommissionRequest, FieldError, IngestEventsReply, IngestEventsRequest, IngestedEvent,
-    QueryReply, RecentAnomaliesQuery, TelemetryQuery,
+    DecommissionRequest, FieldError, IncidentChange, IncidentRef, IncidentsQuery,
+    IngestEventsReply, IngestEventsRequest, IngestedEvent, NewSilence, QueryReply,
+    RecentAnomaliesQuery, SilenceRef, SilencesQuery, TelemetryQuery,
 };
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::api::{
-    cluster_status_answer, query_answer, shard_count, ApiError, ApiState, QueryRoute,
+    cluster_status_answer, now_ms, query_answer, shard_count, ApiError, ApiState, QueryRoute,
 };
 use crate::body::BodyError;
+use crate::control::{self, ActorInput, Change};
 use crate::ingest::Admission;
-use crate::query::Query;
+use crate::query::{self, Query};
 
 /// Trailer listing every bad parameter or event as a JSON array.
 pub const DETAILS_TRAILER: &str = "sentinel-details";
@@ -71,6 +73,35 @@ impl PublicApi {
             ])
             .inc();
         result
+    }
+
+    /// A call answering one JSON object, counted as `method`.
+    fn object(
+        &self,
+        method: &str,
+        answer: Result<Value, ApiError>,
+    ) -> Result<Response<Struct>, Status> {
+        self.counted(
+            method,
+            answer
+                .map(|value| Response::new(to_struct(value)))
+                .map_err(Status::from),
+        )
+    }
+
+    /// `AcknowledgeIncident` or `ResolveIncident`, counted as `method`.
+    async fn change_incident(
+        &self,
+        method: &str,
+        request: IncidentChange,
+        change: Change,
+    ) -> Result<Response<Struct>, Status> {
+        let actor = ActorInput {
+            by: request.by,
+            comment: request.comment,
+        };
+        let answer = control::change_incident(&self.api, &request.incident_id, change, actor).await;
+        self.object(method, answer)
     }
 
     /// `IngestEvents`, before it is counted.
@@ -338,12 +369,86 @@ impl Sentinel for PublicApi {
         _: Request<ClusterStatusQuery>,
     ) -> Result<Response<Struct>, Status> {
         let answered = cluster_status_answer(&self.api).await;
-        self.counted(
-            "ClusterStatus",
-            answered
-                .map(|status| Response::new(to_struct(status)))
-                .map_err(Status::from),
+        self.object("ClusterStatus", answered)
+    }
+
+    async fn incidents(
+        &self,
+        request: Request<IncidentsQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .text("status", &q.status)
+            .text("service", &q.service)
+            .text("model", &q.model)
+            .number("hours", q.hours)
+            .number("limit", q.limit)
+            .text("cursor", &q.cursor)
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::Incidents, query, "incidents").await
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<IncidentRef>,
+    ) -> Result<Response<Struct>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default().text("consistency", &q.consistency).query();
+        let answer = async {
+            let consistency = query::incident_consistency(query).map_err(ApiError::parameters)?;
+            control::incident(&self.api, &q.incident_id, consistency).await
+        };
+        self.object("GetIncident", answer.await)
+    }
+
+    async fn acknowledge_incident(
+        &self,
+        request: Request<IncidentChange>,
+    ) -> Result<Response<Struct>, Status> {
+        self.change_incident(
+            "AcknowledgeIncident",
+            request.into_inner(),
+            Change::Acknowledge,
         )
+        .await
+    }
+
+    async fn resolve_incident(
+        &self,
+        request: Request<IncidentChange>,
+    ) -> Result<Response<Struct>, Status> {
+        self.change_incident("ResolveIncident", request.into_inner(), Change::Resolve)
+            .await
+    }
+
+    async fn silences(
+        &self,
+        request: Request<SilencesQuery>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let q = request.into_inner();
+        let query = Pairs::default()
+            .text("active", if q.active { "true" } else { "" })
+            .text("consistency", &q.consistency)
+            .query();
+        self.reply(QueryRoute::Silences, query, "silences").await
+    }
+
+    async fn add_silence(&self, request: Request<NewSilence>) -> Result<Response<Struct>, Status> {
+        let answer = async {
+            let silence =
+                control::silence(request.into_inner(), control::new_silence_id(), now_ms())?;
+            control::add_silence(&self.api, &silence).await
+        };
+        self.object("AddSilence", answer.await)
+    }
+
+    async fn expire_silence(
+        &self,
+        request: Request<SilenceRef>,
+    ) -> Result<Response<Struct>, Status> {
+        let answer = control::expire_silence(&self.api, &request.into_inner().silence_id).await;
+        self.object("ExpireSilence", answer)
     }
 
     async fn decommission(

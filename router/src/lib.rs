@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod forward;
 pub mod grpc;

@@ -17,6 +17,8 @@ use serde_json::Value;
 pub const MAX_LIMIT: u32 = 10_000;
 /// Most baselines one query answers (a baseline is about a kilobyte).
 pub const MAX_BASELINES_LIMIT: u32 = 1_000;
+/// Most incidents one query answers (an incident is a few kilobytes).
+pub const MAX_INCIDENTS_LIMIT: u32 = 1_000;
 /// Longest look-back of `hours` (a year).
 const MAX_HOURS: f64 = 24.0 * 366.0;
 /// Default look-back of `hours`.
@@ -37,6 +39,20 @@ pub const ANOMALIES_PARAMETERS: &[&str] = &["severity", "hours", "limit", "curso
 pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = &["limit", "cursor", "consistency"];
 /// Parameters of `GET /api/v1/baselines`.
 pub const BASELINES_PARAMETERS: &[&str] = &["service", "model", "limit", "cursor", "consistency"];
+/// Parameters of `GET /api/v1/incidents`.
+pub const INCIDENTS_PARAMETERS: &[&str] = &[
+    "status",
+    "service",
+    "model",
+    "hours",
+    "limit",
+    "cursor",
+    "consistency",
+];
+/// Parameters of `GET /api/v1/incidents/{id}`.
+pub const INCIDENT_PARAMETERS: &[&str] = &["consistency"];
+/// Parameters of `GET /api/v1/silences`.
+pub const SILENCES_PARAMETERS: &[&str] = &["active", "consistency"];
 
 /// Checks the query of a route that takes no parameters (`GET /api/v1/cluster/status`).
 pub fn no_parameters(query: impl Into<Query>) -> Result<(), Vec<FieldError>> {
@@ -242,7 +258,7 @@ pub struct AnomaliesParams {
     /// Most anomalies answered.
     pub limit: u32,
     /// Only anomalies after the last one of the previous page (newest first).
-    pub after: Option<AnomalyPosition>,
+    pub after: Option<NewestPosition>,
     /// Read freshness.
     pub consistency: Consistency,
 }
@@ -262,7 +278,7 @@ impl AnomaliesParams {
         }
         let since_ms = p.since(now_ms);
         let limit = p.limit(100);
-        let cursor: Option<AnomalyCursor> = p.cursor();
+        let cursor: Option<NewestCursor> = p.cursor();
         let consistency = p.consistency();
         p.finish(AnomaliesParams {
             severity,
@@ -278,7 +294,7 @@ impl AnomaliesParams {
     pub fn parse_recent(query: impl Into<Query>) -> Result<AnomaliesParams, Vec<FieldError>> {
         let mut p = Params::new(query, RECENT_ANOMALIES_PARAMETERS);
         let limit = p.limit(20);
-        let cursor: Option<AnomalyCursor> = p.cursor();
+        let cursor: Option<NewestCursor> = p.cursor();
         let consistency = p.consistency();
         p.finish(AnomaliesParams {
             severity: None,
@@ -323,6 +339,90 @@ impl BaselinesParams {
     }
 }
 
+/// `GET /api/v1/incidents` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentsParams {
+    /// Only incidents in this state (`open` or `resolved`).
+    pub status: Option<String>,
+    /// Only this service.
+    pub service: Option<String>,
+    /// Only this model.
+    pub model: Option<String>,
+    /// Opened at or after, ms since the Unix epoch (fixed by the first page).
+    pub since_ms: i64,
+    /// Most incidents answered.
+    pub limit: u32,
+    /// Only incidents after the last one of the previous page (newest opening first).
+    pub after: Option<NewestPosition>,
+    /// Read freshness.
+    pub consistency: Consistency,
+}
+
+impl IncidentsParams {
+    /// Parses `status`, `service`, `model`, `hours`, `limit`, `cursor`, `consistency` at
+    /// `now_ms`.
+    pub fn parse(query: impl Into<Query>, now_ms: i64) -> Result<IncidentsParams, Vec<FieldError>> {
+        let mut p = Params::new(query, INCIDENTS_PARAMETERS);
+        let status = p.text("status").map(|s| s.to_ascii_lowercase());
+        if let Some(status) = status
+            .as_deref()
+            .filter(|s| !["open", "resolved"].contains(s))
+        {
+            p.problem("status", format!("`{status}` is not one of open, resolved"));
+        }
+        let (service, model) = (p.text("service"), p.text("model"));
+        let since_ms = p.since(now_ms);
+        let limit = p.number("limit", 100, 1, MAX_INCIDENTS_LIMIT);
+        let cursor: Option<NewestCursor> = p.cursor();
+        let consistency = p.consistency();
+        p.finish(IncidentsParams {
+            status,
+            service,
+            model,
+            since_ms: cursor.as_ref().map_or(since_ms, |c| c.since_ms),
+            limit,
+            after: cursor.map(|c| c.after),
+            consistency,
+        })
+    }
+}
+
+/// Parses the `consistency` of `GET /api/v1/incidents/{id}`.
+pub fn incident_consistency(query: impl Into<Query>) -> Result<Consistency, Vec<FieldError>> {
+    let mut p = Params::new(query, INCIDENT_PARAMETERS);
+    let consistency = p.consistency();
+    p.finish(consistency)
+}
+
+/// `GET /api/v1/silences` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SilencesParams {
+    /// Only silences active now.
+    pub active: bool,
+    /// Read freshness.
+    pub consistency: Consistency,
+}
+
+impl SilencesParams {
+    /// Parses `active` (`true` or `false`) and `consistency`.
+    pub fn parse(query: impl Into<Query>) -> Result<SilencesParams, Vec<FieldError>> {
+        let mut p = Params::new(query, SILENCES_PARAMETERS);
+        let active = match p.text("active").as_deref().map(str::trim) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                p.problem("active", format!("`{other}` is not one of true, false"));
+                false
+            }
+        };
+        let consistency = p.consistency();
+        p.finish(SilencesParams {
+            active,
+            consistency,
+        })
+    }
+}
+
 /// The opaque text form of a cursor.
 fn encode_cursor(cursor: &impl Serialize) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).expect("cursors serialize"))
@@ -334,30 +434,30 @@ fn decode_cursor<C: DeserializeOwned>(text: &str) -> Option<C> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// An anomaly's place in the newest-first order: when it was raised, and its id.
+/// A record's place in a newest-first list (anomalies, incidents): its time and its id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnomalyPosition {
-    /// Raised at, ms since the Unix epoch.
+pub struct NewestPosition {
+    /// When it was raised or opened, ms since the Unix epoch.
     #[serde(rename = "t")]
-    pub timestamp_ms: i64,
-    /// Its alert id.
+    pub at_ms: i64,
+    /// Its alert or incident id.
     #[serde(rename = "a")]
-    pub alert_id: String,
+    pub id: String,
 }
 
-/// Where a paged anomaly query stands: the last anomaly answered, and the look-back
+/// Where a paged newest-first query stands: the last record answered, and the look-back
 /// start of the first page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnomalyCursor {
+pub struct NewestCursor {
     /// Start of the look-back, fixed by the first page.
     #[serde(rename = "f")]
     pub since_ms: i64,
-    /// The last anomaly answered.
+    /// The last record answered.
     #[serde(rename = "l")]
-    pub after: AnomalyPosition,
+    pub after: NewestPosition,
 }
 
-impl AnomalyCursor {
+impl NewestCursor {
     /// The opaque text form.
     pub fn encode(&self) -> String {
         encode_cursor(self)
@@ -539,32 +639,46 @@ fn merge_pages<K: Ord>(
     (all, last)
 }
 
-/// An anomaly's place in the newest-first order, reversed so that it sorts first.
-fn anomaly_order(anomaly: &Value) -> std::cmp::Reverse<(i64, String)> {
-    std::cmp::Reverse((
-        anomaly["timestamp_ms"].as_i64().unwrap_or(0),
-        anomaly["alert_id"].as_str().unwrap_or("").to_owned(),
-    ))
+/// The time and id fields of a newest-first list's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewestOrder {
+    /// The time field (ms since the Unix epoch).
+    pub time: &'static str,
+    /// The id field (ties between equal times).
+    pub id: &'static str,
 }
 
-/// Merges shard pages of anomalies: newest first (ties by alert id), at most `limit`, and
-/// the cursor of the next page (`None` on the last one) keeping `since_ms`.
-pub fn merge_anomalies(
+/// Anomalies, by the time they were raised.
+pub const ANOMALY_ORDER: NewestOrder = NewestOrder {
+    time: "timestamp_ms",
+    id: "alert_id",
+};
+/// Incidents, by the time they opened.
+pub const INCIDENT_ORDER: NewestOrder = NewestOrder {
+    time: "opened_at_ms",
+    id: "incident_id",
+};
+
+/// Merges shard pages of a newest-first list ordered by `order`: newest first (ties by
+/// id, highest first), at most `limit`, and the cursor of the next page (`None` on the
+/// last one) keeping `since_ms`.
+pub fn merge_newest(
+    order: NewestOrder,
     since_ms: i64,
     shards: Vec<Vec<Value>>,
     limit: usize,
-) -> (Vec<Value>, Option<AnomalyCursor>) {
-    let (anomalies, last) = merge_pages(shards, limit, anomaly_order);
-    let cursor = last.map(
-        |std::cmp::Reverse((timestamp_ms, alert_id))| AnomalyCursor {
-            since_ms,
-            after: AnomalyPosition {
-                timestamp_ms,
-                alert_id,
-            },
-        },
-    );
-    (anomalies, cursor)
+) -> (Vec<Value>, Option<NewestCursor>) {
+    let (records, last) = merge_pages(shards, limit, |record| {
+        std::cmp::Reverse((
+            record[order.time].as_i64().unwrap_or(0),
+            record[order.id].as_str().unwrap_or("").to_owned(),
+        ))
+    });
+    let cursor = last.map(|std::cmp::Reverse((at_ms, id))| NewestCursor {
+        since_ms,
+        after: NewestPosition { at_ms, id },
+    });
+    (records, cursor)
 }
 
 /// Merges shard pages of baselines in (service, model) order: at most `limit`, and the
@@ -746,7 +860,8 @@ mod tests {
     #[test]
     fn anomalies_merge_newest_first_within_the_limit() {
         let alert = |id: &str, t: i64| json!({"alert_id": id, "timestamp_ms": t});
-        let (merged, cursor) = merge_anomalies(
+        let (merged, cursor) = merge_newest(
+            ANOMALY_ORDER,
             5,
             vec![
                 vec![alert("a", 30), alert("b", 10)],
@@ -763,14 +878,19 @@ mod tests {
         assert_eq!(
             (
                 cursor.since_ms,
-                cursor.after.timestamp_ms,
-                cursor.after.alert_id.as_str()
+                cursor.after.at_ms,
+                cursor.after.id.as_str()
             ),
             (5, 20, "c")
         );
-        let (_, last) = merge_anomalies(5, vec![vec![alert("a", 30)], vec![]], 3);
+        let (_, last) = merge_newest(ANOMALY_ORDER, 5, vec![vec![alert("a", 30)], vec![]], 3);
         assert_eq!(last, None, "nothing left out and no shard filled its page");
-        let (_, full) = merge_anomalies(5, vec![vec![alert("a", 30), alert("b", 1)]], 2);
+        let (_, full) = merge_newest(
+            ANOMALY_ORDER,
+            5,
+            vec![vec![alert("a", 30), alert("b", 1)]],
+            2,
+        );
         assert!(full.is_some(), "a shard that filled its page may have more");
         let (baselines, next) = merge_baselines(
             vec![
@@ -791,11 +911,11 @@ mod tests {
 
     #[test]
     fn list_cursors_round_trip_fix_the_look_back_and_foreign_ones_are_refused() {
-        let cursor = AnomalyCursor {
+        let cursor = NewestCursor {
             since_ms: 42,
-            after: AnomalyPosition {
-                timestamp_ms: 99,
-                alert_id: "al-7".into(),
+            after: NewestPosition {
+                at_ms: 99,
+                id: "al-7".into(),
             },
         };
         let params = AnomaliesParams::parse(
@@ -825,6 +945,71 @@ mod tests {
         assert!(BaselinesParams::parse(Some("limit=1001")).is_err());
     }
 
+    #[test]
+    fn incident_and_silence_parameters_are_checked_one_by_one() {
+        let params = IncidentsParams::parse(Query::default(), NOW).unwrap();
+        assert_eq!(
+            (params.status, params.since_ms, params.limit),
+            (None, NOW - 24 * 3_600_000, 100)
+        );
+        let params =
+            IncidentsParams::parse(Some("status=Resolved&model=m&limit=1000"), NOW).unwrap();
+        assert_eq!(params.status.as_deref(), Some("resolved"));
+        assert_eq!((params.model.as_deref(), params.service), (Some("m"), None));
+        let problems =
+            IncidentsParams::parse(Some("status=closed&limit=1001&hours=0&cursor=x&y=1"), NOW)
+                .unwrap_err();
+        let mut named = fields(&problems);
+        named.sort();
+        assert_eq!(named, ["cursor", "hours", "limit", "status", "y"]);
+        let cursor = NewestCursor {
+            since_ms: 7,
+            after: NewestPosition {
+                at_ms: 9,
+                id: "i-1".into(),
+            },
+        };
+        let params =
+            IncidentsParams::parse(Some(format!("cursor={}", cursor.encode()).as_str()), NOW)
+                .unwrap();
+        assert_eq!((params.since_ms, params.after), (7, Some(cursor.after)));
+        assert_eq!(
+            incident_consistency(Some("consistency=stale")),
+            Ok(Consistency::StaleOk)
+        );
+        assert_eq!(
+            fields(&incident_consistency(Some("status=open")).unwrap_err()),
+            ["status"]
+        );
+        assert!(SilencesParams::parse(Some("active=true")).unwrap().active);
+        assert!(!SilencesParams::parse(None).unwrap().active);
+        assert_eq!(
+            fields(&SilencesParams::parse(Some("active=yes&consistency=x")).unwrap_err()),
+            ["active", "consistency"]
+        );
+    }
+
+    #[test]
+    fn incidents_merge_newest_opening_first() {
+        let incident = |id: &str, t: i64| json!({"incident_id": id, "opened_at_ms": t});
+        let (merged, cursor) = merge_newest(
+            INCIDENT_ORDER,
+            1,
+            vec![
+                vec![incident("b", 5), incident("a", 2)],
+                vec![incident("c", 5)],
+            ],
+            2,
+        );
+        let ids: Vec<_> = merged
+            .iter()
+            .map(|i| i["incident_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["c", "b"]);
+        let after = cursor.expect("one more incident").after;
+        assert_eq!((after.at_ms, after.id.as_str()), (5, "b"));
+    }
+
     proptest! {
         #[test]
         fn query_parsing_never_panics(query in ".{0,200}", shards in 1u32..64) {
@@ -832,6 +1017,8 @@ mod tests {
             let _ = AnomaliesParams::parse(Some(query.as_str()), NOW);
             let _ = AnomaliesParams::parse_recent(Some(query.as_str()));
             let _ = BaselinesParams::parse(Some(query.as_str()));
+            let _ = IncidentsParams::parse(Some(query.as_str()), NOW);
+            let _ = SilencesParams::parse(Some(query.as_str()));
             let _ = TelemetryCursor::decode(&query, shards);
         }
 

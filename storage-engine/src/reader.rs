@@ -57,6 +57,8 @@ pub struct IncidentQuery {
     pub service: Option<String>,
     /// Only this model.
     pub model: Option<String>,
+    /// Only the incident with this id.
+    pub incident_id: Option<String>,
     /// Opened at or after (ms since the Unix epoch).
     pub since_ms: i64,
     /// Only incidents before this (opened at, incident id) in that order: the page after it.
@@ -296,7 +298,11 @@ impl ShardReader {
                     .service
                     .as_ref()
                     .is_none_or(|s| *s == incident.service_name)
-                && query.model.as_ref().is_none_or(|m| *m == incident.model);
+                && query.model.as_ref().is_none_or(|m| *m == incident.model)
+                && query
+                    .incident_id
+                    .as_ref()
+                    .is_none_or(|id| *id == incident.incident_id);
             if wanted {
                 out.push(incident);
             }

@@ -120,6 +120,148 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// A time in ms since the Unix epoch as an RFC 3339 cell (`-` when absent).
+fn time_cell(ms: &Value) -> String {
+    ms.as_i64()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "-".to_owned(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        )
+}
+
+/// A share (0 to 1) as a percentage cell.
+fn percent_cell(share: &Value) -> String {
+    share.as_f64().map_or_else(
+        || "-".to_owned(),
+        |share| format!("{}%", number(share * 100.0)),
+    )
+}
+
+/// Who did something, when and why (`-` when nobody did).
+fn actor_cell(actor: &Value) -> String {
+    if actor.is_null() {
+        return "-".to_owned();
+    }
+    let mut text = format!("{} at {}", cell(&actor["by"]), time_cell(&actor["at_ms"]));
+    if let Some(comment) = actor["comment"].as_str().filter(|c| !c.is_empty()) {
+        text += &format!(" ({})", escaped(comment));
+    }
+    text
+}
+
+/// Incidents, one row each.
+pub fn incidents_table(incidents: &[Value]) -> Table {
+    let mut table = Table::new(&[
+        "OPENED", "STATUS", "SEVERITY", "TYPE", "SERVICE", "MODEL", "AFFECTED", "CALLS", "ACK",
+        "ID",
+    ]);
+    for incident in incidents {
+        let acknowledged = match &incident["acknowledged"] {
+            Value::Null => "-".to_owned(),
+            actor => cell(&actor["by"]),
+        };
+        table.push(vec![
+            time_cell(&incident["opened_at_ms"]),
+            cell(&incident["status"]),
+            cell(&incident["severity"]),
+            cell(&incident["anomaly_type"]),
+            cell(&incident["service_name"]),
+            cell(&incident["model"]),
+            percent_cell(&incident["affected_share"]),
+            cell(&incident["calls"]),
+            acknowledged,
+            cell(&incident["incident_id"]),
+        ]);
+    }
+    table
+}
+
+/// One incident: its fields one per line, then its signals.
+pub fn incident_details(incident: &Value) -> String {
+    let fields = [
+        ("id", cell(&incident["incident_id"])),
+        ("status", cell(&incident["status"])),
+        ("severity", cell(&incident["severity"])),
+        ("type", cell(&incident["anomaly_type"])),
+        ("service", cell(&incident["service_name"])),
+        ("model", cell(&incident["model"])),
+        ("opened", time_cell(&incident["opened_at_ms"])),
+        ("updated", time_cell(&incident["updated_at_ms"])),
+        ("resolved", time_cell(&incident["resolved_at_ms"])),
+        ("resolution", cell(&incident["resolution"])),
+        (
+            "calls",
+            format!(
+                "{} ({} affected; {} of recent calls)",
+                cell(&incident["calls"]),
+                cell(&incident["affected_calls"]),
+                percent_cell(&incident["affected_share"])
+            ),
+        ),
+        (
+            "excess cost",
+            format!("{} USD", cell(&incident["excess_cost_usd"])),
+        ),
+        ("anomalies", cell(&incident["anomalies"])),
+        ("acknowledged", actor_cell(&incident["acknowledged"])),
+        ("resolved by", actor_cell(&incident["resolved_by"])),
+        ("silenced by", cell(&incident["silenced_by"])),
+    ];
+    let mut text: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| format!("{:<14}{value}", format!("{name}:")))
+        .collect();
+    let mut signals = Table::new(&[
+        "TYPE", "METRIC", "METHOD", "FIRST", "LAST", "VALUE", "BASELINE", "EVIDENCE",
+    ]);
+    for signal in incident["signals"].as_array().into_iter().flatten() {
+        signals.push(vec![
+            cell(&signal["anomaly_type"]),
+            cell(&signal["metric"]),
+            cell(&signal["method"]),
+            time_cell(&signal["first_at_ms"]),
+            time_cell(&signal["last_at_ms"]),
+            cell(&signal["value"]),
+            cell(&signal["baseline"]),
+            cell(&signal["evidence"]),
+        ]);
+    }
+    if !signals.rows.is_empty() {
+        text.push(String::new());
+        text.push(signals.to_string());
+    }
+    text.join("\n")
+}
+
+/// Silences, one row each; `now_ms` decides which are active.
+pub fn silences_table(silences: &[Value], now_ms: i64) -> Table {
+    let mut table = Table::new(&[
+        "ID", "SERVICE", "MODEL", "TYPE", "STARTS", "ENDS", "ACTIVE", "BY", "COMMENT",
+    ]);
+    let any = |value: &Value| match value {
+        Value::Null => "*".to_owned(),
+        value => cell(value),
+    };
+    for silence in silences {
+        let (starts, ends) = (&silence["starts_at_ms"], &silence["ends_at_ms"]);
+        let active =
+            (starts.as_i64().unwrap_or(i64::MAX)..ends.as_i64().unwrap_or(0)).contains(&now_ms);
+        table.push(vec![
+            cell(&silence["silence_id"]),
+            any(&silence["service_name"]),
+            any(&silence["model"]),
+            any(&silence["anomaly_type"]),
+            time_cell(starts),
+            time_cell(ends),
+            if active { "yes" } else { "no" }.to_owned(),
+            cell(&silence["created"]["by"]),
+            cell(&silence["created"]["comment"]),
+        ]);
+    }
+    table
+}
+
 /// `text` with every character a terminal would act upon rather than show (control and
 /// bidirectional formatting characters) written as `\u{…}`, so an answer cannot move the
 /// cursor, recolour or reorder what is printed.
@@ -218,13 +360,7 @@ pub fn telemetry_table(records: &[Value]) -> Table {
     ]);
     for record in records {
         let event = &record["event"];
-        let time = event["timestamp_ms"]
-            .as_i64()
-            .and_then(chrono::DateTime::from_timestamp_millis)
-            .map_or_else(
-                || "-".to_owned(),
-                |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            );
+        let time = time_cell(&event["timestamp_ms"]);
         let errors = event["errors"].as_array().map_or(0, Vec::len).to_string();
         let mut row = vec![time];
         row.extend(

@@ -484,14 +484,54 @@ impl RouterProcess {
         answer(request).await
     }
 
-    /// POSTs `events` as JSON to `/api/v1/events`.
-    pub async fn post_events(&self, events: &Value) -> (reqwest::StatusCode, Value) {
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (reqwest::StatusCode, Value) {
         self.post(
-            "/api/v1/events",
-            events.to_string().into_bytes(),
+            path,
+            body.to_string().into_bytes(),
             &[("content-type", "application/json")],
         )
         .await
+    }
+
+    /// DELETEs `path`.
+    pub async fn delete(&self, path: &str) -> (reqwest::StatusCode, Value) {
+        answer(self.keyed(self.client.delete(self.url(path)))).await
+    }
+
+    /// POSTs `events` as JSON to `/api/v1/events`.
+    pub async fn post_events(&self, events: &Value) -> (reqwest::StatusCode, Value) {
+        self.post_json("/api/v1/events", events).await
+    }
+
+    /// Opens an incident on `service`/`model` through this router: 300 steady calls
+    /// (800 ms ± 20, 100 ms apart from `t0`), then 20 calls twenty times slower; waits
+    /// until it is listed open and answers it.
+    pub async fn open_incident(&self, service: &str, model: &str, t0: i64) -> Value {
+        let call = |n: i64, latency: f64| {
+            event_json(
+                service,
+                model,
+                t0 + 100 * n,
+                latency,
+                &format!("{service}-{n}"),
+            )
+        };
+        let steady: Vec<Value> = (0..300)
+            .map(|n| call(n, 780.0 + ((n * 37) % 41) as f64))
+            .collect();
+        let slow: Vec<Value> = (300..320).map(|n| call(n, 16_000.0 + n as f64)).collect();
+        for batch in [steady, slow] {
+            let (status, answer) = self.post_events(&Value::Array(batch)).await;
+            assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+        }
+        let path = format!("/api/v1/incidents?status=open&service={service}&model={model}");
+        let listed = wait_for(Duration::from_secs(90), async || {
+            let (_, answer) = self.get(&path).await;
+            answer["incidents"].as_array()?.first().cloned()
+        })
+        .await;
+        listed.unwrap_or_else(|| panic!("no incident opened on {service}/{model}\n{}", self.log()))
     }
 
     /// The text of `/metrics`.
@@ -625,6 +665,29 @@ pub fn summary(status: &ClusterStatusReply) -> String {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n") + "\n"
+}
+
+/// Waits until every replica of every shard reports the same digest; the digests.
+pub async fn assert_replicas_agree(cluster: &Cluster, timeout: Duration) -> BTreeMap<u32, String> {
+    let mut last = String::new();
+    let agreed = wait_for(timeout, async || {
+        let status = cluster.status(true).await?;
+        last = format!("{status:#?}");
+        let mut digests = BTreeMap::new();
+        for shard in &status.shards {
+            let set: BTreeSet<&str> = shard.replicas.iter().map(|r| r.digest.as_str()).collect();
+            if shard.replicas.len() != cluster.replicas as usize
+                || set.len() != 1
+                || set.contains("")
+            {
+                return None;
+            }
+            digests.insert(shard.shard, set.into_iter().next()?.to_owned());
+        }
+        Some(digests)
+    })
+    .await;
+    agreed.unwrap_or_else(|| panic!("replicas disagree: {last}\n{}", cluster.logs()))
 }
 
 /// A plaintext client of the node at `address`.
