@@ -354,7 +354,7 @@ impl CoreState {
             Command::ResolveIncident { incident_id, actor } => {
                 match self.detector.resolve_incident(incident_id, actor.clone()) {
                     Ok((change, notification)) => {
-                        self.record(&[change.clone()], notification.as_slice(), rows);
+                        self.record(std::slice::from_ref(&change), notification.as_slice(), rows);
                         Response::Incident(Box::new(change.incident))
                     }
                     Err(e) => Response::NotFound(e.to_string()),
