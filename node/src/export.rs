@@ -465,6 +465,7 @@ mod tests {
             remediation: Vec::new(),
             related_alerts: Vec::new(),
             runbook_url: None,
+            incident_id: None,
         }
     }
 

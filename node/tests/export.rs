@@ -85,6 +85,7 @@ fn anomaly(i: usize) -> ExportItem {
         remediation: Vec::new(),
         related_alerts: Vec::new(),
         runbook_url: None,
+        incident_id: None,
     })
 }
 
