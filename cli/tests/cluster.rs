@@ -8,6 +8,8 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use lapin::types::AMQPValue;
+use sentinel_node::alerting::{ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER};
 use sentinel_proto::v1::raft_transport_client::RaftTransportClient;
 use sentinel_proto::v1::{
     AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, DecommissionRequest,
@@ -120,9 +122,21 @@ async fn assert_replicas_agree(cluster: &Cluster) -> BTreeMap<u32, String> {
     support::assert_replicas_agree(cluster, CONVERGE).await
 }
 
+/// The cap a call's latency must exceed to open an incident on its own, in the tests
+/// whose keys have too few calls for the tail-share evidence (it needs 200).
+const LATENCY_CAP: (&str, &str) = ("SENTINEL_DETECTION__INCIDENTS__LATENCY_CAP_MS", "30000");
+
+/// `(name, value)` pairs as the environment of a cluster.
+fn variables(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_detect_anomalies_and_agree() {
-    let cluster = Cluster::start(3, 8, 3);
+    let cluster = Cluster::start_with(3, 8, 3, variables(&[LATENCY_CAP]));
     let status = cluster.wait_converged(CONVERGE).await;
     let leaders: BTreeSet<Option<u64>> = status.shards.iter().map(|s| s.leader).collect();
     assert_eq!(
@@ -148,7 +162,10 @@ async fn three_nodes_form_a_cluster_detect_anomalies_and_agree() {
         .await
         .expect("spike ingested");
     assert_eq!(spike.results[0].outcome, Outcome::Applied as i32);
-    assert!(spike.alerts_raised >= 1, "a 50x latency raises an alert");
+    assert_eq!(
+        spike.alerts_raised, 1,
+        "a call over the latency cap opens an incident: one notification queued"
+    );
 
     let status = cluster.status(false).await.expect("status");
     let leader = status.shards[spike_shard as usize]
@@ -172,6 +189,10 @@ async fn three_nodes_form_a_cluster_detect_anomalies_and_agree() {
         .unwrap_or_else(|| panic!("a latency spike among {:?}", anomalies.alerts));
     assert_eq!(alert["service_name"], service);
     assert_eq!(alert["details"]["metric"], "latency_ms");
+    assert!(
+        alert["incident_id"].is_string(),
+        "the point anomaly links the incident it opened: {alert}"
+    );
 
     let follower = status.shards[spike_shard as usize]
         .replicas
@@ -251,29 +272,105 @@ async fn leaders_without(cluster: &Cluster, victim: u64) -> ClusterStatusReply {
     .expect("every shard has a live leader")
 }
 
-/// Every alert id in the anomalies of every shard, read from the leaders in `status`.
-async fn raised_alert_ids(cluster: &Cluster, status: &ClusterStatusReply) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    for shard in &status.shards {
-        let leader = shard.leader.expect("a leader");
-        let alerts = cluster
-            .client(leader)
-            .await
-            .anomalies(AnomaliesRequest {
-                shard: shard.shard,
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .expect("anomalies")
-            .into_inner()
-            .alerts;
-        for alert in alerts {
-            let alert: serde_json::Value = serde_json::from_str(&alert).expect("alert JSON");
-            ids.insert(alert["alert_id"].as_str().expect("alert id").to_owned());
-        }
+/// One notification as a webhook or RabbitMQ received it.
+#[derive(Debug, Clone, PartialEq)]
+struct Received {
+    /// The body.
+    body: serde_json::Value,
+    /// `X-Sentinel-Alert-Id`, or the AMQP `message_id`.
+    alert_id: String,
+    /// `X-Sentinel-Incident-Id`, or the AMQP header `incident_id`.
+    incident_id: String,
+    /// `X-Sentinel-Event`, or the AMQP header `event`.
+    event: String,
+}
+
+impl Received {
+    /// Checks that the headers say what the body says.
+    fn assert_headers_match_the_body(&self) {
+        let body = &self.body;
+        assert_eq!(body["schema_version"], 2, "{body}");
+        assert_eq!(body["alert_id"], self.alert_id.as_str(), "{body}");
+        assert_eq!(body["incident_id"], self.incident_id.as_str(), "{body}");
+        assert_eq!(
+            body["incident"]["incident_id"],
+            self.incident_id.as_str(),
+            "{body}"
+        );
+        assert_eq!(body["event"], self.event.as_str(), "{body}");
     }
-    ids
+
+    /// The (service, model) key the notification is about.
+    fn key(&self) -> (String, String) {
+        let text = |field: &str| self.body[field].as_str().unwrap_or_default().to_owned();
+        (text("service_name"), text("model"))
+    }
+}
+
+/// The requests `hook` accepted (2xx) with a valid signature, as notifications.
+fn accepted_notifications(hook: &services::WebhookReceiver) -> Vec<Received> {
+    hook.requests()
+        .iter()
+        .filter(|r| r.status.is_success() && r.signature_valid)
+        .map(|r| {
+            let header = |name: &str| r.header(name).unwrap_or_default().to_owned();
+            Received {
+                body: serde_json::from_slice(&r.body).expect("notification JSON"),
+                alert_id: header(ALERT_ID_HEADER),
+                incident_id: header(INCIDENT_ID_HEADER),
+                event: header(EVENT_HEADER),
+            }
+        })
+        .collect()
+}
+
+/// The next message on `queue`, as a notification; checks the message's properties.
+async fn next_published(queue: &mut services::AlertQueue) -> Received {
+    let message = queue.next().await;
+    let properties = &message.properties;
+    assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
+    let header = |name: &str| {
+        properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| match headers.inner().get(name) {
+                Some(AMQPValue::LongString(value)) => Some(value.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let body: serde_json::Value = serde_json::from_slice(&message.data).expect("notification JSON");
+    assert_eq!(
+        message.routing_key.as_str(),
+        format!(
+            "alert.{}.{}",
+            body["severity"].as_str().unwrap_or_default(),
+            body["anomaly_type"].as_str().unwrap_or_default()
+        ),
+        "routed by severity and type"
+    );
+    Received {
+        alert_id: properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        incident_id: header("incident_id"),
+        event: header("event"),
+        body,
+    }
+}
+
+/// The distinct notifications (by `alert_id`) among `received` that are about `keys`.
+fn distinct_of<'a>(
+    received: impl IntoIterator<Item = &'a Received>,
+    keys: &[(String, String)],
+) -> BTreeMap<String, Received> {
+    received
+        .into_iter()
+        .filter(|r| keys.contains(&r.key()))
+        .map(|r| (r.alert_id.clone(), r.clone()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,8 +382,13 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
         services::Replies::AlwaysFail(axum::http::StatusCode::SERVICE_UNAVAILABLE),
     )
     .await;
-    let env = vec![
-        ("HOOK_SECRET".to_owned(), "hook-secret".to_owned()),
+    let mut env = variables(&[
+        LATENCY_CAP,
+        ("HOOK_SECRET", "hook-secret"),
+        ("SENTINEL_ALERTING__RETRY__INITIAL_BACKOFF_MS", "20"),
+        ("SENTINEL_ALERTING__BREAKER__OPEN_MS", "200"),
+    ]);
+    env.extend([
         (
             "SENTINEL_ALERTING__RABBITMQ".to_owned(),
             format!("{{url: '{}'}}", services::RABBITMQ_URL),
@@ -298,15 +400,7 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
                 hook.url()
             ),
         ),
-        (
-            "SENTINEL_ALERTING__RETRY__INITIAL_BACKOFF_MS".to_owned(),
-            "20".to_owned(),
-        ),
-        (
-            "SENTINEL_ALERTING__BREAKER__OPEN_MS".to_owned(),
-            "200".to_owned(),
-        ),
-    ];
+    ]);
     let mut cluster = Cluster::start_with(3, 8, 3, env);
     let status = cluster.wait_converged(CONVERGE).await;
     write(&cluster, 0..40).await;
@@ -318,16 +412,15 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
             60_000.0,
             &format!("{service}-spike"),
         );
-        cluster
+        let reply = cluster
             .ingest(shard(&service, &model, 8), vec![spike])
             .await
             .expect("spike ingested");
+        assert_eq!(
+            reply.alerts_raised, 1,
+            "a 60 s call opens an incident on {service}/{model}"
+        );
     }
-    let raised = raised_alert_ids(&cluster, &status).await;
-    assert!(
-        raised.len() >= keys().len(),
-        "every spike raised an alert: {raised:?}"
-    );
     let (service, model) = &keys()[0];
     let victim = status.shards[shard(service, model, 8) as usize]
         .leader
@@ -336,27 +429,239 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
     hook.set_replies(services::Replies::Accept);
     write(&cluster, 41..60).await;
 
-    let raised = raised_alert_ids(&cluster, &leaders_without(&cluster, victim).await).await;
+    // One `opened` notification per key reaches the webhook, the killed leader's included.
+    let keys = keys();
     let delivered = wait_for(CONVERGE, async || {
-        let accepted: BTreeSet<String> = hook.accepted_alert_ids().into_iter().collect();
-        raised.is_subset(&accepted).then_some(accepted)
+        let accepted = accepted_notifications(&hook);
+        let distinct = distinct_of(&accepted, &keys);
+        let per_key: BTreeSet<(String, String)> = distinct.values().map(Received::key).collect();
+        (per_key.len() == keys.len()).then_some(distinct)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "webhook got {:?}\n{}",
+            accepted_notifications(&hook),
+            cluster.logs()
+        )
+    });
+    assert!(
+        hook.requests().iter().all(|r| r.signature_valid),
+        "every request signed"
+    );
+    assert_eq!(
+        delivered.len(),
+        keys.len(),
+        "one notification per key: {delivered:?}"
+    );
+    for notification in delivered.values() {
+        notification.assert_headers_match_the_body();
+        assert_eq!(notification.event, "opened");
+        assert_eq!(notification.body["anomaly_type"], "latency_spike");
+        assert_eq!(notification.body["detection_method"], "latency_cap");
+    }
+
+    // RabbitMQ gets the same notifications (repeats of a redelivery carry the same id).
+    let mut published = BTreeMap::new();
+    while published.len() < delivered.len() {
+        let message = next_published(&mut queue).await;
+        if keys.contains(&message.key()) {
+            message.assert_headers_match_the_body();
+            published.insert(message.alert_id.clone(), message);
+        }
+    }
+    assert_eq!(
+        published.keys().collect::<Vec<_>>(),
+        delivered.keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incident_opens_and_resolves_with_one_notification_each_on_every_sink() {
+    services::ensure_rabbitmq();
+    let mut queue = services::AlertQueue::bind(services::RABBITMQ_URL).await;
+    let hook = services::WebhookReceiver::start(b"hook-secret", services::Replies::Accept).await;
+    let mut env = variables(&[
+        LATENCY_CAP,
+        ("SENTINEL_DETECTION__INCIDENTS__RESOLVE_AFTER_MS", "2000"),
+        ("SENTINEL_DETECTION__INCIDENTS__RESOLVE_MIN_CALLS", "3"),
+        ("HOOK_SECRET", "hook-secret"),
+    ]);
+    env.extend([
+        (
+            "SENTINEL_ALERTING__RABBITMQ".to_owned(),
+            format!("{{url: '{}'}}", services::RABBITMQ_URL),
+        ),
+        (
+            "SENTINEL_ALERTING__WEBHOOKS".to_owned(),
+            format!(
+                "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
+                hook.url()
+            ),
+        ),
+    ]);
+    let cluster = Cluster::start_with(3, 4, 3, env);
+    cluster.wait_converged(CONVERGE).await;
+    let key = ("billing".to_owned(), "gpt-4o-mini".to_owned());
+    let home = shard(&key.0, &key.1, 4);
+    let calls = |from: i64, latencies: &[f64]| -> Vec<InputEvent> {
+        latencies
+            .iter()
+            .enumerate()
+            .map(|(i, &latency)| {
+                let n = from + i as i64;
+                event(
+                    &key.0,
+                    &key.1,
+                    cluster.t0 + n * 1000,
+                    latency,
+                    &format!("billing-{n}"),
+                )
+            })
+            .collect()
+    };
+    let ingest = async |events: Vec<InputEvent>| {
+        let reply = wait_for(CONVERGE, async || {
+            cluster.ingest(home, events.clone()).await.ok()
+        })
+        .await
+        .expect("calls ingested");
+        assert!(
+            reply
+                .results
+                .iter()
+                .all(|r| r.outcome == Outcome::Applied as i32),
+            "{reply:?}"
+        );
+        reply.alerts_raised
+    };
+
+    assert_eq!(ingest(calls(0, &[800.0; 20])).await, 0, "steady calls");
+    assert_eq!(
+        ingest(calls(20, &[60_000.0])).await,
+        1,
+        "a call over the cap opens an incident"
+    );
+    let wanted = std::slice::from_ref(&key);
+    let opened = wait_for(CONVERGE, async || {
+        distinct_of(&accepted_notifications(&hook), wanted)
+            .into_values()
+            .next()
+    })
+    .await
+    .unwrap_or_else(|| panic!("no opened notification\n{}", cluster.logs()));
+    opened.assert_headers_match_the_body();
+    assert_eq!(opened.event, "opened");
+    assert_eq!(opened.body["incident"]["status"], "open");
+    let incident_id = opened.incident_id.clone();
+
+    let open_gauge = wait_for(CONVERGE, async || {
+        (incidents_open(&cluster, home).await == 1.0).then_some(())
     })
     .await;
     assert!(
-        delivered.is_some(),
-        "webhook got {:?} of {raised:?}\n{}",
-        hook.accepted_alert_ids(),
-        cluster.logs()
+        open_gauge.is_some(),
+        "sentinel_incidents_open shows the incident at the leader"
     );
+
+    // Quiet calls, event time moving on past resolve_after_ms: the incident resolves.
+    assert_eq!(
+        ingest(calls(21, &[800.0; 4])).await,
+        1,
+        "quiet calls 2 s after the spike resolve it"
+    );
+    let notifications = wait_for(CONVERGE, async || {
+        let distinct = distinct_of(&accepted_notifications(&hook), wanted);
+        (distinct.len() == 2).then_some(distinct)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "webhook got {:?}\n{}",
+            accepted_notifications(&hook),
+            cluster.logs()
+        )
+    });
+    let resolved = notifications
+        .values()
+        .find(|n| n.event == "resolved")
+        .unwrap_or_else(|| panic!("a resolved notification among {notifications:?}"));
+    resolved.assert_headers_match_the_body();
+    assert_eq!(resolved.incident_id, incident_id, "the same incident");
+    assert_eq!(resolved.body["incident"]["status"], "resolved");
+    assert_eq!(resolved.body["incident"]["resolution"], "recovered");
     assert!(hook.requests().iter().all(|r| r.signature_valid));
-    let mut published = BTreeSet::new();
-    while !raised.is_subset(&published) {
-        let message = queue.next().await;
-        assert_eq!(message.properties.delivery_mode(), &Some(2), "persistent");
-        if let Some(id) = message.properties.message_id() {
-            published.insert(id.to_string());
+
+    let mut published = BTreeMap::new();
+    while published.len() < 2 {
+        let message = next_published(&mut queue).await;
+        if message.key() == key {
+            message.assert_headers_match_the_body();
+            published.insert(message.alert_id.clone(), message);
         }
     }
+    let events: BTreeMap<String, String> = published
+        .values()
+        .map(|m| (m.alert_id.clone(), m.event.clone()))
+        .collect();
+    let expected: BTreeMap<String, String> = notifications
+        .values()
+        .map(|n| (n.alert_id.clone(), n.event.clone()))
+        .collect();
+    assert_eq!(events, expected, "RabbitMQ got what the webhook got");
+    assert!(published.values().all(|m| m.incident_id == incident_id));
+
+    let closed = wait_for(CONVERGE, async || {
+        (incidents_open(&cluster, home).await == 0.0).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "sentinel_incidents_open drops back to 0");
+    assert!(notifications_delivered(&cluster, "opened").await >= 1.0);
+    assert!(notifications_delivered(&cluster, "resolved").await >= 1.0);
+}
+
+/// `sentinel_notifications_delivered_total` of `event` summed over the running nodes.
+async fn notifications_delivered(cluster: &Cluster, event: &str) -> f64 {
+    let label = format!("event=\"{event}\"");
+    node_metrics(cluster)
+        .await
+        .iter()
+        .filter_map(|text| metric_value(text, "sentinel_notifications_delivered_total", &label))
+        .sum()
+}
+
+/// The `/metrics` text of every running node.
+async fn node_metrics(cluster: &Cluster) -> Vec<String> {
+    let mut texts = Vec::new();
+    for id in cluster.live() {
+        let url = format!("http://{}/metrics", cluster.nodes[&id].http);
+        if let Ok(response) = reqwest::get(url).await {
+            texts.push(response.text().await.unwrap_or_default());
+        }
+    }
+    texts
+}
+
+/// The value of the series of `name` whose labels include `label` in a `/metrics` text.
+fn metric_value(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// `sentinel_incidents_open` of `shard` summed over the running nodes (only its leader has it).
+async fn incidents_open(cluster: &Cluster, shard: u32) -> f64 {
+    node_metrics(cluster)
+        .await
+        .iter()
+        .filter_map(|text| {
+            metric_value(
+                text,
+                "sentinel_incidents_open",
+                &format!("shard=\"{shard}\""),
+            )
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,10 +19,13 @@ pub struct DetectionConfig {
     /// Samples a baseline needs before it scores anything.
     pub min_samples: usize,
     /// Z-score detector.
+    #[serde(deserialize_with = "shipped::z_score")]
     pub z_score: ThresholdDetector,
     /// IQR (Tukey fence) detector; its threshold is the IQR multiplier.
+    #[serde(deserialize_with = "shipped::iqr")]
     pub iqr: ThresholdDetector,
     /// MAD (modified z-score) detector.
+    #[serde(deserialize_with = "shipped::mad")]
     pub mad: ThresholdDetector,
     /// CUSUM drift detector.
     pub cusum: CusumConfig,
@@ -54,9 +57,9 @@ impl Default for DetectionConfig {
         DetectionConfig {
             window_size: 1000,
             min_samples: 10,
-            z_score: ThresholdDetector::on(3.0),
-            iqr: ThresholdDetector::on(1.5),
-            mad: ThresholdDetector::on(3.5),
+            z_score: Z_SCORE,
+            iqr: IQR,
+            mad: MAD,
             cusum: CusumConfig::default(),
             onset: OnsetSection::default(),
             min_votes: 3,
@@ -186,6 +189,54 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// The shipped z-score detector.
+const Z_SCORE: ThresholdDetector = ThresholdDetector::on(3.0);
+/// The shipped IQR detector.
+const IQR: ThresholdDetector = ThresholdDetector::on(1.5);
+/// The shipped MAD detector.
+const MAD: ThresholdDetector = ThresholdDetector::on(3.5);
+
+/// Sections whose shipped values are not their type's defaults: keys left out of one keep
+/// their shipped value (setting only `z_score.threshold` leaves the detector on).
+mod shipped {
+    use serde::de::{DeserializeOwned, Deserializer, Error};
+    use serde::{Deserialize, Serialize};
+    use serde_json::{Map, Value};
+
+    use super::{OnsetSection, ThresholdDetector};
+    use crate::onset::OnsetConfig;
+
+    /// The keys given, over `shipped`.
+    fn over<'de, D, T>(d: D, shipped: T) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Serialize + DeserializeOwned,
+    {
+        let given = Map::<String, Value>::deserialize(d)?;
+        let mut merged = serde_json::to_value(shipped).map_err(D::Error::custom)?;
+        if let Some(keys) = merged.as_object_mut() {
+            keys.extend(given);
+        }
+        serde_json::from_value(merged).map_err(D::Error::custom)
+    }
+
+    pub fn z_score<'de, D: Deserializer<'de>>(d: D) -> Result<ThresholdDetector, D::Error> {
+        over(d, super::Z_SCORE)
+    }
+
+    pub fn iqr<'de, D: Deserializer<'de>>(d: D) -> Result<ThresholdDetector, D::Error> {
+        over(d, super::IQR)
+    }
+
+    pub fn mad<'de, D: Deserializer<'de>>(d: D) -> Result<ThresholdDetector, D::Error> {
+        over(d, super::MAD)
+    }
+
+    pub fn onset_detector<'de, D: Deserializer<'de>>(d: D) -> Result<OnsetConfig, D::Error> {
+        over(d, OnsetSection::default().detector)
+    }
+}
+
 /// A detector switched on or off with one threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +307,7 @@ pub struct OnsetSection {
     /// Surprisal (−log10 of the tail probability) an onset needs to count (7: one in ten million).
     pub threshold: f64,
     /// The detector's own parameters.
+    #[serde(deserialize_with = "shipped::onset_detector")]
     pub detector: OnsetConfig,
 }
 
@@ -771,5 +823,45 @@ impl ImpactSeverityConfig {
             Severity::Low
         };
         by_share.max(by_cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detector_given_in_part_keeps_its_other_shipped_keys() {
+        let cfg: DetectionConfig =
+            serde_json::from_str(r#"{"z_score": {"threshold": 4.0}, "mad": {"enabled": false}}"#)
+                .unwrap();
+        assert_eq!(cfg.z_score, ThresholdDetector::on(4.0));
+        assert_eq!(
+            cfg.mad,
+            ThresholdDetector {
+                enabled: false,
+                threshold: 3.5
+            }
+        );
+        assert_eq!(cfg.iqr, IQR);
+        let err =
+            serde_json::from_str::<DetectionConfig>(r#"{"iqr": {"treshold": 2.0}}"#).unwrap_err();
+        assert!(err.to_string().contains("treshold"), "{err}");
+
+        let cfg: DetectionConfig =
+            serde_json::from_str(r#"{"onset": {"detector": {"window": 500}}}"#).unwrap();
+        let shipped = OnsetSection::default().detector;
+        assert_eq!(
+            cfg.onset.detector,
+            OnsetConfig {
+                window: 500,
+                ..shipped
+            }
+        );
+        assert_ne!(
+            shipped,
+            OnsetConfig::default(),
+            "the shipped section is its own"
+        );
     }
 }

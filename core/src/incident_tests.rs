@@ -237,9 +237,12 @@ fn a_silenced_incident_is_recorded_but_not_notified() {
     let opened = changes(&spike);
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].1.silenced_by.as_deref(), Some("maintenance"));
+    let told = |o: &Observation| o.incidents.iter().any(|c| c.notify);
+    assert!(!spike.iter().any(told));
     assert!(spike.iter().all(|o| o.notifications.is_empty()));
     let resolved = run(&mut d, &mut t, 4000, Fault::None);
     assert_eq!(changes(&resolved).len(), 1);
+    assert!(!resolved.iter().any(told));
     assert!(resolved.iter().all(|o| o.notifications.is_empty()));
 }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use sentinel_config::{LogFormat, LogSection};
-use sentinel_core::{RedactionConfig, ValidationBounds};
+use sentinel_core::{DetectionConfig, RedactionConfig, ValidationBounds};
 use sentinel_storage_engine::KeyLimits;
 use sentinel_tls::SecuritySection;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// How long telemetry and anomalies are kept.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// Detection and incident settings, replicated to every shard by its leader.
+    #[serde(default)]
+    pub detection: DetectionConfig,
     /// Alert delivery from the shards this node leads.
     #[serde(default)]
     pub alerting: AlertingConfig,
@@ -234,6 +237,11 @@ impl NodeConfig {
     ) -> Result<NodeConfig, NodeError> {
         Ok(sentinel_config::load(path, env)?)
     }
+
+    /// Checks the values that load but cannot work, listing every problem.
+    pub fn check(&self) -> Result<(), NodeError> {
+        self.detection.check().map_err(NodeError::Detection)
+    }
 }
 
 #[cfg(test)]
@@ -290,9 +298,65 @@ mod tests {
     }
 
     #[test]
+    fn detection_keys_are_overridden_one_by_one_and_checked_together() {
+        let config = NodeConfig::load(
+            None,
+            [
+                ("SENTINEL_NODE__ID", "1"),
+                ("SENTINEL_NODE__DATA_DIR", "/d"),
+                ("SENTINEL_DETECTION__INCIDENTS__LATENCY_CAP_MS", "30000"),
+                ("SENTINEL_DETECTION__Z_SCORE__THRESHOLD", "4"),
+            ],
+        )
+        .unwrap();
+        let detection = &config.detection;
+        assert_eq!(detection.incidents.latency_cap_ms, Some(30_000.0));
+        assert_eq!(detection.z_score.threshold, 4.0);
+        assert!(detection.z_score.enabled);
+        assert_eq!(
+            detection.incidents.resolve_after_ms,
+            DetectionConfig::default().incidents.resolve_after_ms
+        );
+        config.check().unwrap();
+
+        let config = NodeConfig::load(
+            None,
+            [
+                ("SENTINEL_NODE__ID", "1"),
+                ("SENTINEL_NODE__DATA_DIR", "/d"),
+                ("SENTINEL_DETECTION__INCIDENTS__TAIL", "0.7"),
+                ("SENTINEL_DETECTION__INCIDENTS__LATENCY_CAP_MS", "-5"),
+                ("SENTINEL_DETECTION__WINDOW_SIZE", "1"),
+            ],
+        )
+        .unwrap();
+        let err = config.check().unwrap_err().to_string();
+        for key in [
+            "detection.incidents.tail",
+            "detection.incidents.latency_cap_ms",
+            "detection.window_size",
+        ] {
+            assert!(err.contains(key), "{key} named: {err}");
+        }
+
+        let err = NodeConfig::load(
+            None,
+            [
+                ("SENTINEL_NODE__ID", "1"),
+                ("SENTINEL_NODE__DATA_DIR", "/d"),
+                ("SENTINEL_DETECTION__INCIDENTS__RESOLVE_AFTER", "10"),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("resolve_after"), "{err}");
+    }
+
+    #[test]
     fn the_annotated_example_is_a_valid_configuration() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sentinel-node.example.yaml");
         let config = NodeConfig::load(Some(&path), std::iter::empty::<(&str, &str)>()).unwrap();
+        config.check().unwrap();
+        assert_eq!(config.detection, DetectionConfig::default());
         config.alerting.validate().unwrap();
         config.export.as_ref().unwrap().validate().unwrap();
         assert_eq!(config.alerting.webhooks.len(), 1);

@@ -13,6 +13,9 @@ pub enum NodeError {
         /// What is wrong.
         problem: String,
     },
+    /// The detection settings load but cannot work.
+    #[error("invalid configuration: {}", detection_problems(.0))]
+    Detection(sentinel_core::config::ConfigError),
     /// The configuration file or environment could not be loaded.
     #[error(transparent)]
     Load(#[from] sentinel_config::ConfigError),
@@ -50,4 +53,14 @@ pub enum NodeError {
     /// Joining the cluster through the seeds failed for good.
     #[error("joining the cluster: {0}")]
     Join(String),
+}
+
+/// Every problem of the detection settings, each naming its key under `detection`.
+fn detection_problems(error: &sentinel_core::config::ConfigError) -> String {
+    error
+        .problems
+        .iter()
+        .map(|problem| format!("detection.{problem}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }

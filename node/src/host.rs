@@ -159,6 +159,7 @@ impl Host {
     /// The shard settings this node's configuration asks for.
     pub fn shard_settings(&self) -> ShardSettings {
         ShardSettings {
+            detection: self.config.detection.clone(),
             export: self.config.export.is_some(),
             keys: self.config.ingest.key_limits(),
             ..ShardSettings::default()

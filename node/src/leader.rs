@@ -11,7 +11,7 @@ use sentinel_storage_engine::{Command, Response, Retention};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::alerting::Dispatcher;
+use crate::alerting::{Dispatcher, Message};
 use crate::export::Exporter;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
@@ -126,7 +126,7 @@ impl LeaderWork {
             .map(|_| tracing::info!(shard = replica.shard, "shard settings replicated"))
     }
 
-    /// Delivers pending alerts in outbox order, then acknowledges the delivered ones.
+    /// Delivers pending notifications in outbox order, then acknowledges the delivered ones.
     async fn deliver(&self, replica: &Replica) -> Result<(), String> {
         let entries = replica
             .reader
@@ -134,15 +134,16 @@ impl LeaderWork {
             .map_err(|e| e.to_string())?;
         let mut delivered = Vec::new();
         for entry in entries {
-            if let Err(e) = self
-                .dispatcher
-                .deliver(&entry.alert.alert_id, &entry.json, &entry.alert)
-                .await
-            {
+            let message = Message {
+                json: &entry.json,
+                alert: &entry.alert,
+                event: entry.event,
+            };
+            if let Err(e) = self.dispatcher.deliver(message).await {
                 tracing::warn!(alert = %entry.alert.alert_id, error = %e, "alert not delivered yet");
                 break;
             }
-            self.metrics.count_alert(&entry.alert);
+            self.metrics.count_delivered(&entry.alert, entry.event);
             delivered.push(entry.seq);
         }
         if delivered.is_empty() {

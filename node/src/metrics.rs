@@ -8,7 +8,7 @@ use axum::http;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use sentinel_core::Anomaly;
+use sentinel_core::{Anomaly, NotificationKind};
 use sentinel_proto::v1::Outcome;
 use sentinel_storage_engine::KeyLimit;
 use tonic::Code;
@@ -34,6 +34,10 @@ pub struct NodeMetrics {
     grpc_requests: IntCounterVec,
     /// Alerts delivered by shard leaders, by severity and detector.
     anomalies: IntCounterVec,
+    /// Notifications delivered by shard leaders, by event.
+    notifications: IntCounterVec,
+    /// Open incidents per shard led by this node.
+    incidents_open: IntGaugeVec,
     /// Raft term per group.
     raft_term: IntGaugeVec,
     /// 1 where this node leads the group.
@@ -102,7 +106,7 @@ impl NodeMetrics {
         registry.register(Box::new(ingest_seconds.clone()))?;
         let replicas = IntGauge::new("sentinel_shard_replicas", "Shard replicas hosted")?;
         registry.register(Box::new(replicas.clone()))?;
-        Ok(NodeMetrics {
+        let metrics = NodeMetrics {
             events_processed: counter_vec(
                 &registry,
                 "sentinel_events_processed_total",
@@ -126,6 +130,18 @@ impl NodeMetrics {
                 "sentinel_anomalies_total",
                 "Alerts delivered by shard leaders, by severity and detection method",
                 &["severity", "detector"],
+            )?,
+            notifications: counter_vec(
+                &registry,
+                "sentinel_notifications_delivered_total",
+                "Incident notifications delivered by shard leaders, by event (opened, escalated, resolved)",
+                &["event"],
+            )?,
+            incidents_open: gauge_vec(
+                &registry,
+                "sentinel_incidents_open",
+                "Open incidents per shard led by this node",
+                &["shard"],
             )?,
             raft_term: gauge_vec(
                 &registry,
@@ -186,7 +202,16 @@ impl NodeMetrics {
             events_rejected,
             ingest_seconds,
             replicas,
-        })
+        };
+        // Every event's series exists from the start, so dashboards show it at zero.
+        for event in [
+            NotificationKind::Opened,
+            NotificationKind::Escalated,
+            NotificationKind::Resolved,
+        ] {
+            metrics.notifications.with_label_values(&[event.name()]);
+        }
+        Ok(metrics)
     }
 
     /// Counts one event's outcome.
@@ -215,11 +240,15 @@ impl NodeMetrics {
         }
     }
 
-    /// Counts one delivered alert.
-    pub fn count_alert(&self, alert: &Anomaly) {
+    /// Counts one delivered outbox entry: by severity and method, and by event when it is
+    /// a notification.
+    pub fn count_delivered(&self, alert: &Anomaly, event: Option<NotificationKind>) {
         self.anomalies
             .with_label_values(&[alert.severity.name(), alert.detection_method.as_str()])
             .inc();
+        if let Some(event) = event {
+            self.notifications.with_label_values(&[event.name()]).inc();
+        }
     }
 
     /// Samples the Raft and shard state of every group hosted on `host`.
@@ -231,6 +260,15 @@ impl NodeMetrics {
                 .map(|replica| {
                     let summary = replica.reader.summary();
                     let shard = replica.shard.to_string();
+                    let metrics = replica.metrics();
+                    if crate::host::leads(&metrics, host.id) {
+                        self.incidents_open
+                            .with_label_values(&[&shard])
+                            .set(summary.open_incidents as i64);
+                    } else {
+                        // Summed over nodes, each shard counts once: at its leader.
+                        let _ = self.incidents_open.remove_label_values(&[&shard]);
+                    }
                     self.shard_events
                         .with_label_values(&[&shard])
                         .set(summary.events_observed as i64);
@@ -243,7 +281,7 @@ impl NodeMetrics {
                     self.shard_keys
                         .with_label_values(&[&shard])
                         .set(summary.keys as i64);
-                    (shard, replica.metrics())
+                    (shard, metrics)
                 })
                 .collect::<Vec<_>>(),
         );

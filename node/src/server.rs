@@ -41,6 +41,7 @@ async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, 
 /// error) stops the whole node the same way, and `run` answers the error: the node fails
 /// fast so that its supervisor restarts it, rather than serving on with dead replicas.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    config.check()?;
     let metrics = NodeMetrics::new()?;
     let transport = config.security.transport()?;
     if matches!(transport, sentinel_tls::ClusterTransport::Insecure) {

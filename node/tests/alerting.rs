@@ -11,10 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::StatusCode;
 use prometheus::{Registry, TextEncoder};
 use sentinel_core::anomaly::{AnomalyContext, AnomalyDetails};
-use sentinel_core::{Anomaly, AnomalyType, Severity};
+use sentinel_core::{
+    Anomaly, AnomalyType, DetectionConfig, Event, Metric, MetricValues, Notification,
+    NotificationKind, Severity, ShardDetector,
+};
 use sentinel_node::alerting::{
-    sign, AlertMetrics, AlertingConfig, AlertingError, Dispatcher, SinkError, ALERT_ID_HEADER,
-    SIGNATURE_HEADER, TIMESTAMP_HEADER,
+    sign, AlertMetrics, AlertingConfig, AlertingError, Dispatcher, Message, SinkError,
+    ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use services::{AlertQueue, Replies, TcpProxy, WebhookReceiver};
 use tempfile::NamedTempFile;
@@ -69,6 +72,52 @@ fn alert(severity: Severity, anomaly_type: AnomalyType) -> (Anomaly, String) {
     };
     let json = serde_json::to_string(&alert).unwrap();
     (alert, json)
+}
+
+/// A point alert as an earlier version queued it: no incident, no event.
+fn point<'a>(alert: &'a Anomaly, json: &'a str) -> Message<'a> {
+    Message {
+        json,
+        alert,
+        event: None,
+    }
+}
+
+/// The `opened` notification of an incident on a key no other test uses, as a shard
+/// queues it (a call over the latency cap opens it), and its JSON.
+fn opened() -> (Notification, String) {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut config = DetectionConfig::default();
+    config.incidents.latency_cap_ms = Some(10_000.0);
+    let mut detector = ShardDetector::new(0, config).unwrap();
+    let event = Event {
+        timestamp_ms: 1_740_830_400_000 + (nanos % 1_000_000) as i64,
+        service: format!("checkout-{nanos}"),
+        model: "gpt-4o".to_owned(),
+        latency_ms: 60_000.0,
+        ..Event::default()
+    };
+    let mut values = MetricValues::default();
+    values.set(Metric::LatencyMs, Some(event.latency_ms));
+    let notification = detector
+        .observe(&event, &values)
+        .notifications
+        .pop()
+        .expect("a call over the cap opens an incident");
+    let json = serde_json::to_string(&notification).unwrap();
+    (notification, json)
+}
+
+/// The delivery of a notification.
+fn notice<'a>(notification: &'a Notification, json: &'a str) -> Message<'a> {
+    Message {
+        json,
+        alert: &notification.alert,
+        event: Some(notification.event),
+    }
 }
 
 fn secret_file() -> NamedTempFile {
@@ -151,10 +200,7 @@ async fn no_sinks_means_every_alert_counts_as_delivered() {
     let (dispatcher, _registry) = dispatcher(&AlertingConfig::default()).await;
     assert!(dispatcher.is_empty());
     let (alert, json) = alert(Severity::Low, AnomalyType::InputDrift);
-    dispatcher
-        .deliver(&alert.alert_id, &json, &alert)
-        .await
-        .unwrap();
+    dispatcher.deliver(point(&alert, &json)).await.unwrap();
 }
 
 #[tokio::test]
@@ -165,10 +211,7 @@ async fn rabbitmq_gets_a_persistent_message_routed_by_severity_and_type() {
     assert!(!dispatcher.is_empty());
 
     let (alert, json) = alert(Severity::Critical, AnomalyType::TokenUsageSpike);
-    dispatcher
-        .deliver(&alert.alert_id, &json, &alert)
-        .await
-        .unwrap();
+    dispatcher.deliver(point(&alert, &json)).await.unwrap();
 
     let message = queue.next_with_message_id(&alert.alert_id).await;
     assert_eq!(message.exchange.as_str(), "sentinel.alerts");
@@ -204,7 +247,7 @@ async fn rabbitmq_delivery_reconnects_after_the_connection_is_lost() {
 
     let (first, first_json) = alert(Severity::High, AnomalyType::LatencySpike);
     dispatcher
-        .deliver(&first.alert_id, &first_json, &first)
+        .deliver(point(&first, &first_json))
         .await
         .unwrap();
     queue.next_with_message_id(&first.alert_id).await;
@@ -213,7 +256,7 @@ async fn rabbitmq_delivery_reconnects_after_the_connection_is_lost() {
     proxy.cut();
     let (second, second_json) = alert(Severity::Medium, AnomalyType::CostAnomaly);
     dispatcher
-        .deliver(&second.alert_id, &second_json, &second)
+        .deliver(point(&second, &second_json))
         .await
         .unwrap();
     let message = queue.next_with_message_id(&second.alert_id).await;
@@ -234,10 +277,9 @@ async fn unreachable_rabbitmq_fails_deliveries_but_not_startup_and_is_counted() 
 
     for round in 1..=2 {
         let (alert, json) = alert(Severity::High, AnomalyType::ErrorRateIncrease);
-        let result =
-            tokio::time::timeout(NO_HANG, dispatcher.deliver(&alert.alert_id, &json, &alert))
-                .await
-                .expect("delivery to an absent broker returns");
+        let result = tokio::time::timeout(NO_HANG, dispatcher.deliver(point(&alert, &json)))
+            .await
+            .expect("delivery to an absent broker returns");
         let message = result.as_ref().map_err(ToString::to_string).unwrap_err();
         assert!(
             message.contains("rabbitmq: RabbitMQ: cannot connect"),
@@ -274,7 +316,7 @@ async fn rabbitmq_that_never_answers_times_out() {
     .await;
 
     let (alert, json) = alert(Severity::High, AnomalyType::LatencySpike);
-    let result = tokio::time::timeout(NO_HANG, dispatcher.deliver(&alert.alert_id, &json, &alert))
+    let result = tokio::time::timeout(NO_HANG, dispatcher.deliver(point(&alert, &json)))
         .await
         .expect("delivery to a silent broker returns");
     let failures = failures(result);
@@ -300,7 +342,7 @@ async fn webhook_gets_the_exact_body_signed_with_id_and_timestamp_headers() {
     let (alert, json) = alert(Severity::High, AnomalyType::LatencySpike);
     let task = {
         let (dispatcher, alert, json) = (Arc::clone(&dispatcher), alert.clone(), json.clone());
-        tokio::spawn(async move { dispatcher.deliver(&alert.alert_id, &json, &alert).await })
+        tokio::spawn(async move { dispatcher.deliver(point(&alert, &json)).await })
     };
     task.await.unwrap().unwrap();
 
@@ -318,6 +360,12 @@ async fn webhook_gets_the_exact_body_signed_with_id_and_timestamp_headers() {
         request.header(ALERT_ID_HEADER),
         Some(alert.alert_id.as_str())
     );
+    assert_eq!(
+        request.header(INCIDENT_ID_HEADER),
+        None,
+        "not a notification"
+    );
+    assert_eq!(request.header(EVENT_HEADER), None);
     let sent_at: u64 = request.header(TIMESTAMP_HEADER).unwrap().parse().unwrap();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -328,6 +376,51 @@ async fn webhook_gets_the_exact_body_signed_with_id_and_timestamp_headers() {
         "timestamp {sent_at}, now {now}"
     );
     assert_eq!(deliveries(&registry, "webhook:ops", "delivered"), 1.0);
+}
+
+#[tokio::test]
+async fn a_notification_carries_its_incident_and_event_to_both_sinks() {
+    let url = services::ensure_rabbitmq();
+    let mut queue = AlertQueue::bind(url).await;
+    let receiver = WebhookReceiver::start(SECRET, Replies::Accept).await;
+    let secret = secret_file();
+    let (dispatcher, _registry) = dispatcher(&config(&format!(
+        "rabbitmq: {{url: '{url}'}}\nwebhooks: [{}]",
+        webhook("ops", &receiver, &secret)
+    )))
+    .await;
+
+    let (notification, json) = opened();
+    assert_eq!(notification.event, NotificationKind::Opened);
+    dispatcher
+        .deliver(notice(&notification, &json))
+        .await
+        .unwrap();
+
+    let incident_id = notification.incident.incident_id.as_str();
+    let alert_id = notification.alert.alert_id.as_str();
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert!(request.signature_valid);
+    assert_eq!(request.body, json.as_bytes());
+    assert_eq!(request.header(ALERT_ID_HEADER), Some(alert_id));
+    assert_eq!(request.header(INCIDENT_ID_HEADER), Some(incident_id));
+    assert_eq!(request.header(EVENT_HEADER), Some("opened"));
+
+    let message = queue.next_with_message_id(alert_id).await;
+    assert_eq!(message.data, json.as_bytes());
+    assert_eq!(
+        message.routing_key.as_str(),
+        format!("alert.{}.latency_spike", notification.alert.severity.name())
+    );
+    let headers = message.properties.headers().clone().expect("AMQP headers");
+    let header = |name: &str| match headers.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(value)) => Some(value.to_string()),
+        _ => None,
+    };
+    assert_eq!(header("incident_id").as_deref(), Some(incident_id));
+    assert_eq!(header("event").as_deref(), Some("opened"));
 }
 
 #[tokio::test]
@@ -346,10 +439,7 @@ async fn webhook_failing_twice_with_503_gets_the_alert_on_the_third_try() {
     .await;
 
     let (alert, json) = alert(Severity::Medium, AnomalyType::LatencyDrift);
-    dispatcher
-        .deliver(&alert.alert_id, &json, &alert)
-        .await
-        .unwrap();
+    dispatcher.deliver(point(&alert, &json)).await.unwrap();
 
     let requests = receiver.requests();
     let statuses: Vec<u16> = requests.iter().map(|r| r.status.as_u16()).collect();
@@ -378,7 +468,7 @@ async fn webhook_rejecting_the_request_is_not_retried() {
     .await;
 
     let (alert, json) = alert(Severity::Low, AnomalyType::OutputDrift);
-    let failures = failures(dispatcher.deliver(&alert.alert_id, &json, &alert).await);
+    let failures = failures(dispatcher.deliver(point(&alert, &json)).await);
     assert!(
         matches!(
             failures.get("webhook:ops"),
@@ -404,7 +494,7 @@ async fn always_failing_webhook_opens_the_breaker_and_later_alerts_fail_fast() {
 
     for _ in 0..2 {
         let (alert, json) = alert(Severity::High, AnomalyType::SecurityThreat);
-        let failures = failures(dispatcher.deliver(&alert.alert_id, &json, &alert).await);
+        let failures = failures(dispatcher.deliver(point(&alert, &json)).await);
         assert!(
             matches!(
                 failures.get("webhook:ops"),
@@ -424,7 +514,7 @@ async fn always_failing_webhook_opens_the_breaker_and_later_alerts_fail_fast() {
     );
 
     let (alert, json) = alert(Severity::Critical, AnomalyType::SecurityThreat);
-    let failures = failures(dispatcher.deliver(&alert.alert_id, &json, &alert).await);
+    let failures = failures(dispatcher.deliver(point(&alert, &json)).await);
     let error = &failures["webhook:ops"];
     assert!(matches!(error, SinkError::BreakerOpen { .. }), "{error}");
     assert!(
@@ -461,17 +551,14 @@ async fn sink_that_accepted_an_alert_does_not_get_it_again_when_another_sink_fai
     .await;
 
     let (alert, json) = alert(Severity::High, AnomalyType::CostAnomaly);
-    let failures = failures(dispatcher.deliver(&alert.alert_id, &json, &alert).await);
+    let failures = failures(dispatcher.deliver(point(&alert, &json)).await);
     assert_eq!(
         failures.keys().collect::<Vec<_>>(),
         ["webhook:flaky"],
         "only the failing sink is reported"
     );
 
-    dispatcher
-        .deliver(&alert.alert_id, &json, &alert)
-        .await
-        .unwrap();
+    dispatcher.deliver(point(&alert, &json)).await.unwrap();
     assert_eq!(healthy.accepted_alert_ids(), [alert.alert_id.as_str()]);
     assert_eq!(healthy.requests().len(), 1);
     assert_eq!(flaky.accepted_alert_ids(), [alert.alert_id.as_str()]);

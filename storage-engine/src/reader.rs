@@ -7,7 +7,8 @@ use openraft::{BasicNode, LogId, StoredMembership};
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 use sentinel_core::engine::KeyBaseline;
 use sentinel_core::incident::{IncidentStatus, Silence};
-use sentinel_core::{Anomaly, Incident, Severity};
+use sentinel_core::{Anomaly, Incident, NotificationKind, Severity};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::command::{ShardSettings, SourcePartition};
@@ -76,6 +77,18 @@ pub struct OutboxEntry {
     pub json: String,
     /// Its alert fields (what routing reads).
     pub alert: Anomaly,
+    /// What happened to the incident it tells of (none for a point alert queued by an
+    /// earlier version).
+    pub event: Option<NotificationKind>,
+}
+
+/// The fields of an outbox entry that delivery reads.
+#[derive(Deserialize)]
+struct Queued {
+    #[serde(flatten)]
+    alert: Anomaly,
+    #[serde(default)]
+    event: Option<NotificationKind>,
 }
 
 /// What an export-queue entry carries.
@@ -109,6 +122,8 @@ pub struct ShardSummary {
     pub alerts_raised: u64,
     /// (service, model) keys with a baseline.
     pub keys: usize,
+    /// Incidents open.
+    pub open_incidents: usize,
     /// Alerts in the outbox.
     pub outbox_pending: usize,
     /// Event ids remembered for duplicate suppression.
@@ -332,8 +347,14 @@ impl ShardReader {
             |seq, value| {
                 let json =
                     String::from_utf8(value.to_vec()).map_err(|e| Error::corrupt("outbox", e))?;
-                let alert = serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
-                Ok(OutboxEntry { seq, json, alert })
+                let Queued { alert, event } =
+                    serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
+                Ok(OutboxEntry {
+                    seq,
+                    json,
+                    alert,
+                    event,
+                })
             },
         )
     }
@@ -443,6 +464,7 @@ impl ShardReader {
             events_observed: applied.core.detector.observed(),
             alerts_raised: applied.core.detector.raised(),
             keys: applied.core.detector.key_count(),
+            open_incidents: applied.core.detector.open_incidents().len(),
             outbox_pending: applied.core.rest.outbox.len(),
             event_ids: applied.core.rest.event_ids.len(),
             export_pending: applied.core.rest.export.pending(),

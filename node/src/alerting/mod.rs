@@ -1,13 +1,14 @@
 //! Leader-side alert delivery (DESIGN §7).
 //!
-//! The leader of a shard reads alert outbox entries and hands each to [`Dispatcher::deliver`],
-//! which returns `Ok` only once every configured sink has accepted the alert: RabbitMQ with a
-//! publisher confirm, a webhook with a 2xx answer. The leader then proposes the outbox
-//! acknowledgement; a new leader redelivers whatever is left, so delivery is at-least-once and
-//! receivers drop repeats by `alert_id`. Each sink retries with exponential backoff, has its own
-//! circuit breaker, and remembers the alerts it accepted recently so that a call repeated because
-//! another sink failed does not send them to it again. Every network step is bounded by a
-//! timeout, so a slow or absent sink delays only the alerts, never ingestion.
+//! The leader of a shard reads outbox entries (incident notifications) and hands each to
+//! [`Dispatcher::deliver`], which returns `Ok` only once every configured sink has accepted
+//! it: RabbitMQ with a publisher confirm, a webhook with a 2xx answer. The leader then
+//! proposes the outbox acknowledgement; a new leader redelivers whatever is left, so
+//! delivery is at-least-once and receivers drop repeats by `alert_id`. Each sink retries
+//! with exponential backoff, has its own circuit breaker, and remembers the ids it accepted
+//! recently so that a call repeated because another sink failed does not send them to it
+//! again. Every network step is bounded by a timeout, so a slow or absent sink delays only
+//! the notifications, never ingestion.
 
 mod breaker;
 mod config;
@@ -23,7 +24,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use sentinel_core::Anomaly;
+use sentinel_core::{Anomaly, NotificationKind};
 use tracing::{debug, warn};
 
 use breaker::{Admission, CircuitBreaker};
@@ -36,7 +37,9 @@ pub use config::{AlertingConfig, BreakerConfig, RabbitConfig, RetryConfig, Webho
 pub use metrics::AlertMetrics;
 pub use rabbitmq::routing_key;
 pub use signature::{sign, verify};
-pub use webhook::{ALERT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use webhook::{
+    ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 
 /// How many accepted alert ids each sink remembers to avoid sending them again.
 pub const RECENT_IDS_PER_SINK: usize = 8192;
@@ -184,6 +187,24 @@ fn describe(failures: &[SinkFailure]) -> String {
         .join("; ")
 }
 
+/// One outbox entry as the sinks send it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// The body, sent byte for byte.
+    pub json: &'a str,
+    /// Its alert fields: the id receivers drop repeats by, and what routing reads.
+    pub alert: &'a Anomaly,
+    /// What happened to the incident, when the body is a notification.
+    pub event: Option<NotificationKind>,
+}
+
+impl Message<'_> {
+    /// The incident id and event name sent as headers, when the body is a notification.
+    fn incident(&self) -> Option<(&str, &'static str)> {
+        Some((self.alert.incident_id.as_deref()?, self.event?.name()))
+    }
+}
+
 /// A delivery target.
 #[derive(Debug)]
 enum Sink {
@@ -192,10 +213,10 @@ enum Sink {
 }
 
 impl Sink {
-    async fn send(&self, alert_id: &str, json: &str, alert: &Anomaly) -> Result<(), SinkError> {
+    async fn send(&self, message: Message<'_>) -> Result<(), SinkError> {
         match self {
-            Sink::RabbitMq(sink) => sink.publish(alert_id, json, alert).await,
-            Sink::Webhook(sink) => sink.post(alert_id, json).await,
+            Sink::RabbitMq(sink) => sink.publish(message).await,
+            Sink::Webhook(sink) => sink.post(message).await,
         }
     }
 }
@@ -286,22 +307,13 @@ impl Dispatcher {
         self.sinks.is_empty()
     }
 
-    /// Delivers one alert (`json` is sent byte for byte) to every sink that does not have it yet.
+    /// Delivers one message to every sink that does not have it yet.
     ///
     /// Returns `Ok` once every sink has accepted it; on error, the sinks that accepted it are
     /// remembered and skipped when the call is repeated.
-    pub async fn deliver(
-        &self,
-        alert_id: &str,
-        json: &str,
-        alert: &Anomaly,
-    ) -> Result<(), AlertingError> {
-        let results = join_all(
-            self.sinks
-                .iter()
-                .map(|slot| self.deliver_to(slot, alert_id, json, alert)),
-        )
-        .await;
+    pub async fn deliver(&self, message: Message<'_>) -> Result<(), AlertingError> {
+        let alert_id = message.alert.alert_id.as_str();
+        let results = join_all(self.sinks.iter().map(|slot| self.deliver_to(slot, message))).await;
         let failures: Vec<SinkFailure> = self
             .sinks
             .iter()
@@ -323,13 +335,8 @@ impl Dispatcher {
         }
     }
 
-    async fn deliver_to(
-        &self,
-        slot: &SinkSlot,
-        alert_id: &str,
-        json: &str,
-        alert: &Anomaly,
-    ) -> Result<(), SinkError> {
+    async fn deliver_to(&self, slot: &SinkSlot, message: Message<'_>) -> Result<(), SinkError> {
+        let alert_id = message.alert.alert_id.as_str();
         if lock(&slot.recent).contains(alert_id) {
             self.metrics.count(&slot.label, Outcome::AlreadyDelivered);
             return Ok(());
@@ -346,7 +353,7 @@ impl Dispatcher {
             return Err(SinkError::BreakerOpen { retry_in });
         }
         let started = Instant::now();
-        let result = self.send_with_retries(slot, alert_id, json, alert).await;
+        let result = self.send_with_retries(slot, message).await;
         self.metrics.observe(&slot.label, started.elapsed());
         let mut breaker = lock(&slot.breaker);
         let was_open = breaker.is_open();
@@ -374,13 +381,12 @@ impl Dispatcher {
     async fn send_with_retries(
         &self,
         slot: &SinkSlot,
-        alert_id: &str,
-        json: &str,
-        alert: &Anomaly,
+        message: Message<'_>,
     ) -> Result<(), SinkError> {
+        let alert_id = message.alert.alert_id.as_str();
         let mut failed_tries = 0;
         loop {
-            let error = match slot.sink.send(alert_id, json, alert).await {
+            let error = match slot.sink.send(message).await {
                 Ok(()) => return Ok(()),
                 Err(error) => error,
             };

@@ -4,7 +4,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -13,7 +13,7 @@ use sentinel_core::Anomaly;
 use tokio::sync::Mutex;
 
 use super::config::url_origin;
-use super::{AlertingError, RabbitConfig, SinkError};
+use super::{AlertingError, Message, RabbitConfig, SinkError};
 
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
@@ -25,6 +25,19 @@ pub fn routing_key(alert: &Anomaly) -> String {
         alert.severity.name(),
         alert.anomaly_type.name()
     )
+}
+
+/// AMQP headers of a message: `incident_id` and `event` when it is a notification.
+fn headers(message: Message<'_>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some((incident_id, event)) = message.incident() {
+        headers.insert(
+            "incident_id".into(),
+            AMQPValue::LongString(incident_id.into()),
+        );
+        headers.insert("event".into(), AMQPValue::LongString(event.into()));
+    }
+    headers
 }
 
 /// An open connection and its confirm-mode channel.
@@ -64,14 +77,9 @@ impl RabbitSink {
         })
     }
 
-    /// Publishes one alert and waits for the broker's confirm, all within the timeout.
-    pub(crate) async fn publish(
-        &self,
-        alert_id: &str,
-        json: &str,
-        alert: &Anomaly,
-    ) -> Result<(), SinkError> {
-        let result = tokio::time::timeout(self.timeout, self.try_publish(alert_id, json, alert))
+    /// Publishes one message and waits for the broker's confirm, all within the timeout.
+    pub(crate) async fn publish(&self, message: Message<'_>) -> Result<(), SinkError> {
+        let result = tokio::time::timeout(self.timeout, self.try_publish(message))
             .await
             .unwrap_or(Err(SinkError::Timeout {
                 after: self.timeout,
@@ -85,12 +93,7 @@ impl RabbitSink {
         result
     }
 
-    async fn try_publish(
-        &self,
-        alert_id: &str,
-        json: &str,
-        alert: &Anomaly,
-    ) -> Result<(), SinkError> {
+    async fn try_publish(&self, message: Message<'_>) -> Result<(), SinkError> {
         let channel = self.channel().await?;
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -99,18 +102,19 @@ impl RabbitSink {
         let properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
-            .with_message_id(alert_id.into())
+            .with_message_id(message.alert.alert_id.as_str().into())
             .with_timestamp(sent_at)
-            .with_app_id("sentinel".into());
+            .with_app_id("sentinel".into())
+            .with_headers(headers(message));
         let confirmation = channel
             .basic_publish(
                 self.exchange.as_str().into(),
-                routing_key(alert).into(),
+                routing_key(message.alert).into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                json.as_bytes(),
+                message.json.as_bytes(),
                 properties,
             )
             .await

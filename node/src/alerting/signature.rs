@@ -66,9 +66,9 @@ mod tests {
         ));
     }
 
-    /// The worked example of `docs/alerting.md` stays true: its body is an alert exactly
-    /// as a node serializes it, its pretty-printed payload is the same alert, and its
-    /// headers are what a node sends.
+    /// The worked example of `docs/alerting.md` stays true: its body is a notification
+    /// exactly as a node serializes it, its pretty-printed payload is the same
+    /// notification, and its headers are what a node sends.
     #[test]
     fn the_documented_worked_example_is_what_a_node_sends() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/alerting.md");
@@ -80,9 +80,14 @@ mod tests {
         };
         let body = format!("{{\"alert_id\":{}", line("{\"alert_id\":"));
         let secret = line("secret='").trim_end_matches('\'');
-        let alert: sentinel_core::Anomaly = serde_json::from_str(&body).unwrap();
-        assert_eq!(serde_json::to_string(&alert).unwrap(), body);
-        assert_eq!(line("X-Sentinel-Alert-Id: "), alert.alert_id);
+        let notification: sentinel_core::Notification = serde_json::from_str(&body).unwrap();
+        assert_eq!(serde_json::to_string(&notification).unwrap(), body);
+        assert_eq!(line("X-Sentinel-Alert-Id: "), notification.alert.alert_id);
+        assert_eq!(
+            line("X-Sentinel-Incident-Id: "),
+            notification.incident.incident_id
+        );
+        assert_eq!(line("X-Sentinel-Event: "), notification.event.name());
         assert_eq!(
             line("X-Sentinel-Signature: "),
             sign(secret.as_bytes(), body.as_bytes())

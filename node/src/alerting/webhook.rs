@@ -1,4 +1,4 @@
-//! Webhook sink: a signed HTTP POST of the alert JSON.
+//! Webhook sink: a signed HTTP POST of the notification JSON.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -8,7 +8,7 @@ use reqwest::header::CONTENT_TYPE;
 use reqwest::StatusCode;
 
 use super::config::{url_origin, SecretSource};
-use super::{sign, AlertingError, SinkError, WebhookConfig};
+use super::{sign, AlertingError, Message, SinkError, WebhookConfig};
 
 /// Header carrying the body's HMAC-SHA256 signature.
 pub const SIGNATURE_HEADER: &str = "X-Sentinel-Signature";
@@ -16,6 +16,10 @@ pub const SIGNATURE_HEADER: &str = "X-Sentinel-Signature";
 pub const ALERT_ID_HEADER: &str = "X-Sentinel-Alert-Id";
 /// Header carrying the Unix time (seconds) at which the request was sent.
 pub const TIMESTAMP_HEADER: &str = "X-Sentinel-Timestamp";
+/// Header carrying the incident id of a notification, for receivers that route by incident.
+pub const INCIDENT_ID_HEADER: &str = "X-Sentinel-Incident-Id";
+/// Header carrying what happened to the incident: `opened`, `escalated` or `resolved`.
+pub const EVENT_HEADER: &str = "X-Sentinel-Event";
 
 /// An HMAC key, kept out of `Debug` output.
 struct Secret(Vec<u8>);
@@ -96,21 +100,30 @@ impl WebhookSink {
         })
     }
 
-    /// Makes one signed POST of `json`; only a 2xx answer counts as accepted.
-    pub(crate) async fn post(&self, alert_id: &str, json: &str) -> Result<(), SinkError> {
+    /// Makes one signed POST of the message; only a 2xx answer counts as accepted.
+    pub(crate) async fn post(&self, message: Message<'_>) -> Result<(), SinkError> {
         let sent_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let response = self
+        let mut request = self
             .client
             .post(&self.url)
             .timeout(self.timeout)
             .header(CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, sign(&self.secret.0, json.as_bytes()))
-            .header(ALERT_ID_HEADER, alert_id)
-            .header(TIMESTAMP_HEADER, sent_at.to_string())
-            .body(json.to_owned())
+            .header(
+                SIGNATURE_HEADER,
+                sign(&self.secret.0, message.json.as_bytes()),
+            )
+            .header(ALERT_ID_HEADER, message.alert.alert_id.as_str())
+            .header(TIMESTAMP_HEADER, sent_at.to_string());
+        if let Some((incident_id, event)) = message.incident() {
+            request = request
+                .header(INCIDENT_ID_HEADER, incident_id)
+                .header(EVENT_HEADER, event);
+        }
+        let response = request
+            .body(message.json.to_owned())
             .send()
             .await
             .map_err(|error| SinkError::Http(error.without_url()))?;
