@@ -201,7 +201,7 @@ const MAD: ThresholdDetector = ThresholdDetector::on(3.5);
 mod shipped {
     use serde::de::{DeserializeOwned, Deserializer, Error};
     use serde::{Deserialize, Serialize};
-    use serde_json::{Map, Value};
+    use serde_json::Value;
 
     use super::{OnsetSection, ThresholdDetector};
     use crate::onset::OnsetConfig;
@@ -212,7 +212,12 @@ mod shipped {
         D: Deserializer<'de>,
         T: Serialize + DeserializeOwned,
     {
-        let given = Map::<String, Value>::deserialize(d)?;
+        // A configuration gives a map; compact encodings (the Raft log's MessagePack) give
+        // every field in order, which needs no filling.
+        let given = match Value::deserialize(d)? {
+            Value::Object(given) => given,
+            whole => return serde_json::from_value(whole).map_err(D::Error::custom),
+        };
         let mut merged = serde_json::to_value(shipped).map_err(D::Error::custom)?;
         if let Some(keys) = merged.as_object_mut() {
             keys.extend(given);
@@ -862,6 +867,13 @@ mod tests {
             shipped,
             OnsetConfig::default(),
             "the shipped section is its own"
+        );
+
+        // The Raft log encodes structs compactly, as sequences of their fields.
+        let bytes = rmp_serde::to_vec(&cfg).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<DetectionConfig>(&bytes).unwrap(),
+            cfg
         );
     }
 }

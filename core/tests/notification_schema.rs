@@ -93,22 +93,27 @@ impl Traffic {
         (event, values)
     }
 
-    /// `n` calls on `service`; the notifications they queued.
+    /// `n` calls on `service`, every `every`-th one `factor` times slower; the
+    /// notifications they queued.
     fn run(
         &mut self,
         detector: &mut ShardDetector,
         service: &str,
         n: usize,
-        factor: f64,
+        (factor, every): (f64, usize),
     ) -> Vec<Notification> {
         (0..n)
-            .flat_map(|_| {
-                let (event, values) = self.next(service, factor);
+            .flat_map(|i| {
+                let slow = if i % every == 0 { factor } else { 1.0 };
+                let (event, values) = self.next(service, slow);
                 detector.observe(&event, &values).notifications
             })
             .collect()
     }
 }
+
+/// Calls at their usual latency.
+const STEADY: (f64, usize) = (1.0, 1);
 
 /// A detector whose incidents resolve after 10 s of quiet calls.
 fn detector() -> ShardDetector {
@@ -122,9 +127,11 @@ fn notifications_of_a_sustained_latency_spike_match_the_schema() {
     let validator = validator();
     let mut detector = detector();
     let mut traffic = Traffic::new();
-    assert!(traffic.run(&mut detector, "chat", 1500, 1.0).is_empty());
-    let mut sent = traffic.run(&mut detector, "chat", 300, 10.0);
-    sent.extend(traffic.run(&mut detector, "chat", 1500, 1.0));
+    assert!(traffic.run(&mut detector, "chat", 1500, STEADY).is_empty());
+    // One call in four slow, then every call: the incident opens, then escalates.
+    let mut sent = traffic.run(&mut detector, "chat", 200, (10.0, 4));
+    sent.extend(traffic.run(&mut detector, "chat", 200, (10.0, 1)));
+    sent.extend(traffic.run(&mut detector, "chat", 1500, STEADY));
 
     let events: Vec<NotificationKind> = sent.iter().map(|n| n.event).collect();
     assert_eq!(
@@ -165,8 +172,8 @@ fn a_notification_of_an_incident_resolved_by_hand_matches_the_schema() {
     config.incidents.latency_cap_ms = Some(10_000.0);
     let mut detector = ShardDetector::new(3, config).unwrap();
     let mut traffic = Traffic::new();
-    traffic.run(&mut detector, "search", 50, 1.0);
-    let opened = traffic.run(&mut detector, "search", 1, 100.0);
+    traffic.run(&mut detector, "search", 50, STEADY);
+    let opened = traffic.run(&mut detector, "search", 1, (100.0, 1));
     assert_eq!(opened.len(), 1, "a call over the cap opens an incident");
     let incident_id = opened[0].incident.incident_id.clone();
 
@@ -194,7 +201,7 @@ fn payloads_the_schema_does_not_describe_are_refused() {
     config.incidents.latency_cap_ms = Some(10_000.0);
     let mut detector = ShardDetector::new(3, config).unwrap();
     let mut traffic = Traffic::new();
-    let opened = traffic.run(&mut detector, "support", 1, 100.0);
+    let opened = traffic.run(&mut detector, "support", 1, (100.0, 1));
     let payload = serde_json::to_value(&opened[0]).unwrap();
     assert!(violations(&validator, &payload).is_empty());
 
