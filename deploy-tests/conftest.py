@@ -63,6 +63,7 @@ VALUE_SETS = {
             "dashboards": {"enabled": True, "namespace": "grafana"},
         },
     },
+    "formed cluster": {"nodes": {"count": 4, "seedOrdinals": [0, 1, 2]}},
     "development": {
         "nodes": {"count": 1, "storage": {"size": "1Gi"}},
         "cluster": {"shards": 8, "replicas": 1},

@@ -46,6 +46,12 @@ def test_the_schema_refuses_bad_values_naming_the_key(case):
     assert any(message in error for error in report["errors"]), report
 
 
+def test_seeds_must_be_pods_of_the_release():
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render_chart({"nodes": {"count": 3, "seedOrdinals": [0, 3]}})
+    assert "nodes.seedOrdinals: pod 3 does not exist with nodes.count 3" in str(refused.value)
+
+
 def test_the_default_release_renders_the_objects_of_the_kustomize_base(charts):
     def names(objects):
         return sorted(
