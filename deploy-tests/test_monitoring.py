@@ -44,10 +44,11 @@ def alerts() -> list[dict]:
 
 def exported_metrics() -> set[str]:
     """The metric families the node and router register, read from their sources: every
-    string literal naming a sentinel_ metric (histograms add their series suffixes)."""
+    string literal naming a sentinel_ or process_ metric (histograms add their series
+    suffixes)."""
     names = set()
     for source in [*ROOT.glob("node/src/**/*.rs"), *ROOT.glob("router/src/**/*.rs")]:
-        names |= set(re.findall(r'"(sentinel_[a-z0-9_]+)"', source.read_text()))
+        names |= set(re.findall(r'"((?:sentinel|process)_[a-z0-9_]+)"', source.read_text()))
     return names
 
 

@@ -146,6 +146,31 @@ def cluster_overview() -> Dashboard:
                 ),
             )
         )
+        .with_row(Row("Resources"))
+        .with_panel(
+            series(
+                "CPU per node",
+                "percentunit",
+                "CPU time the node process uses, in cores.",
+                query(f"rate(process_cpu_seconds_total{{{NODES}}}[$__rate_interval])", "{{instance}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Memory per node",
+                "bytes",
+                "Resident memory of the node process.",
+                query(f"process_resident_memory_bytes{{{NODES}}}", "{{instance}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "File descriptors",
+                "percentunit",
+                "Open file descriptors as a share of the process's limit.",
+                query(f"process_open_fds{{{NODES}}} / process_max_fds{{{NODES}}}", "{{instance}}"),
+            )
+        )
         .with_panel(
             series(
                 "gRPC answers by code",
@@ -336,12 +361,50 @@ def detection() -> Dashboard:
 
 
 def storage() -> Dashboard:
-    """Raft groups and the work of applying their logs."""
+    """RocksDB, the data volume, and the Raft groups whose logs they hold."""
     return (
         dashboard(
             "sentinel-storage",
             "Sentinel / Storage and Raft",
-            "Commit latency, apply lag, terms and leader changes per Raft group.",
+            "RocksDB size, compaction and write stalls, the data volume, commit latency, apply lag, terms and leader changes.",
+        )
+        .with_row(Row("RocksDB"))
+        .with_panel(
+            series(
+                "Data volume used",
+                "percentunit",
+                "Share of each node's data volume in use; a node stops when it is full.",
+                query(
+                    f"1 - sentinel_data_volume_available_bytes{{{NODES}}} / sentinel_data_volume_size_bytes{{{NODES}}}",
+                    "{{instance}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "RocksDB size",
+                "bytes",
+                "Bytes of live SST files and of memtables, per node.",
+                query(f"sentinel_rocksdb_live_sst_bytes{{{NODES}}}", "{{instance}} SST"),
+                query(f"sentinel_rocksdb_memtable_bytes{{{NODES}}}", "{{instance}} memtables"),
+            )
+        )
+        .with_panel(
+            series(
+                "Pending compaction",
+                "bytes",
+                "Bytes compaction still has to rewrite; RocksDB slows writes from 64 GiB.",
+                query(f"sentinel_rocksdb_pending_compaction_bytes{{{NODES}}}", "{{instance}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Write stalls",
+                "Bps",
+                "The rate RocksDB slows writes to (0 while it does not), and whether it stops them.",
+                query(f"sentinel_rocksdb_delayed_write_rate_bytes{{{NODES}}}", "{{instance}} slowed to"),
+                query(f"sentinel_rocksdb_write_stopped{{{NODES}}}", "{{instance}} stopped"),
+            )
         )
         .with_row(Row("Raft"))
         .with_panel(

@@ -15,6 +15,7 @@ pub mod intake;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
+pub mod process;
 pub mod registry;
 pub mod server;
 pub mod service;

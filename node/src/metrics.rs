@@ -6,14 +6,16 @@ use std::task::{Context, Poll};
 
 use axum::http;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 use sentinel_core::{Anomaly, NotificationKind};
 use sentinel_proto::v1::Outcome;
-use sentinel_storage_engine::KeyLimit;
+use sentinel_storage_engine::{Engine, KeyLimit};
 use tonic::Code;
 
 use crate::host::Host;
+use crate::process::ProcessStats;
 
 /// Every metric family a node exports.
 #[derive(Clone)]
@@ -58,6 +60,48 @@ pub struct NodeMetrics {
     key_limit_refusals: IntCounterVec,
     /// Shard replicas hosted.
     replicas: IntGauge,
+    /// What the node's RocksDB holds and whether it slows writes.
+    rocksdb: RocksDbGauges,
+    /// The file system of the data directory.
+    volume: VolumeGauges,
+    /// The process's CPU, memory and file descriptors.
+    process: ProcessGauges,
+}
+
+/// RocksDB's size and write-stall gauges.
+#[derive(Clone)]
+struct RocksDbGauges {
+    live_sst_bytes: IntGauge,
+    pending_compaction_bytes: IntGauge,
+    memtable_bytes: IntGauge,
+    write_stopped: IntGauge,
+    delayed_write_rate: IntGauge,
+}
+
+/// Size and free space of the data directory's file system.
+#[derive(Clone)]
+struct VolumeGauges {
+    size_bytes: IntGauge,
+    available_bytes: IntGauge,
+}
+
+/// The standard `process_*` metrics.
+#[derive(Clone)]
+struct ProcessGauges {
+    cpu_seconds: Counter,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+}
+
+/// Registers `metric` in `registry` and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> prometheus::Result<M> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 fn counter_vec(
@@ -106,6 +150,59 @@ impl NodeMetrics {
         registry.register(Box::new(ingest_seconds.clone()))?;
         let replicas = IntGauge::new("sentinel_shard_replicas", "Shard replicas hosted")?;
         registry.register(Box::new(replicas.clone()))?;
+        let int_gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let gauge = |name: &str, help: &str| registered(&registry, Gauge::new(name, help)?);
+        let rocksdb = RocksDbGauges {
+            live_sst_bytes: int_gauge(
+                "sentinel_rocksdb_live_sst_bytes",
+                "Bytes of the SST files RocksDB's current version uses",
+            )?,
+            pending_compaction_bytes: int_gauge(
+                "sentinel_rocksdb_pending_compaction_bytes",
+                "Bytes compaction must rewrite to bring every level within its target (estimate)",
+            )?,
+            memtable_bytes: int_gauge(
+                "sentinel_rocksdb_memtable_bytes",
+                "Bytes held by RocksDB's memtables",
+            )?,
+            write_stopped: int_gauge(
+                "sentinel_rocksdb_write_stopped",
+                "1 while RocksDB stops writes (too many level-0 files, memtables or pending compaction bytes)",
+            )?,
+            delayed_write_rate: int_gauge(
+                "sentinel_rocksdb_delayed_write_rate_bytes",
+                "Bytes a second RocksDB slows writes to; 0 while it does not",
+            )?,
+        };
+        let volume = VolumeGauges {
+            size_bytes: int_gauge(
+                "sentinel_data_volume_size_bytes",
+                "Bytes of the file system holding the data directory",
+            )?,
+            available_bytes: int_gauge(
+                "sentinel_data_volume_available_bytes",
+                "Bytes the node may still write on the file system of its data directory",
+            )?,
+        };
+        let process = ProcessGauges {
+            cpu_seconds: registered(
+                &registry,
+                Counter::new(
+                    "process_cpu_seconds_total",
+                    "User and system CPU time spent in seconds",
+                )?,
+            )?,
+            resident_bytes: gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+            )?,
+            virtual_bytes: gauge(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+            )?,
+            open_fds: gauge("process_open_fds", "Number of open file descriptors")?,
+            max_fds: gauge("process_max_fds", "Maximum number of open file descriptors")?,
+        };
         let metrics = NodeMetrics {
             events_processed: counter_vec(
                 &registry,
@@ -202,6 +299,9 @@ impl NodeMetrics {
             events_rejected,
             ingest_seconds,
             replicas,
+            rocksdb,
+            volume,
+            process,
         };
         // Every event's series exists from the start, so dashboards show it at zero.
         for event in [
@@ -302,6 +402,49 @@ impl NodeMetrics {
                 .set(metrics.last_log_index.unwrap_or(0).saturating_sub(applied) as i64);
         }
         self.replicas.set(hosted - 1);
+        self.sample_storage(&host.engine);
+        self.sample_process();
+    }
+
+    /// Samples the node's RocksDB and the file system of its data directory.
+    fn sample_storage(&self, engine: &Engine) {
+        match engine.rocksdb_stats() {
+            Ok(stats) => {
+                let g = &self.rocksdb;
+                g.live_sst_bytes.set(stats.live_sst_bytes as i64);
+                g.pending_compaction_bytes
+                    .set(stats.pending_compaction_bytes as i64);
+                g.memtable_bytes.set(stats.memtable_bytes as i64);
+                g.write_stopped.set(i64::from(stats.write_stopped));
+                g.delayed_write_rate.set(stats.delayed_write_rate as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading RocksDB's properties failed"),
+        }
+        match engine.volume_stats() {
+            Ok(stats) => {
+                self.volume.size_bytes.set(stats.size_bytes as i64);
+                self.volume
+                    .available_bytes
+                    .set(stats.available_bytes as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the data volume's size failed"),
+        }
+    }
+
+    /// Samples the process's CPU time, memory and file descriptors.
+    fn sample_process(&self) {
+        match ProcessStats::read() {
+            Ok(stats) => {
+                let g = &self.process;
+                g.cpu_seconds
+                    .inc_by((stats.cpu_seconds - g.cpu_seconds.get()).max(0.0));
+                g.resident_bytes.set(stats.resident_bytes as f64);
+                g.virtual_bytes.set(stats.virtual_bytes as f64);
+                g.open_fds.set(stats.open_fds as f64);
+                g.max_fds.set(stats.max_fds as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the process's figures failed"),
+        }
     }
 }
 

@@ -51,6 +51,31 @@ pub struct EngineStats {
     pub log_bytes: AtomicU64,
 }
 
+/// What RocksDB reports of its size and of slowed or stopped writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RocksDbStats {
+    /// Bytes of the SST files the current version of the database uses.
+    pub live_sst_bytes: u64,
+    /// Bytes compaction must rewrite to bring every level within its target size.
+    pub pending_compaction_bytes: u64,
+    /// Bytes held by the memtables, active and immutable.
+    pub memtable_bytes: u64,
+    /// Whether RocksDB stopped writes (too many level-0 files, memtables or pending
+    /// compaction bytes).
+    pub write_stopped: bool,
+    /// The rate RocksDB slows writes to, in bytes a second; 0 while it does not.
+    pub delayed_write_rate: u64,
+}
+
+/// Size and free space of the file system holding the engine's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeStats {
+    /// Bytes of the file system.
+    pub size_bytes: u64,
+    /// Bytes an unprivileged process may still write.
+    pub available_bytes: u64,
+}
+
 /// One RocksDB holding the Raft logs and state of every shard replica on a node.
 pub struct Engine {
     pub(crate) db: Arc<DB>,
@@ -127,6 +152,29 @@ impl Engine {
     /// Group-commit counters.
     pub fn stats(&self) -> &EngineStats {
         &self.stats
+    }
+
+    /// RocksDB's size and write-stall properties.
+    pub fn rocksdb_stats(&self) -> Result<RocksDbStats, Error> {
+        let property = |name: &str| -> Result<u64, Error> {
+            Ok(self.db.property_int_value(name)?.unwrap_or(0))
+        };
+        Ok(RocksDbStats {
+            live_sst_bytes: property("rocksdb.live-sst-files-size")?,
+            pending_compaction_bytes: property("rocksdb.estimate-pending-compaction-bytes")?,
+            memtable_bytes: property("rocksdb.cur-size-all-mem-tables")?,
+            write_stopped: property("rocksdb.is-write-stopped")? != 0,
+            delayed_write_rate: property("rocksdb.actual-delayed-write-rate")?,
+        })
+    }
+
+    /// Size and free space of the file system holding the engine's directory.
+    pub fn volume_stats(&self) -> Result<VolumeStats, Error> {
+        let stats = rustix::fs::statvfs(&self.dir).map_err(std::io::Error::from)?;
+        Ok(VolumeStats {
+            size_bytes: stats.f_blocks.saturating_mul(stats.f_frsize),
+            available_bytes: stats.f_bavail.saturating_mul(stats.f_frsize),
+        })
     }
 
     /// Groups (shards and documents) that have data on this node, ascending.

@@ -24,7 +24,7 @@ pub use command::{
     Retention, ShardSettings, SourcePartition,
 };
 pub use document::{Applied, Document, DocumentConfig, DocumentMachine, DocumentReader};
-pub use engine::{Engine, EngineOptions, EngineStats};
+pub use engine::{Engine, EngineOptions, EngineStats, RocksDbStats, VolumeStats};
 pub use error::Error;
 pub use log::{LogConfig, ShardLog};
 pub use machine::{ShardSnapshotBuilder, ShardStateMachine};

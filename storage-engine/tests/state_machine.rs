@@ -655,3 +655,26 @@ proptest::proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_reports_its_volume_and_what_rocksdb_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+        let empty = engine.rocksdb_stats().unwrap();
+        write_log(&engine, 5, restart_commands(), true).await;
+        let written = engine.rocksdb_stats().unwrap();
+        assert!(
+            written.memtable_bytes > empty.memtable_bytes,
+            "{empty:?} then {written:?}"
+        );
+        assert!(!written.write_stopped);
+        assert_eq!(written.delayed_write_rate, 0);
+        let volume = engine.volume_stats().unwrap();
+        assert!(volume.size_bytes > 0);
+        assert!(volume.available_bytes <= volume.size_bytes);
+    }
+    // Opening again flushes what the log recovered into SST files.
+    let engine = Engine::open(dir.path(), EngineOptions::default()).unwrap();
+    assert!(engine.rocksdb_stats().unwrap().live_sst_bytes > 0);
+}
