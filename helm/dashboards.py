@@ -409,6 +409,18 @@ def storage() -> Dashboard:
         .with_row(Row("Raft"))
         .with_panel(
             series(
+                "Snapshot transfers",
+                "Bps",
+                "Snapshot bytes each node sends (acknowledged) and installs, as replicas move.",
+                query(f"rate(sentinel_snapshot_bytes_sent_total{{{NODES}}}[$__rate_interval])", "{{instance}} sent"),
+                query(
+                    f"rate(sentinel_snapshot_bytes_received_total{{{NODES}}}[$__rate_interval])",
+                    "{{instance}} received",
+                ),
+            )
+        )
+        .with_panel(
+            series(
                 "Ingest commit latency",
                 "s",
                 "Propose to commit and apply of an ingest batch.",

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use openraft::error::Fatal;
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use prometheus::IntCounter;
 use sentinel_storage_engine::{
     DocumentReader, Engine, EngineOptions, Error as StorageError, ShardReader, ShardSettings,
     TypeConfig,
@@ -111,14 +112,15 @@ fn raft_config(
 
 impl Host {
     /// Opens the node's storage and every Raft group stored in it; peers are called over
-    /// `transport`.
+    /// `transport`, and the snapshot bytes they acknowledge counted in `snapshot_bytes_sent`.
     pub async fn open(
         config: NodeConfig,
         transport: ClusterTransport,
+        snapshot_bytes_sent: IntCounter,
     ) -> Result<Arc<Host>, NodeError> {
         let id = config.node.id;
         let engine = Engine::open(&config.node.data_dir, EngineOptions::default())?;
-        let peers = Peers::new(id, transport);
+        let peers = Peers::new(id, transport, snapshot_bytes_sent);
         let shard_raft = raft_config(&config, config.raft.snapshot_every_entries)?;
         let (log, machine, registry) =
             engine.open_document::<MetaConfig, Registry>(METADATA_GROUP)?;

@@ -32,6 +32,10 @@ pub struct NodeMetrics {
     pub ingest_seconds: Histogram,
     /// Membership and leadership actions taken by the reconciler.
     pub rebalance_actions: IntCounterVec,
+    /// Snapshot bytes this node sent and its peers acknowledged.
+    pub snapshot_bytes_sent: IntCounter,
+    /// Snapshot bytes this node received and installed.
+    pub snapshot_bytes_received: IntCounter,
     /// gRPC requests answered, by method and status code.
     grpc_requests: IntCounterVec,
     /// Alerts delivered by shard leaders, by severity and detector.
@@ -151,6 +155,15 @@ impl NodeMetrics {
         let replicas = IntGauge::new("sentinel_shard_replicas", "Shard replicas hosted")?;
         registry.register(Box::new(replicas.clone()))?;
         let int_gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help)?);
+        let snapshot_bytes_sent = counter(
+            "sentinel_snapshot_bytes_sent_total",
+            "Snapshot bytes sent to peers and acknowledged by them",
+        )?;
+        let snapshot_bytes_received = counter(
+            "sentinel_snapshot_bytes_received_total",
+            "Snapshot bytes received from leaders and installed",
+        )?;
         let gauge = |name: &str, help: &str| registered(&registry, Gauge::new(name, help)?);
         let rocksdb = RocksDbGauges {
             live_sst_bytes: int_gauge(
@@ -299,6 +312,8 @@ impl NodeMetrics {
             events_rejected,
             ingest_seconds,
             replicas,
+            snapshot_bytes_sent,
+            snapshot_bytes_received,
             rocksdb,
             volume,
             process,

@@ -62,7 +62,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
     let incoming = transport.incoming(grpc);
-    let host = Host::open(config, transport).await?;
+    let host = Host::open(config, transport, metrics.snapshot_bytes_sent.clone()).await?;
     tracing::info!(
         node = host.id,
         grpc = %host.config.node.listen,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::error::RaftError;
+use openraft::raft::InstallSnapshotRequest;
 use sentinel_core::incident::{Actor, IncidentStatus, Silence};
 use sentinel_core::{FieldError, Severity};
 use sentinel_proto::not_leader;
@@ -21,7 +22,7 @@ use sentinel_proto::v1::{
 };
 use sentinel_storage_engine::{
     Command, EventOutcome, IncidentQuery, IngestBatch, IngestEvent, Response as ShardResponse,
-    SourcePartition, TelemetryQuery,
+    SourcePartition, TelemetryQuery, TypeConfig,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -30,7 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::cluster;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
-use crate::registry::METADATA_GROUP;
+use crate::registry::{MetaConfig, METADATA_GROUP};
 use crate::transport::{decode, encode};
 
 /// Most records one query answers.
@@ -651,12 +652,21 @@ impl RaftTransport for NodeService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        let reply = if message.group == METADATA_GROUP {
-            encode(&self.host.meta.install_snapshot(payload(&message)?).await)
+        let (reply, bytes) = if message.group == METADATA_GROUP {
+            let chunk: InstallSnapshotRequest<MetaConfig> = payload(&message)?;
+            let bytes = chunk.data.len() as u64;
+            let reply = self.host.meta.install_snapshot(chunk).await;
+            (reply.is_ok().then_some(bytes), encode(&reply))
         } else {
             let replica = self.raft_replica(message.group).await?;
-            encode(&replica.raft.install_snapshot(payload(&message)?).await)
+            let chunk: InstallSnapshotRequest<TypeConfig> = payload(&message)?;
+            let bytes = chunk.data.len() as u64;
+            let reply = replica.raft.install_snapshot(chunk).await;
+            (reply.is_ok().then_some(bytes), encode(&reply))
         };
+        if let Some(bytes) = bytes {
+            self.metrics.snapshot_bytes_received.inc_by(bytes);
+        }
         Ok(self.raft_reply(message.group, reply))
     }
 }

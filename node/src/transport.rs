@@ -15,6 +15,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftTypeConfig};
+use prometheus::IntCounter;
 use sentinel_proto::v1::raft_transport_client::RaftTransportClient;
 use sentinel_proto::v1::RaftMessage;
 use sentinel_tls::ClusterTransport;
@@ -32,15 +33,23 @@ pub struct Peers {
     node_id: u64,
     transport: ClusterTransport,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Snapshot bytes that peers acknowledged.
+    snapshot_bytes_sent: IntCounter,
 }
 
 impl Peers {
-    /// Channels for a node with id `node_id`, over `transport`.
-    pub fn new(node_id: u64, transport: ClusterTransport) -> Arc<Peers> {
+    /// Channels for a node with id `node_id`, over `transport`; snapshot bytes sent are
+    /// counted in `snapshot_bytes_sent`.
+    pub fn new(
+        node_id: u64,
+        transport: ClusterTransport,
+        snapshot_bytes_sent: IntCounter,
+    ) -> Arc<Peers> {
         Arc::new(Peers {
             node_id,
             transport,
             channels: Mutex::new(HashMap::new()),
+            snapshot_bytes_sent,
         })
     }
 
@@ -189,7 +198,10 @@ where
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+        let bytes = rpc.data.len() as u64;
+        let reply = self.call(Rpc::InstallSnapshot, &rpc, &option).await?;
+        self.peers.snapshot_bytes_sent.inc_by(bytes);
+        Ok(reply)
     }
 
     async fn vote(
