@@ -1008,6 +1008,30 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         metrics.contains("sentinel_key_limit_refusals_total{limit=\"models_per_service\"} 1"),
         "{metrics}"
     );
+    // The node's storage, data volume and process figures.
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    for name in [
+        "sentinel_data_volume_size_bytes",
+        "sentinel_data_volume_available_bytes",
+        "sentinel_rocksdb_memtable_bytes",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(value(name).is_some_and(|v| v > 0.0), "{name} in {metrics}");
+    }
+    assert_eq!(value("sentinel_rocksdb_write_stopped"), Some(0.0));
+    assert_eq!(
+        value("sentinel_rocksdb_delayed_write_rate_bytes"),
+        Some(0.0)
+    );
+    assert!(value("sentinel_snapshot_bytes_sent_total").is_some());
 }
 
 /// A stale vote request (term 0) as MessagePack.
