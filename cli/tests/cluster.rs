@@ -1038,3 +1038,58 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
 fn rmp_vote(value: &serde_json::Value) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("encodes")
 }
+
+/// Prometheus, loaded with the chart's alert rules and scraping a real cluster, evaluates
+/// every rule without error and fires `SentinelNodeDown` for a node killed with SIGKILL
+/// (after the rule's minute), and for no other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_with_the_alert_rules_fires_node_down_for_a_killed_node() {
+    let mut cluster = Cluster::start(3, 4, 3);
+    cluster.wait_converged(CONVERGE).await;
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../helm/sentinel/files/alerts.yaml");
+    let nodes: Vec<String> = cluster.nodes.values().map(|n| n.http.clone()).collect();
+    let prometheus =
+        services::Prometheus::start(&[("sentinel-node", nodes.clone())], &[&rules]).await;
+
+    let rules_healthy = wait_for(Duration::from_secs(30), async || {
+        let groups = prometheus.api("/api/v1/rules", &[]).await["groups"].clone();
+        let rules: Vec<_> = groups
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let up = prometheus
+            .api(
+                "/api/v1/query",
+                &[("query", "sum(up{job=\"sentinel-node\"})")],
+            )
+            .await;
+        let all_up = up["result"][0]["value"][1] == "3";
+        (all_up && !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok")).then_some(rules)
+    })
+    .await
+    .expect("every target up and every rule evaluated without error");
+    assert!(rules_healthy.len() >= 15, "{rules_healthy:?}");
+
+    let killed = cluster.nodes[&2].http.clone();
+    cluster.kill(2);
+    let firing = wait_for(Duration::from_secs(150), async || {
+        let alerts = prometheus.api("/api/v1/alerts", &[]).await["alerts"].clone();
+        let down: Vec<String> = alerts
+            .as_array()?
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "SentinelNodeDown" && a["state"] == "firing")
+            .map(|a| {
+                a["labels"]["instance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        (!down.is_empty()).then_some(down)
+    })
+    .await
+    .expect("SentinelNodeDown fires");
+    assert_eq!(firing, vec![killed]);
+}

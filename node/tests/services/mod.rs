@@ -1,6 +1,6 @@
 //! Real services for integration tests: RabbitMQ, a signature-checking webhook receiver, a
-//! TCP proxy whose connections can be cut, and VictoriaMetrics (the InfluxDB v2 write API).
-//! Each test file uses the parts it needs.
+//! TCP proxy whose connections can be cut, VictoriaMetrics (the InfluxDB v2 write API) and
+//! a Prometheus server. Each test file uses the parts it needs.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -562,6 +562,98 @@ impl VictoriaMetrics {
 }
 
 impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Prometheus server (Debian package `prometheus`, installed by `scripts/setup`).
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// A Prometheus server scraping given targets every second with given rule files, killed
+/// on drop.
+pub struct Prometheus {
+    child: Child,
+    /// Base URL of its HTTP API.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts a server scraping `targets` (job name, then `host:port` of `/metrics`) every
+    /// second and evaluating `rule_files` every second, and waits until it is ready.
+    pub async fn start(
+        targets: &[(&str, Vec<String>)],
+        rule_files: &[&std::path::Path],
+    ) -> Prometheus {
+        assert!(
+            std::path::Path::new(PROMETHEUS).exists(),
+            "{PROMETHEUS} is missing: run scripts/setup --tests"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": rule_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "scrape_configs": targets.iter().map(|(job, addresses)| serde_json::json!({
+                "job_name": job,
+                "static_configs": [{"targets": addresses}],
+            })).collect::<Vec<_>>(),
+        });
+        // JSON is YAML: Prometheus reads it as its configuration file.
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config.to_string()).unwrap();
+        let http = reqwest::Client::new();
+        for _ in 0..5 {
+            let url = format!("http://127.0.0.1:{}", closed_port_addr().port());
+            let mut child = Command::new(PROMETHEUS)
+                .arg(format!("--config.file={}", config_file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.path().join("data").display()
+                ))
+                .arg(format!("--web.listen-address={}", &url["http://".len()..]))
+                .arg("--log.level=error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("prometheus starts");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                let ready = http.get(format!("{url}/-/ready")).send().await;
+                if ready.is_ok_and(|r| r.status().is_success()) {
+                    return Prometheus {
+                        child,
+                        url,
+                        _dir: dir,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("prometheus did not become ready");
+    }
+
+    /// The `data` of a GET of the API path `path` (e.g. `/api/v1/alerts`).
+    pub async fn api(&self, path: &str, query: &[(&str, &str)]) -> serde_json::Value {
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["data"].clone()
+    }
+}
+
+impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
