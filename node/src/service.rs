@@ -652,7 +652,7 @@ impl RaftTransport for NodeService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let message = request.into_inner();
-        let (reply, bytes) = if message.group == METADATA_GROUP {
+        let (installed, reply) = if message.group == METADATA_GROUP {
             let chunk: InstallSnapshotRequest<MetaConfig> = payload(&message)?;
             let bytes = chunk.data.len() as u64;
             let reply = self.host.meta.install_snapshot(chunk).await;
@@ -664,7 +664,7 @@ impl RaftTransport for NodeService {
             let reply = replica.raft.install_snapshot(chunk).await;
             (reply.is_ok().then_some(bytes), encode(&reply))
         };
-        if let Some(bytes) = bytes {
+        if let Some(bytes) = installed {
             self.metrics.snapshot_bytes_received.inc_by(bytes);
         }
         Ok(self.raft_reply(message.group, reply))
