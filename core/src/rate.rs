@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{AnomalyType, Finding};
 use crate::config::{ErrorRateConfig, RequestRateConfig, UserUsageConfig};
-use crate::detect::IQR_CONSISTENCY;
+use crate::detect::{IQR_CONSISTENCY, MAD_CONSISTENCY};
 use crate::window::Window;
 
 /// The event-time bucket a bucketed detector is filling.
@@ -195,22 +195,31 @@ impl RequestRate {
         if self.history.len() < cfg.min_buckets {
             return None;
         }
-        // Arrival rates move by factors (bursts multiply a service's rate), so counts are
-        // judged on a log scale. Quantiles commute with the log: the spread of log counts
-        // comes from the counts' quartiles.
         let median = self.history.median()?;
-        let (q1, q3) = (self.history.q1()?, self.history.q3()?);
-        let log = |count: f64| count.ln_1p();
-        // Counts are at least Poisson-noisy: √median / (median + 1) on the log scale.
-        let poisson = median.sqrt().max(1.0) / (median + 1.0);
-        let spread = ((log(q3) - log(q1)) / IQR_CONSISTENCY).max(poisson);
         let value = f64::from(count);
-        let z = (log(value) - log(median)) / spread;
-        let bound = |sign: f64| (log(median) + sign * cfg.threshold * spread).exp_m1();
-        let (anomaly_type, threshold) = if z < -cfg.threshold && median >= cfg.min_median {
-            (AnomalyType::ThroughputDegradation, bound(-1.0))
-        } else if z > cfg.threshold {
-            (AnomalyType::RequestRateSpike, bound(1.0))
+        // A surge is judged in factors: bursts multiply a service's rate, so the spread
+        // is that of log counts, which the counts' quartiles give (quantiles commute with
+        // the log), and at least Poisson noise (√median / (median + 1) on that scale).
+        let log = |count: f64| count.ln_1p();
+        let (q1, q3) = (self.history.q1()?, self.history.q3()?);
+        let log_spread =
+            ((log(q3) - log(q1)) / IQR_CONSISTENCY).max(median.sqrt().max(1.0) / (median + 1.0));
+        let surge = (log(value) - log(median)) / log_spread;
+        // A drop is judged in calls: it is bounded by zero, where logs would magnify the
+        // idle minutes of on/off traffic; the spread is at least √median (Poisson).
+        let spread = (self.history.mad()? / MAD_CONSISTENCY)
+            .max(median.sqrt())
+            .max(1.0);
+        let drop = (value - median) / spread;
+        let (anomaly_type, threshold, z) = if drop < -cfg.threshold && median >= cfg.min_median {
+            (
+                AnomalyType::ThroughputDegradation,
+                median - cfg.threshold * spread,
+                drop,
+            )
+        } else if surge > cfg.threshold {
+            let bound = (log(median) + cfg.threshold * log_spread).exp_m1();
+            (AnomalyType::RequestRateSpike, bound, surge)
         } else {
             return None;
         };
