@@ -607,7 +607,24 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_killed_leader() {
-    let (mut cluster, h) = start(&[]).await;
+    let hook = services::WebhookReceiver::start(b"hook-secret", services::Replies::Accept).await;
+    let mut cluster = Cluster::start_with(
+        3,
+        SHARDS,
+        3,
+        vec![
+            ("HOOK_SECRET".into(), "hook-secret".into()),
+            (
+                "SENTINEL_ALERTING__WEBHOOKS".into(),
+                format!(
+                    "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
+                    hook.url()
+                ),
+            ),
+        ],
+    );
+    cluster.wait_converged(PATIENCE).await;
+    let h = cluster.router(&[]).await;
     let mut grpc = SentinelClient::connect(format!("http://{}", h.grpc))
         .await
         .expect("the router's gRPC API");
@@ -623,6 +640,11 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
         "{opened}"
     );
     assert!(opened["acknowledged"].is_null());
+    let told = wait_for(PATIENCE, async || {
+        (notified(&hook, &id).first()? == "opened").then_some(())
+    })
+    .await;
+    assert!(told.is_some(), "{:?}", notified(&hook, &id));
 
     // Listed alike over REST and gRPC, and shown by id.
     let (status, listed) = h.get("/api/v1/incidents?service=payments&hours=2").await;
@@ -810,6 +832,18 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
         .collect();
     assert!(ids.contains(silence_id.as_str()), "{silences}");
 
+    // An incident opening under an active silence is recorded with the silence's id and
+    // sent nowhere.
+    let carols = added["silence_id"].as_str().expect("an id");
+    let silenced = h.open_incident("refunds", "gpt-4o", now_ms()).await;
+    assert_eq!(silenced["silenced_by"], json!(carols), "{silenced}");
+    let silenced_id = silenced["incident_id"].as_str().expect("an id");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        notified(&hook, silenced_id).is_empty(),
+        "a silenced incident was sent"
+    );
+
     // Resolved by hand; then it is no longer open to acknowledge.
     let resolve = format!("/api/v1/incidents/{id}/resolve");
     let (status, resolved) = h
@@ -830,6 +864,18 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, listed) = h.get("/api/v1/incidents?status=resolved&hours=2").await;
     assert_eq!(listed["incidents"][0]["incident_id"], json!(id), "{listed}");
+    let told = wait_for(PATIENCE, async || {
+        let events = notified(&hook, &id);
+        (events.last()? == "resolved").then_some(events)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no resolved notification: {:?}", notified(&hook, &id)));
+    let count = |event: &str| told.iter().filter(|e| *e == event).count();
+    assert_eq!(
+        (count("opened"), count("resolved")),
+        (1, 1),
+        "one notification when it opened and one when it was resolved, acknowledged or not: {told:?}"
+    );
 
     // Expired: listed, but no longer active.
     let expired = grpc
@@ -848,6 +894,20 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
     // The killed node comes back and catches up: every replica holds the same state.
     cluster.spawn(leader);
     assert_replicas_agree(&cluster, PATIENCE).await;
+}
+
+/// The events (`opened`, `resolved`, ...) of the distinct notifications `hook` accepted for
+/// `incident_id`, in the order they first arrived (redeliveries share an alert id).
+fn notified(hook: &services::WebhookReceiver, incident_id: &str) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    hook.requests()
+        .iter()
+        .filter(|r| r.status.is_success() && r.signature_valid)
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .filter(|body| body["incident_id"] == incident_id)
+        .filter(|body| seen.insert(body["alert_id"].to_string()))
+        .map(|body| body["event"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// A number-agnostic form of JSON (every number as f64), as `google.protobuf.Struct` has it.

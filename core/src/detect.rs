@@ -10,6 +10,9 @@ use crate::window::Window;
 /// Consistency constant that makes the MAD of a normal sample estimate σ (Φ⁻¹(0.75)).
 pub const MAD_CONSISTENCY: f64 = 0.6745;
 
+/// Interquartile range of a standard normal sample: IQR / this estimates σ.
+pub const IQR_CONSISTENCY: f64 = 1.349;
+
 /// The smallest spread a detector divides by, so a constant baseline does not turn
 /// every later difference into an infinite score.
 ///

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::anomaly::{rfc3339, stable_uuid, Anomaly, AnomalyContext, AnomalyDetails, Finding};
 use crate::config::{ConfigError, DetectionConfig, DetectorKind, MetricConfig, Scale};
 use crate::dedup::{Dedup, DedupKey, Repeat};
-use crate::detect::{iqr_score, modified_z_score, z_score, MAD_CONSISTENCY};
+use crate::detect::{iqr_score, modified_z_score, z_score, IQR_CONSISTENCY, MAD_CONSISTENCY};
 use crate::drift::Drift;
 use crate::event::Event;
 use crate::incident::{Actor, CallEvidence, Change, Incident, Notification, Resolution, Silence};
@@ -660,7 +660,7 @@ fn point_finding(
             // The Tukey fence Q3 + k·IQR lies 0.6745 + 1.349 k σ out on a normal sample.
             DetectorKind::Iqr => (
                 iqr_score(w, t, mc.floor),
-                MAD_CONSISTENCY + 1.349 * detector.threshold,
+                MAD_CONSISTENCY + IQR_CONSISTENCY * detector.threshold,
             ),
             _ => (modified_z_score(w, t, mc.floor), detector.threshold),
         };
@@ -691,7 +691,10 @@ fn point_finding(
             let iqr = (q3 - q1).max(mc.floor.at(median));
             let fence = if side > 0.0 { q3 } else { q1 };
             // IQR of a normal sample is 1.349 σ.
-            (fence + side * threshold * iqr, (t - median) / (iqr / 1.349))
+            (
+                fence + side * threshold * iqr,
+                (t - median) / (iqr / IQR_CONSISTENCY),
+            )
         }
         _ => {
             let mad = w.mad()?.max(mc.floor.at(median));

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{AnomalyType, Finding};
 use crate::config::{ErrorRateConfig, RequestRateConfig, UserUsageConfig};
-use crate::detect::MAD_CONSISTENCY;
+use crate::detect::{IQR_CONSISTENCY, MAD_CONSISTENCY};
 use crate::window::Window;
 
 /// The event-time bucket a bucketed detector is filling.
@@ -196,21 +196,30 @@ impl RequestRate {
             return None;
         }
         let median = self.history.median()?;
-        let mad = self.history.mad()?;
-        // Counts are at least Poisson-noisy: never trust a spread below √median.
-        let spread = (mad / MAD_CONSISTENCY).max(median.sqrt()).max(1.0);
         let value = f64::from(count);
-        let z = (value - median) / spread;
-        let (anomaly_type, threshold) = if z < -cfg.threshold && median >= cfg.min_median {
+        // A surge is judged in factors: bursts multiply a service's rate, so the spread
+        // is that of log counts, which the counts' quartiles give (quantiles commute with
+        // the log), and at least Poisson noise (√median / (median + 1) on that scale).
+        let log = |count: f64| count.ln_1p();
+        let (q1, q3) = (self.history.q1()?, self.history.q3()?);
+        let log_spread =
+            ((log(q3) - log(q1)) / IQR_CONSISTENCY).max(median.sqrt().max(1.0) / (median + 1.0));
+        let surge = (log(value) - log(median)) / log_spread;
+        // A drop is judged in calls: it is bounded by zero, where logs would magnify the
+        // idle minutes of on/off traffic; the spread is at least √median (Poisson).
+        let spread = (self.history.mad()? / MAD_CONSISTENCY)
+            .max(median.sqrt())
+            .max(1.0);
+        let drop = (value - median) / spread;
+        let (anomaly_type, threshold, z) = if drop < -cfg.threshold && median >= cfg.min_median {
             (
                 AnomalyType::ThroughputDegradation,
                 median - cfg.threshold * spread,
+                drop,
             )
-        } else if z > cfg.threshold {
-            (
-                AnomalyType::RequestRateSpike,
-                median + cfg.threshold * spread,
-            )
+        } else if surge > cfg.threshold {
+            let bound = (log(median) + cfg.threshold * log_spread).exp_m1();
+            (AnomalyType::RequestRateSpike, bound, surge)
         } else {
             return None;
         };
@@ -433,6 +442,30 @@ mod tests {
             ]
         );
         assert_eq!(raised[0].value, 5.0);
+    }
+
+    #[test]
+    fn a_bursty_key_s_usual_swings_are_not_surges_but_a_tenfold_one_is() {
+        let cfg = RequestRateConfig::default();
+        let mut rr = RequestRate::new(cfg.baseline_buckets);
+        // Minute counts that swing by factors, e^{±0.3} typically (deterministic), then a
+        // minute at 4× (within what such swings reach on a log scale), then one at 10×.
+        let swing = |m: i64| ((m * 7919) % 13 - 6) as f64 / 6.0 * 0.5;
+        let per_minute = |m: i64| match m {
+            60 => 400,
+            62 => 1000,
+            _ => (100.0 * swing(m).exp()).round() as i64,
+        };
+        let mut raised = Vec::new();
+        for minute in 0..64i64 {
+            let n = per_minute(minute);
+            for i in 0..n {
+                raised.extend(rr.observe(minute * MIN + i * (MIN / n), &cfg));
+            }
+        }
+        let values: Vec<_> = raised.iter().map(|f| (f.anomaly_type, f.value)).collect();
+        assert_eq!(values, vec![(AnomalyType::RequestRateSpike, 1000.0)]);
+        assert!(raised[0].threshold > 400.0 && raised[0].threshold < 1000.0);
     }
 
     #[test]

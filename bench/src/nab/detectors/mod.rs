@@ -7,7 +7,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use reference::{NullDetector, RandomDetector, WindowedGaussianDetector};
-pub use sentinel::{CusumDetector, OnsetNabDetector, PointDetector, PointStatistic};
+pub use sentinel::{
+    CusumDetector, LiveNabDetector, OnsetNabDetector, PointDetector, PointStatistic,
+};
 
 use super::NabError;
 
@@ -40,11 +42,15 @@ pub enum DetectorKind {
     Cusum,
     /// [`OnsetNabDetector`]: Sentinel's best streaming combination.
     Onset,
+    /// [`LiveNabDetector`]: the shipped live set, scored on the incidents it opens.
+    Live,
+    /// [`LiveNabDetector`] with the onset detector listed for the metric.
+    LiveOnset,
 }
 
 impl DetectorKind {
     /// Every detector, in report order.
-    pub const ALL: [DetectorKind; 8] = [
+    pub const ALL: [DetectorKind; 10] = [
         DetectorKind::Null,
         DetectorKind::Random,
         DetectorKind::WindowedGaussian,
@@ -53,6 +59,8 @@ impl DetectorKind {
         DetectorKind::Mad,
         DetectorKind::Cusum,
         DetectorKind::Onset,
+        DetectorKind::Live,
+        DetectorKind::LiveOnset,
     ];
 
     /// The detector's name (as in NAB's results directory; NAB's normalisation step
@@ -67,6 +75,8 @@ impl DetectorKind {
             DetectorKind::Mad => "sentinelMad",
             DetectorKind::Cusum => "sentinelCusum",
             DetectorKind::Onset => "sentinelOnset",
+            DetectorKind::Live => "sentinelLive",
+            DetectorKind::LiveOnset => "sentinelLiveOnset",
         }
     }
 
@@ -86,6 +96,8 @@ impl DetectorKind {
             DetectorKind::Mad => Box::new(PointDetector::new(PointStatistic::Mad)),
             DetectorKind::Cusum => Box::new(CusumDetector::new()),
             DetectorKind::Onset => Box::new(OnsetNabDetector::new()),
+            DetectorKind::Live => Box::new(LiveNabDetector::new(false)),
+            DetectorKind::LiveOnset => Box::new(LiveNabDetector::new(true)),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Sentinel's detectors as NAB detectors: z-score, IQR, MAD, CUSUM and onset.
+//! Sentinel's detectors as NAB detectors: z-score, IQR, MAD, CUSUM, onset and the live set.
 //!
 //! The four classic detectors run as the product runs them with its defaults
 //! (`DetectionConfig::default()`: a window of 1000, 10 samples before scoring,
@@ -14,11 +14,13 @@
 //! detector's product threshold: monotone, so NAB's threshold sweep sees the same
 //! ranking, and 0.5 means exactly at the product's threshold.
 
-use sentinel_core::config::{CusumConfig, DetectionConfig};
+use sentinel_core::config::{CusumConfig, DetectionConfig, DetectorKind, MetricConfig};
 use sentinel_core::detect::{iqr_score, modified_z_score, z_score, ScaleFloor};
 use sentinel_core::drift::MeanCusum;
 use sentinel_core::onset::{OnsetConfig, OnsetDetector};
+use sentinel_core::pricing::{extract_metrics, PriceTable};
 use sentinel_core::Window;
+use sentinel_core::{Event, Metric, NotificationKind, ShardDetector};
 
 use super::NabDetector;
 
@@ -183,6 +185,64 @@ impl NabDetector for OnsetNabDetector {
     }
 }
 
+/// The live detector set as a node runs it: each NAB value is the latency of one call on
+/// one key (negative values, which intake refuses, clamped to 0), and a row scores 1 when
+/// it opens an incident — what pages — and 0 otherwise.
+pub struct LiveNabDetector {
+    detector: ShardDetector,
+    prices: PriceTable,
+    rows: u64,
+    onset: bool,
+}
+
+impl LiveNabDetector {
+    /// The shipped configuration; with `onset`, the onset detector also listed for latency.
+    pub fn new(onset: bool) -> Self {
+        let mut config = DetectionConfig::default();
+        if onset {
+            let mut latency = MetricConfig::default_for(Metric::LatencyMs);
+            latency.detectors.push(DetectorKind::Onset);
+            config.metrics.insert(Metric::LatencyMs, latency);
+        }
+        LiveNabDetector {
+            detector: ShardDetector::new(0, config).expect("the shipped configuration is valid"),
+            prices: PriceTable::default(),
+            rows: 0,
+            onset,
+        }
+    }
+}
+
+impl NabDetector for LiveNabDetector {
+    fn name(&self) -> &str {
+        if self.onset {
+            "sentinelLiveOnset"
+        } else {
+            "sentinelLive"
+        }
+    }
+
+    fn score(&mut self, timestamp: i64, value: f64) -> f64 {
+        self.rows += 1;
+        let event = Event {
+            event_id: Some(format!("nab-{}", self.rows)),
+            timestamp_ms: timestamp * 1000,
+            service: "nab".to_owned(),
+            model: "series".to_owned(),
+            latency_ms: value.max(0.0),
+            ..Event::default()
+        };
+        let values = extract_metrics(&event, &self.prices).values;
+        let opened = self
+            .detector
+            .observe(&event, &values)
+            .incidents
+            .iter()
+            .any(|change| change.kind == NotificationKind::Opened);
+        f64::from(u8::from(opened))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +313,20 @@ mod tests {
         let second = d.score(501 * 60, 40.0);
         assert!(first > 0.9);
         assert_eq!(second, 0.0);
+    }
+
+    #[test]
+    fn the_live_set_scores_one_on_the_row_that_opens_an_incident() {
+        for onset in [false, true] {
+            let mut d = LiveNabDetector::new(onset);
+            let quiet = feed(&mut d, 2_000);
+            assert!(quiet.iter().all(|&s| s == 0.0), "onset {onset}");
+            let shifted: Vec<f64> = (2_000..2_040).map(|i| d.score(i * 60, 40.0)).collect();
+            assert_eq!(
+                shifted.iter().sum::<f64>(),
+                1.0,
+                "onset {onset}: {shifted:?}"
+            );
+        }
     }
 }
