@@ -89,7 +89,7 @@ pub struct KeyBaseline {
     pub model: String,
     /// Events observed on this key.
     pub events: u64,
-    /// Error rate over the error-rate baseline buckets.
+    /// Share of failed calls over the error-rate baseline buckets and the current bucket.
     pub error_rate: f64,
     /// Median requests per request-rate bucket, once a bucket closed.
     pub requests_per_bucket: Option<f64>,
@@ -487,7 +487,11 @@ impl ShardDetector {
     }
 
     fn key_baseline(&self, service: &str, model: &str, key: &KeyState) -> KeyBaseline {
-        let ((_, _), (requests, errors)) = key.error_rate.counts();
+        let ((requests, errors), (history_requests, history_errors)) = key.error_rate.counts();
+        let (requests, errors) = (
+            u64::from(requests) + history_requests,
+            u64::from(errors) + history_errors,
+        );
         KeyBaseline {
             service_name: service.to_owned(),
             model: model.to_owned(),
@@ -975,6 +979,24 @@ mod tests {
         let latency_after = &d.baselines(Some("chat"), Some("gpt-4o"))[0].metrics[0];
         assert_eq!(latency_after.metric, "latency_ms");
         assert!((latency_after.median / latency_before.median - 1.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn the_baselines_error_rate_counts_the_current_bucket() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        // 10 calls a second: the first 60-second bucket is still open after 50 calls
+        for i in 0..50 {
+            let (e, v) = t.next(1.0, i % 5 == 0);
+            d.observe(&e, &v);
+        }
+        let rate = |d: &ShardDetector| d.baselines(Some("chat"), None)[0].error_rate;
+        assert!((rate(&d) - 0.2).abs() < 1e-9, "{}", rate(&d));
+        for _ in 0..600 {
+            let (e, v) = t.next(1.0, false);
+            d.observe(&e, &v);
+        }
+        assert!((rate(&d) - 10.0 / 650.0).abs() < 1e-9, "{}", rate(&d));
     }
 
     #[test]
