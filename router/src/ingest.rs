@@ -65,6 +65,10 @@ pub struct EventReport {
     pub event_id: Option<String>,
     /// `pending` until forwarded, then `applied`, `duplicate`, `rejected` or `failed`.
     pub status: &'static str,
+    /// The derived id an `applied` event is stored under, when an event of other content
+    /// had taken its `event_id` (the idempotency rule in docs/api.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_as: Option<String>,
     /// Why it was rejected, field by field (only the problems the answer lists).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
@@ -188,6 +192,7 @@ impl<'a> Admission<'a> {
                     index,
                     event_id: event.event_id,
                     status: "pending",
+                    applied_as: None,
                     errors: Vec::new(),
                     message: None,
                 }
@@ -196,6 +201,7 @@ impl<'a> Admission<'a> {
                 index,
                 event_id: None,
                 status: "rejected",
+                applied_as: None,
                 errors: self.admitted.problems.take(errors),
                 message: None,
             },
@@ -218,6 +224,10 @@ impl Admitted {
         for (report, delivery) in pending.zip(deliveries) {
             report.status = match delivery {
                 Delivery::Applied => "applied",
+                Delivery::AppliedAs(derived) => {
+                    report.applied_as = Some(derived);
+                    "applied"
+                }
                 Delivery::DuplicateOffset | Delivery::DuplicateEventId => "duplicate",
                 Delivery::Rejected(errors) => {
                     report.errors = self.problems.take(errors);
@@ -434,6 +444,7 @@ mod tests {
             index,
             event_id: None,
             status,
+            applied_as: None,
             errors: if status == "rejected" {
                 vec![FieldError::new("latency_ms", "below 0.1")]
             } else {
