@@ -430,6 +430,11 @@ impl ShardDetector {
             context: AnomalyContext {
                 trace_id: event.trace_id.clone(),
                 user_id: event.user_id.clone(),
+                region: event
+                    .metadata
+                    .get("region")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned),
                 time_window: finding.time_window,
                 sample_count: finding.sample_count,
                 additional,
@@ -705,6 +710,13 @@ fn point_finding(
     let mut additional = BTreeMap::new();
     additional.insert("votes".into(), votes.into());
     additional.insert("detectors".into(), voters.into());
+    // What consumers of the original single-process Sentinel read: the baseline's mean and
+    // standard deviation in the metric's own units (O(W), for a flagged value only).
+    let raw_window: Vec<f64> = w.iter().map(|t| mc.scale.inverse(t)).collect();
+    if let Some((mean, std_dev)) = raw_moments(&raw_window) {
+        additional.insert("baseline_mean".into(), mean.into());
+        additional.insert("baseline_stddev".into(), std_dev.into());
+    }
     Some(Finding {
         metric: metric.name(),
         anomaly_type: mc.point_type,
@@ -733,15 +745,21 @@ fn small_sample_factor(n: usize, sigmas: f64) -> f64 {
     1.0 + (z2 + 1.0) / (4.0 * nu) + (5.0 * z2 * z2 + 16.0 * z2 + 3.0) / (96.0 * nu * nu)
 }
 
-/// Statistics of a window in raw units (O(W log W): a query, not the hot path).
-fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseline> {
-    let mut raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+/// Mean and population standard deviation of raw values; `None` when there are none.
+fn raw_moments(raw: &[f64]) -> Option<(f64, f64)> {
     if raw.is_empty() {
         return None;
     }
     let n = raw.len() as f64;
     let mean = raw.iter().sum::<f64>() / n;
     let var = raw.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    Some((mean, var.sqrt()))
+}
+
+/// Statistics of a window in raw units (O(W log W): a query, not the hot path).
+fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseline> {
+    let mut raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+    let (mean, std_dev) = raw_moments(&raw)?;
     raw.sort_by(f64::total_cmp);
     let q = quantile_of_sorted;
     let median = q(&raw, 0.5)?;
@@ -751,7 +769,7 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
         metric: metric.name().to_owned(),
         count: raw.len(),
         mean,
-        std_dev: var.sqrt(),
+        std_dev,
         median,
         q1: q(&raw, 0.25)?,
         q3: q(&raw, 0.75)?,
@@ -879,6 +897,34 @@ mod tests {
         }
         assert_eq!(json["anomaly_type"], "latency_spike");
         assert_eq!(json["timestamp"].as_str().unwrap().len(), 24);
+    }
+
+    #[test]
+    fn a_point_alert_carries_the_region_and_the_baselines_mean_and_stddev_in_metric_units() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        run(&mut d, &mut t, 2000, 1.0);
+        d.purge_dedup(i64::MAX);
+        let latency = d.baselines(Some("chat"), None)[0].metrics[0].clone();
+        let (mut e, v) = t.next(20.0, false);
+        e.metadata
+            .insert("region".into(), serde_json::json!("eu-west-1"));
+        let out = d.observe(&e, &v);
+        let spike = out
+            .anomalies
+            .iter()
+            .find(|a| a.anomaly_type == AnomalyType::LatencySpike)
+            .expect("a 20x latency spike is raised");
+        assert_eq!(spike.context.region.as_deref(), Some("eu-west-1"));
+        let figure = |name: &str| spike.details.additional[name].as_f64().unwrap();
+        assert!((figure("baseline_mean") / latency.mean - 1.0).abs() < 1e-9);
+        assert!((figure("baseline_stddev") / latency.std_dev - 1.0).abs() < 1e-9);
+        let json = serde_json::to_value(spike).unwrap();
+        assert_eq!(json["context"]["region"], "eu-west-1");
+        let mut plain = spike.clone();
+        plain.context.region = None;
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json["context"].get("region").is_none(), "no region, no key");
     }
 
     #[test]
