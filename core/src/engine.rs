@@ -578,8 +578,14 @@ fn observe_metric(
     findings: &mut Vec<Finding>,
 ) {
     let t = mc.scale.forward(raw);
+    let mut keep_out = false;
     if state.window.len() >= cfg.min_samples {
         findings.extend(point_finding(&state.window, metric, mc, cfg, raw, t));
+    } else if let Some(finding) = young_finding(&state.window, metric, mc, cfg, raw, t) {
+        // Never more calls kept out than kept: a key whose first calls were the odd ones
+        // still builds a baseline.
+        keep_out = (state.held_out as usize) < state.window.len();
+        findings.push(finding);
     }
     if cfg.cusum.enabled && mc.runs(DetectorKind::Cusum) {
         let drift = state
@@ -598,9 +604,58 @@ fn observe_metric(
             findings.push(onset_finding(metric, mc, cfg, raw, median, score.surprisal));
         }
     }
-    if learn {
+    if learn && keep_out {
+        state.held_out = state.held_out.saturating_add(1);
+    } else if learn {
         state.window.push(t);
     }
+}
+
+/// A young baseline's judgement of `t` (see [`crate::config::YoungConfig`]): its distance
+/// from the key's median in predictive standard deviations of a spread pooled from the
+/// prior and the key's own calls (their MAD).
+fn young_finding(
+    w: &Window,
+    metric: Metric,
+    mc: &MetricConfig,
+    cfg: &DetectionConfig,
+    raw: f64,
+    t: f64,
+) -> Option<Finding> {
+    let young = &cfg.young;
+    let n = w.len();
+    if !young.enabled || n == 0 || !matches!(mc.scale, Scale::Log { .. }) {
+        return None;
+    }
+    // Median and MAD: one odd call among a young key's few does not move them.
+    let median = w.median()?;
+    let own_df = (n - 1) as f64;
+    let own_var = (w.mad()? / MAD_CONSISTENCY).powi(2);
+    let pooled_var = (young.prior_weight * young.prior_spread.powi(2) + own_df * own_var)
+        / (young.prior_weight + own_df);
+    let sd = pooled_var.sqrt().max(mc.floor.at(median)) * (1.0 + 1.0 / n as f64).sqrt();
+    let z = (t - median) / sd;
+    if !mc.direction.admits(z) || z.abs() <= young.threshold {
+        return None;
+    }
+    let mut additional = BTreeMap::new();
+    additional.insert("prior_spread".into(), young.prior_spread.into());
+    raw_figures(w, mc.scale, &mut additional);
+    Some(Finding {
+        metric: metric.name(),
+        anomaly_type: mc.point_type,
+        method: "young_baseline",
+        value: raw,
+        baseline: mc.scale.inverse(median),
+        threshold: mc.scale.inverse(median + z.signum() * young.threshold * sd),
+        deviation_sigma: z,
+        ratio: z.abs() / young.threshold,
+        votes: 1,
+        voters: 1,
+        sample_count: n as u64,
+        time_window: format!("last {n} samples"),
+        additional,
+    })
 }
 
 /// The finding of an onset of `surprisal` on `metric`.
@@ -710,13 +765,7 @@ fn point_finding(
     let mut additional = BTreeMap::new();
     additional.insert("votes".into(), votes.into());
     additional.insert("detectors".into(), voters.into());
-    // What consumers of the original single-process Sentinel read: the baseline's mean and
-    // standard deviation in the metric's own units (O(W), for a flagged value only).
-    let raw_window: Vec<f64> = w.iter().map(|t| mc.scale.inverse(t)).collect();
-    if let Some((mean, std_dev)) = raw_moments(&raw_window) {
-        additional.insert("baseline_mean".into(), mean.into());
-        additional.insert("baseline_stddev".into(), std_dev.into());
-    }
+    raw_figures(w, mc.scale, &mut additional);
     Some(Finding {
         metric: metric.name(),
         anomaly_type: mc.point_type,
@@ -743,6 +792,17 @@ fn small_sample_factor(n: usize, sigmas: f64) -> f64 {
     let nu = n.saturating_sub(1).max(1) as f64;
     let z2 = sigmas * sigmas;
     1.0 + (z2 + 1.0) / (4.0 * nu) + (5.0 * z2 * z2 + 16.0 * z2 + 3.0) / (96.0 * nu * nu)
+}
+
+/// Adds what consumers of the original single-process Sentinel read to a flagged value's
+/// figures: the baseline's mean and standard deviation in the metric's own units (O(W),
+/// for a flagged value only).
+fn raw_figures(w: &Window, scale: Scale, additional: &mut BTreeMap<String, serde_json::Value>) {
+    let raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+    if let Some((mean, std_dev)) = raw_moments(&raw) {
+        additional.insert("baseline_mean".into(), mean.into());
+        additional.insert("baseline_stddev".into(), std_dev.into());
+    }
 }
 
 /// Mean and population standard deviation of raw values; `None` when there are none.
@@ -925,6 +985,68 @@ mod tests {
         plain.context.region = None;
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json["context"].get("region").is_none(), "no region, no key");
+    }
+
+    /// The original example producer's run: 20 normal calls spread over 12 service/model
+    /// pairs, then one slow, token-heavy call on every pair.
+    fn original_example_run(d: &mut ShardDetector, t: &mut Traffic) -> Vec<Anomaly> {
+        let pairs: Vec<(String, String)> = ["chatbot", "summarizer", "translator"]
+            .iter()
+            .flat_map(|s| {
+                ["gpt-4", "gpt-3.5-turbo", "claude-3", "llama-2"]
+                    .map(|m| (s.to_string(), m.to_string()))
+            })
+            .collect();
+        let call = |t: &mut Traffic, (service, model): &(String, String), factor: f64| {
+            let (mut e, mut v) = t.next(1.0, false);
+            e.service = service.clone();
+            e.model = model.clone();
+            for metric in [Metric::LatencyMs, Metric::PromptTokens, Metric::TotalTokens] {
+                v.set(metric, v.get(metric).map(|x| x * factor));
+            }
+            (e, v)
+        };
+        for i in 0..20 {
+            let (e, v) = call(t, &pairs[i % pairs.len()], 1.0);
+            d.observe(&e, &v);
+        }
+        let mut raised = Vec::new();
+        for pair in &pairs {
+            let (e, v) = call(t, pair, 12.0);
+            raised.extend(d.observe(&e, &v).anomalies);
+        }
+        raised
+    }
+
+    #[test]
+    fn cold_keys_are_judged_from_their_second_call_and_their_outliers_kept_out() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        let first = original_example_run(&mut d, &mut t);
+        let caught = |raised: &[Anomaly]| {
+            raised
+                .iter()
+                .map(|a| (a.service_name.clone(), a.model.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        // Eight pairs got two normal calls, four got one.
+        assert!(caught(&first).len() >= 8, "{first:#?}");
+        assert!(first.iter().all(|a| a.detection_method == "young_baseline"));
+        for flagged in &first {
+            let baseline = &d.baselines(Some(&flagged.service_name), Some(&flagged.model))[0];
+            let metric = baseline
+                .metrics
+                .iter()
+                .find(|m| m.metric == flagged.details.metric)
+                .unwrap();
+            assert!(
+                metric.p99 < flagged.details.value,
+                "a flagged call entered the young baseline: {metric:#?}"
+            );
+        }
+        d.purge_dedup(i64::MAX);
+        let second = original_example_run(&mut d, &mut t);
+        assert_eq!(caught(&second).len(), 12, "a second run: {second:#?}");
     }
 
     #[test]
