@@ -148,7 +148,7 @@ impl<'de> Deserialize<'de> for SeenId {
                 self,
                 mut seq: A,
             ) -> Result<SeenId, A::Error> {
-                let missing = |i| serde::de::Error::invalid_length(i, &self);
+                let missing = |i: usize| -> A::Error { serde::de::Error::invalid_length(i, &self) };
                 Ok(SeenId {
                     at_ms: seq.next_element()?.ok_or_else(|| missing(0))?,
                     id: seq.next_element()?.ok_or_else(|| missing(1))?,
