@@ -53,7 +53,7 @@ fn http_blocks(text: &str) -> Vec<(usize, Vec<&str>)> {
 }
 
 /// Header lines, then the body after the first blank line.
-fn split_message<'a>(lines: &[&'a str]) -> (Vec<(String, String)>, String) {
+fn split_message(lines: &[&str]) -> (Vec<(String, String)>, String) {
     let blank = lines
         .iter()
         .position(|l| l.trim().is_empty())
