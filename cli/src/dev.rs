@@ -293,16 +293,16 @@ impl DevArgs {
     }
 }
 
-/// The replay's events and injected incidents. A run too short for the incidents replays
-/// clean traffic instead; the reason is returned with it.
-fn open_replay(
-    args: &DevArgs,
-    start_ms: i64,
-) -> anyhow::Result<(
+/// The replay's events, its injected incidents, and why it has none when it is too short.
+type Feed = (
     Box<dyn Iterator<Item = Timed> + Send>,
     Vec<Incident>,
     Option<String>,
-)> {
+);
+
+/// The replay's events and injected incidents. A run too short for the incidents replays
+/// clean traffic instead; the reason is returned with it.
+fn open_replay(args: &DevArgs, start_ms: i64) -> anyhow::Result<Feed> {
     let replay = replay_from(
         ReplayConfig {
             seed: args.seed,
