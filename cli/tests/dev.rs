@@ -299,7 +299,7 @@ fn sentinel_dev_raises_anomalies_for_the_injected_incidents_and_stops_cleanly_on
 fn a_replay_too_short_for_the_incidents_runs_clean_traffic() {
     let data = tempfile::tempdir().expect("temp dir");
     let ports = Ports::new();
-    let mut dev = Dev::start(data.path(), &ports, &["--duration", "120", "--speed", "60"]);
+    let mut dev = Dev::start(data.path(), &ports, &["--duration", "120"]);
     assert!(
         dev.read_until(|line| line.contains("Press Ctrl-C to stop")),
         "no banner:\n{}",
