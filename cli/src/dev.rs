@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use sentinel_bench::cluster::{Layout, LocalCluster, LocalRouter};
 use sentinel_bench::outcome::{incident_line, incident_table, Scoreboard};
-use sentinel_bench::replay::{Incident, ReplayConfig};
+use sentinel_bench::replay::{Incident, ReplayConfig, ReplayError};
 use sentinel_config::LogFormat;
 use sentinel_core::incident::{Change, IncidentStatus, NotificationKind};
 use sentinel_core::Anomaly;
+use sentinel_router::kafka::KafkaSection;
 use tokio::sync::watch;
 
-use crate::feed::{replay_from, send_all, start_ending_now, Pace, Sender, Source, Tally, Target};
+use crate::feed::{
+    replay_from, send_all, start_ending_now, Pace, Sender, Source, Tally, Target, Timed,
+};
 
 /// Prints a line; a closed stdout (`sentinel dev | head`) loses the output, not the
 /// cluster.
@@ -40,8 +43,6 @@ macro_rules! out_partial {
 const NODES: usize = 3;
 /// Replicas of each shard.
 const REPLICAS: u32 = 3;
-/// The topic the feed produces to and the router consumes with `--kafka`.
-const KAFKA_TOPIC: &str = "llm.telemetry";
 /// How long the view waits for the router's answer before trying again next tick.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the view asks for incidents and anomalies and redraws the status line.
@@ -57,7 +58,8 @@ const PLAIN_STATUS_EVERY: u32 = 5;
   sentinel dev
   sentinel dev --data-dir ./sentinel-data          # keep the state for the next run
   sentinel dev --speed 60 --seed 7                 # a faster replay of other traffic
-  sentinel dev --kafka 127.0.0.1:9092              # ingest through Kafka (topic llm.telemetry)
+  sentinel dev --kafka 127.0.0.1:9092              # ingest through Kafka (llm.telemetry, llm-telemetry)
+  sentinel dev --kafka 127.0.0.1:9092 --topic app.calls --no-replay   # only your own traffic
 
 While it runs, another terminal can ask the cluster:
   sentinel anomalies --endpoint http://127.0.0.1:7500
@@ -68,10 +70,18 @@ pub struct DevArgs {
     /// a temporary directory removed on exit].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Ingest through this Kafka cluster (bootstrap brokers) instead of HTTP: the feed
-    /// produces to the topic `llm.telemetry` and the router consumes it.
+    /// Ingest through this Kafka cluster (bootstrap brokers) instead of HTTP: the router
+    /// consumes the topics (the standalone router's defaults, `llm.telemetry` and
+    /// `llm-telemetry`, unless `--topic` is given) and the feed produces to the first.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
+    /// A topic the router consumes with `--kafka` (repeat it for several), instead of the
+    /// default topics.
+    #[arg(long = "topic", value_name = "TOPIC", requires = "kafka")]
+    topics: Vec<String>,
+    /// Run the cluster without the replay, for your own traffic (as `--rate 0` does).
+    #[arg(long)]
+    no_replay: bool,
     /// The router's REST address (ingestion, queries, `/metrics`).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     http: String,
@@ -91,10 +101,12 @@ pub struct DevArgs {
     /// 2 minutes at 15).
     #[arg(long, default_value_t = 15.0)]
     speed: f64,
-    /// Mean request rate of the replayed traffic, events per second of event time.
+    /// Mean request rate of the replayed traffic, events per second of event time (0: no
+    /// replay).
     #[arg(long, default_value_t = 150.0)]
     rate: f64,
-    /// Event time to replay, seconds (the five incidents need about 25 minutes).
+    /// Event time to replay, seconds (the five incidents need about 25 minutes; a shorter
+    /// replay is clean traffic without them).
     #[arg(long, default_value_t = 1800.0)]
     duration: f64,
     /// Seed of the replay (traffic and incident placement).
@@ -108,8 +120,8 @@ pub struct DevArgs {
 /// Runs the local cluster until `stop` resolves (Ctrl-C).
 pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.speed > 0.0 && args.rate > 0.0 && args.duration > 0.0,
-        "--speed, --rate and --duration must be above 0"
+        args.speed > 0.0 && args.duration > 0.0 && args.rate >= 0.0,
+        "--speed and --duration must be above 0, --rate at least 0"
     );
     let temporary = match &args.data_dir {
         Some(_) => None,
@@ -134,19 +146,15 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         }
     };
 
-    let replay = ReplayConfig {
-        seed: args.seed,
-        duration_s: args.duration,
-        base_rate_per_s: args.rate,
-        ..ReplayConfig::default()
-    };
     let start_ms = replay_start(&data_dir, args.duration);
-    let (events, incidents) =
-        Source::Replay(replay_from(replay, start_ms)?).open(Pace::Speed(args.speed))?;
+    let feed = match args.replaying() {
+        true => Some(open_replay(&args, start_ms)?),
+        false => None,
+    };
     let target = match &args.kafka {
         Some(brokers) => Target::Kafka {
             brokers: brokers.clone(),
-            topic: KAFKA_TOPIC.to_owned(),
+            topic: args.kafka_topics()[0].clone(),
         },
         None => Target::Http {
             url: format!("http://{}", router.http),
@@ -163,15 +171,19 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
         .await
         .context("asking the router for incidents and anomalies")?;
 
-    print_banner(&args, &cluster, &router, &log, start_ms, &incidents);
-    let mut view = View::new(incidents, known, args.speed);
+    let (events, incidents, skipped) =
+        feed.unwrap_or_else(|| (Box::new(std::iter::empty()), Vec::new(), None));
+    print_banner(
+        &args, &cluster, &router, &log, start_ms, &incidents, skipped,
+    );
+    let mut view = View::new(incidents, known, args.replaying().then_some(args.speed));
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let (stop_feed, feed_stopped) = watch::channel(false);
     let feed_started = Instant::now();
     let mut feed = tokio::spawn(send_all(events, sender, tally.clone(), feed_stopped));
     let mut ticks = tokio::time::interval(TICK);
-    let mut feeding = true;
+    let mut feeding = args.replaying();
     loop {
         tokio::select! {
             biased;
@@ -196,9 +208,11 @@ pub async fn run(args: DevArgs, stop: impl std::future::Future<Output = ()>) -> 
     if feeding {
         let _ = feed.await;
     }
-    let replayed_ms =
-        (feed_started.elapsed().as_secs_f64() * args.speed * 1e3).min(args.duration * 1e3) as i64;
-    remember_replayed_until(&data_dir, start_ms + replayed_ms);
+    if args.replaying() {
+        let replayed_ms = (feed_started.elapsed().as_secs_f64() * args.speed * 1e3)
+            .min(args.duration * 1e3) as i64;
+        remember_replayed_until(&data_dir, start_ms + replayed_ms);
+    }
     if let Ok(seen) = fetch(&http, &urls).await {
         view.show(seen);
     }
@@ -249,7 +263,7 @@ async fn start(
             ("SENTINEL_KAFKA__BROKERS".to_owned(), brokers.clone()),
             (
                 "SENTINEL_KAFKA__TOPICS".to_owned(),
-                format!("[{KAFKA_TOPIC}]"),
+                format!("[{}]", args.kafka_topics().join(", ")),
             ),
             (
                 "SENTINEL_KAFKA__GROUP_ID".to_owned(),
@@ -262,6 +276,60 @@ async fn start(
         .await
         .context("starting the router")?;
     Ok((cluster, router))
+}
+
+impl DevArgs {
+    /// Whether the replay feeds the cluster.
+    fn replaying(&self) -> bool {
+        !self.no_replay && self.rate > 0.0
+    }
+
+    /// The topics the router consumes with `--kafka`: `--topic`, or the router's defaults.
+    fn kafka_topics(&self) -> Vec<String> {
+        match self.topics.is_empty() {
+            true => KafkaSection::default().topics,
+            false => self.topics.clone(),
+        }
+    }
+}
+
+/// The replay's events, its injected incidents, and why it has none when it is too short.
+type Feed = (
+    Box<dyn Iterator<Item = Timed> + Send>,
+    Vec<Incident>,
+    Option<String>,
+);
+
+/// The replay's events and injected incidents. A run too short for the incidents replays
+/// clean traffic instead; the reason is returned with it.
+fn open_replay(args: &DevArgs, start_ms: i64) -> anyhow::Result<Feed> {
+    let replay = replay_from(
+        ReplayConfig {
+            seed: args.seed,
+            duration_s: args.duration,
+            base_rate_per_s: args.rate,
+            ..ReplayConfig::default()
+        },
+        start_ms,
+    )?;
+    let pace = Pace::Speed(args.speed);
+    match Source::Replay(replay.clone()).open(pace) {
+        Ok((events, incidents)) => Ok((events, incidents, None)),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<ReplayError>(),
+                Some(ReplayError::WarmupNotReached { .. } | ReplayError::IncidentsDoNotFit { .. })
+            ) =>
+        {
+            let clean = ReplayConfig {
+                incidents: false,
+                ..replay
+            };
+            let (events, _) = Source::Replay(clean).open(pace)?;
+            Ok((events, Vec::new(), Some(e.root_cause().to_string())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Where this run's replay starts in event time: so that it ends now, or, when an earlier
@@ -364,6 +432,7 @@ fn print_banner(
     log: &Path,
     start_ms: i64,
     incidents: &[Incident],
+    skipped: Option<String>,
 ) {
     let (http, grpc) = (&router.http, &router.grpc);
     let node_metrics: Vec<String> = cluster
@@ -381,12 +450,27 @@ fn print_banner(
     );
     out!("  node gRPC    {}", cluster.addresses.join(", "));
     out!("  log          {}", log.display());
-    let ingestion = match &args.kafka {
-        Some(brokers) => format!("Kafka ({brokers}, topic {KAFKA_TOPIC})"),
-        None => format!("HTTP (POST http://{http}/api/v1/events)"),
+    let topics = args.kafka_topics();
+    match &args.kafka {
+        Some(brokers) => out!(
+            "  ingestion    Kafka {brokers}, topics {} (consumed by the router); POST http://{http}/api/v1/events",
+            topics.join(", ")
+        ),
+        None => out!("  ingestion    POST http://{http}/api/v1/events"),
+    }
+    if !args.replaying() {
+        out!("  feed         none (--no-replay): the cluster sees only the events you send");
+        out!();
+        out!("Press Ctrl-C to stop. Incidents as they open, escalate and resolve:");
+        out!();
+        return;
+    }
+    let through = match &args.kafka {
+        Some(_) => format!("Kafka topic {}", topics[0]),
+        None => "HTTP".to_owned(),
     };
     out!(
-        "  feed         {:.0} min of realistic LLM traffic at {}x speed through {ingestion}",
+        "  feed         {:.0} min of realistic LLM traffic at {}x speed through {through}",
         args.duration / 60.0,
         args.speed
     );
@@ -398,7 +482,14 @@ fn print_banner(
         );
     }
     out!();
-    out!("Injected incidents (what Sentinel should catch):");
+    if let Some(reason) = skipped {
+        out!("No injected incidents, the replay is too short for them ({reason}): a longer");
+        out!("--duration (1800 s at the default --rate) makes room for all five.");
+        out!();
+    }
+    if !incidents.is_empty() {
+        out!("Injected incidents (what Sentinel should catch):");
+    }
     for incident in incidents {
         let due_s = (incident.start_ms - start_ms) as f64 / 1000.0 / args.speed;
         out!(
@@ -426,7 +517,8 @@ struct View {
     shown: HashMap<String, (sentinel_core::Severity, IncidentStatus)>,
     /// Incidents that were there before this run.
     earlier: HashSet<String>,
-    speed: f64,
+    /// The replay's speed; `None` without a replay.
+    speed: Option<f64>,
     started: Instant,
     terminal: bool,
     status_shown: bool,
@@ -435,7 +527,7 @@ struct View {
 }
 
 impl View {
-    fn new(incidents: Vec<Incident>, known: Seen, speed: f64) -> View {
+    fn new(incidents: Vec<Incident>, known: Seen, speed: Option<f64>) -> View {
         View {
             scoreboard: Scoreboard::new(&incidents),
             seen: known.anomalies.into_iter().map(|a| a.alert_id).collect(),
@@ -486,13 +578,13 @@ impl View {
         let rate = (tally.sent - self.last_sent.1) as f64
             / now.duration_since(self.last_sent.0).as_secs_f64().max(1e-3);
         self.last_sent = (now, tally.sent);
-        let replayed = if feeding {
-            format!(
+        let replayed = match (self.speed, feeding) {
+            (Some(speed), true) => format!(
                 "replay at +{:.0} min",
-                self.started.elapsed().as_secs_f64() * self.speed / 60.0
-            )
-        } else {
-            "replay done".to_owned()
+                self.started.elapsed().as_secs_f64() * speed / 60.0
+            ),
+            (Some(_), false) => "replay done".to_owned(),
+            (None, _) => "no replay".to_owned(),
         };
         let line = format!(
             "events {} ({:.0}/s) | acknowledged {} | rejected {} | failed {} | incidents {} | anomalies {} | {replayed}",

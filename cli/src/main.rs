@@ -105,6 +105,18 @@ fn init_logging(format: LogFormat, level: &str, to: Option<&Path>) -> anyhow::Re
     Ok(())
 }
 
+/// Warns once about the `SENTINEL_*` variables a server ignores (the original Sentinel's
+/// and its SDKs' variables, misspellings without a double underscore).
+fn warn_ignored_variables() {
+    let ignored = sentinel_config::ignored_variables(std::env::vars());
+    if !ignored.is_empty() {
+        tracing::warn!(
+            variables = %ignored.join(", "),
+            "ignoring environment variables that are not configuration: keys are set by SENTINEL_<SECTION>__<KEY> (see docs/configuration.md)"
+        );
+    }
+}
+
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
 async fn first_termination() {
     termination().await;
@@ -144,11 +156,13 @@ fn main() -> anyhow::Result<()> {
         Command::Node { config } => {
             let config = NodeConfig::load(config.as_deref(), std::env::vars())?;
             init_logging(config.log.format, &config.log.level, None)?;
+            warn_ignored_variables();
             runtime()?.block_on(sentinel_node::run(config, termination()))?;
         }
         Command::Router { config } => {
             let config = RouterConfig::load(config.as_deref(), std::env::vars())?;
             init_logging(config.log.format, &config.log.level, None)?;
+            warn_ignored_variables();
             runtime()?.block_on(sentinel_router::run(config, termination()))?;
         }
         Command::Dev(args) => runtime()?.block_on(dev::run(args, first_termination()))?,

@@ -1,9 +1,13 @@
 //! `sentinel dev` as a newcomer runs it: a process that starts a local cluster, feeds it
 //! the realistic replay, and raises anomalies for the injected incidents, which the query
-//! client then finds; Ctrl-C (SIGINT) stops it cleanly.
+//! client then finds; Ctrl-C (SIGINT) stops it cleanly. A short replay runs without the
+//! incidents; with `--kafka` and no replay, it reads the topics the original SDKs write.
 
+#[path = "support/kafka.rs"]
+mod broker;
 #[path = "../../node/tests/services/mod.rs"]
 mod services;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -61,7 +65,7 @@ struct Dev {
 }
 
 impl Dev {
-    fn start(data_dir: &Path, ports: &Ports) -> Dev {
+    fn start(data_dir: &Path, ports: &Ports, options: &[&str]) -> Dev {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sentinel"))
             .arg("dev")
             .arg("--data-dir")
@@ -71,6 +75,7 @@ impl Dev {
             .args(["--node-port", &ports.node.to_string()])
             .args(["--metrics-port", &ports.metrics.to_string()])
             .args(["--speed", SPEED, "--shards", "8"])
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -226,7 +231,7 @@ fn caught(anomalies: &[Value], incident: &Planned, anomaly_type: &str) -> bool {
 fn sentinel_dev_raises_anomalies_for_the_injected_incidents_and_stops_cleanly_on_ctrl_c() {
     let data = tempfile::tempdir().expect("temp dir");
     let ports = Ports::new();
-    let mut dev = Dev::start(data.path(), &ports);
+    let mut dev = Dev::start(data.path(), &ports, &[]);
     assert!(
         dev.read_until(|line| line.contains("Press Ctrl-C to stop")),
         "no banner:\n{}",
@@ -288,4 +293,111 @@ fn sentinel_dev_raises_anomalies_for_the_injected_incidents_and_stops_cleanly_on
             incident.id
         );
     }
+}
+
+#[test]
+fn a_replay_too_short_for_the_incidents_runs_clean_traffic() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let ports = Ports::new();
+    let mut dev = Dev::start(data.path(), &ports, &["--duration", "120"]);
+    assert!(
+        dev.read_until(|line| line.contains("Press Ctrl-C to stop")),
+        "no banner:\n{}",
+        dev.report()
+    );
+    assert!(
+        dev.said().contains("No injected incidents"),
+        "{}",
+        dev.report()
+    );
+    assert!(
+        planned_incidents(&dev.output).is_empty(),
+        "{}",
+        dev.report()
+    );
+    assert!(
+        dev.read_until(|line| line.starts_with("replay finished")),
+        "the replay did not finish:\n{}",
+        dev.report()
+    );
+    let exit = dev.interrupt();
+    let printed = dev.said();
+    assert!(exit.success(), "{exit:?}\n{printed}");
+    let totals = printed
+        .lines()
+        .find(|line| line.starts_with("clean traffic:"))
+        .unwrap_or_else(|| panic!("no summary:\n{printed}"));
+    assert!(totals.contains("rejected 0, failed 0"), "{totals}");
+    assert!(!totals.contains("acknowledged 0 "), "{totals}");
+}
+
+#[test]
+fn with_kafka_and_no_replay_it_reads_the_topic_the_python_sdk_writes_to() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let kafka = runtime.block_on(async {
+        let kafka = broker::Broker::start().await;
+        for topic in ["llm.telemetry", "llm-telemetry"] {
+            kafka.create_topic(topic, 1).await.expect("topic created");
+        }
+        kafka
+    });
+    let data = tempfile::tempdir().expect("temp dir");
+    let ports = Ports::new();
+    let mut dev = Dev::start(
+        data.path(),
+        &ports,
+        &["--kafka", &kafka.address, "--no-replay"],
+    );
+    assert!(
+        dev.read_until(|line| line.contains("Press Ctrl-C to stop")),
+        "no banner:\n{}",
+        dev.report()
+    );
+    let banner = dev.said();
+    assert!(
+        banner.contains("topics llm.telemetry, llm-telemetry"),
+        "{banner}"
+    );
+    assert!(banner.contains("none (--no-replay)"), "{banner}");
+
+    // The nested shape the SDKs send, to the Python SDK's default topic.
+    let event = serde_json::json!({
+        "event_id": "5b0e6f8e-3f41-4b2a-9d3c-2f6f3c1d9a01",
+        "timestamp": support::rfc3339(support::t0()),
+        "service_name": "sdk-python",
+        "model": "gpt-4o-mini",
+        "prompt": {"text": "hello", "tokens": 12},
+        "response": {"text": "hi", "tokens": 3, "finish_reason": "stop"},
+        "latency_ms": 420.0,
+        "cost_usd": 0.0001,
+        "metadata": {"region": "eu-west-1"},
+        "errors": []
+    });
+    let url = format!(
+        "http://127.0.0.1:{}/api/v1/telemetry?service=sdk-python&model=gpt-4o-mini&hours=1",
+        ports.http
+    );
+    let found = runtime.block_on(async {
+        broker::produce(
+            &kafka.producer(),
+            "llm-telemetry",
+            0,
+            "sdk-python/gpt-4o-mini",
+            event.to_string().as_bytes(),
+            &[],
+        )
+        .await;
+        support::wait_for(PATIENCE, async || {
+            let answer: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            (answer["count"] == 1).then_some(answer)
+        })
+        .await
+    });
+    assert!(
+        found.is_some(),
+        "the event on llm-telemetry was never read:\n{}\n{}",
+        dev.report(),
+        kafka.log()
+    );
+    assert!(dev.interrupt().success(), "{}", dev.said());
 }

@@ -520,8 +520,17 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
         .map(|i| format!("gpt-4o-{i}"))
         .find(|m| support::shard("checkout", m, SHARDS) == home)
         .expect("a model of the same shard");
+    // Two calls of a burst sharing the id the original producer examples build (the
+    // millisecond and four random digits): neither is poison, both are applied.
+    let colliding = |latency: f64| {
+        let mut event = flat("checkout", "gpt-4o", t0 + 500, latency);
+        event["request_id"] = json!(format!("{t0}-4821"));
+        event.to_string()
+    };
     let messages: Vec<(String, Option<&str>)> = vec![
         (good(0), None),
+        (colliding(230.0), None),
+        (colliding(260.0), None),
         ("this is not JSON".into(), Some("not_json")),
         ("[1, 2, 3]".into(), Some("wrong_shape")),
         (r#"{"hello": "world"}"#.into(), Some("wrong_shape")),
@@ -599,10 +608,10 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
         }
     }
 
-    // The good messages around them were applied, once.
+    // The good messages around them were applied, once, the colliding ones both.
     let applied = wait_for(PATIENCE, async || {
         let counts = counts(&h).await?;
-        (total(&counts) == 4).then_some(counts)
+        (total(&counts) == 6).then_some(counts)
     })
     .await;
     assert!(applied.is_some(), "good messages missing\n{}", h.log());

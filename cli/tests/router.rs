@@ -221,9 +221,15 @@ async fn events_posted_over_rest_become_telemetry_baselines_and_anomalies() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["applied"], 3);
 
-    // The same event id again: acknowledged, not applied twice.
+    // The same event again: acknowledged, not applied twice.
     let (status, answer) = h
-        .post_events(&nested("search", "gpt-4o", t0, "n-1", "again"))
+        .post_events(&nested(
+            "search",
+            "gpt-4o",
+            t0,
+            "n-1",
+            "mail ann@example.com please",
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["duplicates"], 1);

@@ -4,7 +4,11 @@
 //! `SENTINEL_<SECTION>__<KEY>` overrides `section.key` (a double underscore separates
 //! levels, so keys keep their single underscores): `SENTINEL_NODE__DATA_DIR=/data`,
 //! `SENTINEL_INGEST__VALIDATION__MAX_TOKENS=5000`. Values are read as YAML scalars, so
-//! lists can be given inline: `SENTINEL_ROUTER__SEEDS='[a:7400, b:7400]'`.
+//! lists can be given inline: `SENTINEL_ROUTER__SEEDS='[a:7400, b:7400]'`. A whole
+//! section is set by `SENTINEL_<SECTION>` with a YAML mapping as its value. The original
+//! single-process Sentinel's `SENTINEL_LOG_LEVEL` and `SENTINEL_LOG_JSON` are aliases of
+//! `log.level` and `log.format`; any other `SENTINEL_*` variable is not configuration and
+//! is ignored (see [`ignored_variables`]).
 //!
 //! It also holds the [`LogSection`] every Sentinel process is configured with.
 
@@ -19,6 +23,8 @@ use thiserror::Error;
 pub const ENV_PREFIX: &str = "SENTINEL_";
 /// Variables (after [`ENV_PREFIX`]) the command-line client reads, which servers ignore.
 pub const CLIENT_VARIABLES: [&str; 2] = ["ENDPOINT", "API_KEY"];
+/// The original Sentinel's variables (after [`ENV_PREFIX`]) and the keys they set.
+const ALIASES: [(&str, &str); 2] = [("LOG_LEVEL", "log.level"), ("LOG_JSON", "log.format")];
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
@@ -57,8 +63,89 @@ pub enum ConfigError {
     },
 }
 
-/// Reads `path` (when given), applies the `SENTINEL_*` overrides found in `env` (all but
-/// [`CLIENT_VARIABLES`]), and deserializes the result.
+/// What one environment variable is to a server's configuration.
+#[derive(Debug, PartialEq)]
+enum Variable {
+    /// Not Sentinel's, or the command-line client's.
+    Other,
+    /// Sets the key at `path` (lower case, one part per level) to `value`; `alias` when
+    /// the variable is one of [`ALIASES`].
+    Key {
+        path: Vec<String>,
+        value: Value,
+        alias: bool,
+    },
+    /// A `SENTINEL_*` variable that is not configuration.
+    Ignored,
+}
+
+impl Variable {
+    /// Reads the variable `name` set to `value`.
+    fn of(name: &str, value: &str) -> Result<Variable, ConfigError> {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            return Ok(Variable::Other);
+        };
+        if CLIENT_VARIABLES.contains(&rest) {
+            return Ok(Variable::Other);
+        }
+        let problem = |problem: &str| ConfigError::Override {
+            variable: name.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let value_of = |value: &str| -> Value {
+            serde_yaml::from_str(value).unwrap_or(Value::String(value.to_owned()))
+        };
+        if let Some((_, key)) = ALIASES.iter().find(|(a, _)| a.eq_ignore_ascii_case(rest)) {
+            let value = match *key {
+                "log.format" => {
+                    log_format_of_flag(value).ok_or_else(|| problem("expected true or false"))?
+                }
+                _ => log_level(value),
+            };
+            return Ok(Variable::Key {
+                path: key.split('.').map(str::to_owned).collect(),
+                value: Value::String(value.to_owned()),
+                alias: true,
+            });
+        }
+        let value = value_of(value);
+        if !rest.contains("__") && !value.is_mapping() {
+            return Ok(Variable::Ignored);
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(problem("expected SENTINEL_<SECTION>__<KEY>"));
+        }
+        Ok(Variable::Key {
+            path,
+            value,
+            alias: false,
+        })
+    }
+}
+
+/// `SENTINEL_LOG_JSON`'s value as a log format, if it is a flag.
+fn log_format_of_flag(flag: &str) -> Option<&'static str> {
+    match flag.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some("json"),
+        "false" | "0" | "no" | "off" | "" => Some("text"),
+        _ => None,
+    }
+}
+
+/// `SENTINEL_LOG_LEVEL`'s value as a tracing filter: level names of other logging
+/// libraries (`WARNING`, `CRITICAL`, `FATAL`) become tracing's.
+fn log_level(level: &str) -> &str {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn",
+        "critical" | "fatal" => "error",
+        _ => level,
+    }
+}
+
+/// Reads `path` (when given), applies the `SENTINEL_*` overrides found in `env` (the
+/// aliases first, so `SENTINEL_<SECTION>__<KEY>` wins over them), and deserializes the
+/// result. Variables that are not configuration are skipped: see [`ignored_variables`].
 pub fn load<T: DeserializeOwned>(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
@@ -79,11 +166,15 @@ pub fn load<T: DeserializeOwned>(
     if root.is_null() {
         root = Value::Mapping(Mapping::new());
     }
+    let mut keys = Vec::new();
     for (name, value) in env {
-        let key = name.as_ref().strip_prefix(ENV_PREFIX);
-        if let Some(rest) = key.filter(|rest| !CLIENT_VARIABLES.contains(rest)) {
-            override_key(&mut root, rest, value.as_ref())?;
+        if let Variable::Key { path, value, alias } = Variable::of(name.as_ref(), value.as_ref())? {
+            keys.push((!alias, name.as_ref().to_owned(), path, value));
         }
+    }
+    keys.sort_by_key(|(direct, ..)| *direct);
+    for (_, name, path, value) in keys {
+        override_key(&mut root, &name, &path, value)?;
     }
     serde_path_to_error::deserialize(root).map_err(|e| ConfigError::Invalid {
         key: e.path().to_string(),
@@ -91,19 +182,39 @@ pub fn load<T: DeserializeOwned>(
     })
 }
 
-/// Sets the key named by `SECTION__KEY` (case-insensitive) to `value` read as YAML.
-fn override_key(root: &mut Value, path: &str, value: &str) -> Result<(), ConfigError> {
+/// The `SENTINEL_*` variables of `env` that are not configuration (neither
+/// `SENTINEL_<SECTION>__<KEY>`, a whole section, an alias nor the client's), sorted: a
+/// server warns about them once and runs on.
+pub fn ignored_variables(
+    env: impl IntoIterator<Item = (impl AsRef<str>, impl AsRef<str>)>,
+) -> Vec<String> {
+    let mut ignored: Vec<String> = env
+        .into_iter()
+        .filter(|(name, value)| {
+            matches!(
+                Variable::of(name.as_ref(), value.as_ref()),
+                Ok(Variable::Ignored)
+            )
+        })
+        .map(|(name, _)| name.as_ref().to_owned())
+        .collect();
+    ignored.sort();
+    ignored
+}
+
+/// Sets the key at `path` to `value`; `variable` names the variable in errors.
+fn override_key(
+    root: &mut Value,
+    variable: &str,
+    path: &[String],
+    value: Value,
+) -> Result<(), ConfigError> {
     let problem = |problem: String| ConfigError::Override {
-        variable: format!("{ENV_PREFIX}{path}"),
+        variable: variable.to_owned(),
         problem,
     };
-    let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
-    if parts.iter().any(String::is_empty) {
-        return Err(problem("expected SENTINEL_<SECTION>__<KEY>".into()));
-    }
-    let parsed: Value = serde_yaml::from_str(value).unwrap_or(Value::String(value.to_owned()));
     let mut at = root;
-    for part in &parts[..parts.len() - 1] {
+    for part in &path[..path.len() - 1] {
         let map = at
             .as_mapping_mut()
             .ok_or_else(|| problem(format!("`{part}` is not a section")))?;
@@ -114,7 +225,7 @@ fn override_key(root: &mut Value, path: &str, value: &str) -> Result<(), ConfigE
     let map = at
         .as_mapping_mut()
         .ok_or_else(|| problem("the parent is not a section".into()))?;
-    map.insert(Value::String(parts[parts.len() - 1].clone()), parsed);
+    map.insert(Value::String(path[path.len() - 1].clone()), value);
     Ok(())
 }
 
@@ -220,6 +331,84 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sample.server.name, "b");
+    }
+
+    #[test]
+    fn the_original_log_variables_are_aliases_the_double_underscore_form_wins() {
+        let sample: Sample = load(
+            None,
+            [
+                ("SENTINEL_SERVER__NAME", "b"),
+                ("SENTINEL_LOG_LEVEL", "WARNING"),
+                ("SENTINEL_LOG_JSON", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(sample.log.level, "warn");
+        assert_eq!(sample.log.format, LogFormat::Json);
+        for env in [
+            [("SENTINEL_LOG__FORMAT", "text"), ("SENTINEL_LOG_JSON", "1")],
+            [("SENTINEL_LOG_JSON", "1"), ("SENTINEL_LOG__FORMAT", "text")],
+        ] {
+            let sample: Sample = load(
+                None,
+                [("SENTINEL_SERVER__NAME", "b")].into_iter().chain(env),
+            )
+            .unwrap();
+            assert_eq!(sample.log.format, LogFormat::Text, "{env:?}");
+        }
+        let sample: Sample = load(
+            None,
+            [
+                ("SENTINEL_SERVER__NAME", "b"),
+                ("SENTINEL_LOG_LEVEL", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(sample.log.level, "debug");
+        let err = load::<Sample>(
+            None,
+            [
+                ("SENTINEL_SERVER__NAME", "b"),
+                ("SENTINEL_LOG_JSON", "maybe"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Override { variable, .. } if variable == "SENTINEL_LOG_JSON"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_single_underscore_variables_are_ignored_and_listed() {
+        let env = [
+            ("SENTINEL_SERVER__NAME", "b"),
+            ("SENTINEL_TOPIC", "llm-telemetry"),
+            ("SENTINEL_BROKERS", "localhost:9092"),
+            ("SENTINEL_KAFKA_BROKERS", "localhost:9092"),
+            ("SENTINEL_LOG_LEVEL", "info"),
+            ("SENTINEL_ENDPOINT", "http://127.0.0.1:7500"),
+            ("HOME", "/root"),
+        ];
+        let sample: Sample = load(None, env).unwrap();
+        assert_eq!(sample.server.name, "b");
+        assert_eq!(
+            ignored_variables(env),
+            [
+                "SENTINEL_BROKERS",
+                "SENTINEL_KAFKA_BROKERS",
+                "SENTINEL_TOPIC"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_whole_section_is_set_by_a_mapping() {
+        let env = [("SENTINEL_SERVER", "{name: c, port: 9}")];
+        let sample: Sample = load(None, env).unwrap();
+        assert_eq!((sample.server.name.as_str(), sample.server.port), ("c", 9));
+        assert!(ignored_variables(env).is_empty());
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub struct AnomalyContext {
     pub trace_id: Option<String>,
     /// User of the triggering call, when known.
     pub user_id: Option<String>,
+    /// Region of the triggering call (its `region` metadata), when it carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Time span the detector looked at, e.g. `last 1000 samples` or `60s`.
     pub time_window: String,
     /// Samples (or requests) in the baseline that judged it.

@@ -16,8 +16,10 @@ use crate::onset::OnsetConfig;
 pub struct DetectionConfig {
     /// Samples kept per baseline key (W).
     pub window_size: usize,
-    /// Samples a baseline needs before it scores anything.
+    /// Samples a baseline needs before the point detectors score anything.
     pub min_samples: usize,
+    /// How a key's first calls are judged, before its baseline has `min_samples` of them.
+    pub young: YoungConfig,
     /// Z-score detector.
     #[serde(deserialize_with = "shipped::z_score")]
     pub z_score: ThresholdDetector,
@@ -57,6 +59,7 @@ impl Default for DetectionConfig {
         DetectionConfig {
             window_size: 1000,
             min_samples: 10,
+            young: YoungConfig::default(),
             z_score: Z_SCORE,
             iqr: IQR,
             mad: MAD,
@@ -145,6 +148,15 @@ impl DetectionConfig {
                 self.onset.detector.window,
                 u16::MAX
             ));
+        }
+        for (name, v) in [
+            ("young.prior_spread", self.young.prior_spread),
+            ("young.prior_weight", self.young.prior_weight),
+            ("young.threshold", self.young.threshold),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                problems.push(format!("{name}: {v} must be a positive number"));
+            }
         }
         if self.min_votes == 0 {
             problems.push("min_votes: must be at least 1".to_string());
@@ -258,6 +270,35 @@ impl ThresholdDetector {
         ThresholdDetector {
             enabled: true,
             threshold,
+        }
+    }
+}
+
+/// A young baseline (fewer than `min_samples` calls, at least one): a call is judged
+/// against the key's own mean with a spread pooled from a prior and the key's own calls,
+/// so a new key is heard from its second call, and a call flagged so is kept out of the
+/// young baseline (never more calls than it holds). Metrics on a log scale only.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct YoungConfig {
+    /// Whether young baselines judge calls.
+    pub enabled: bool,
+    /// Standard deviation assumed before the key has its own, on the log scale (0.5: most
+    /// calls within a factor of 2.7 of each other).
+    pub prior_spread: f64,
+    /// Calls' worth of weight the prior spread has against the key's own spread.
+    pub prior_weight: f64,
+    /// Predictive standard deviations past which a call is flagged.
+    pub threshold: f64,
+}
+
+impl Default for YoungConfig {
+    fn default() -> Self {
+        YoungConfig {
+            enabled: true,
+            prior_spread: 0.5,
+            prior_weight: 4.0,
+            threshold: 3.5,
         }
     }
 }

@@ -89,7 +89,7 @@ pub struct KeyBaseline {
     pub model: String,
     /// Events observed on this key.
     pub events: u64,
-    /// Error rate over the error-rate baseline buckets.
+    /// Share of failed calls over the error-rate baseline buckets and the current bucket.
     pub error_rate: f64,
     /// Median requests per request-rate bucket, once a bucket closed.
     pub requests_per_bucket: Option<f64>,
@@ -430,6 +430,11 @@ impl ShardDetector {
             context: AnomalyContext {
                 trace_id: event.trace_id.clone(),
                 user_id: event.user_id.clone(),
+                region: event
+                    .metadata
+                    .get("region")
+                    .and_then(|r| r.as_str())
+                    .map(str::to_owned),
                 time_window: finding.time_window,
                 sample_count: finding.sample_count,
                 additional,
@@ -487,7 +492,11 @@ impl ShardDetector {
     }
 
     fn key_baseline(&self, service: &str, model: &str, key: &KeyState) -> KeyBaseline {
-        let ((_, _), (requests, errors)) = key.error_rate.counts();
+        let ((requests, errors), (history_requests, history_errors)) = key.error_rate.counts();
+        let (requests, errors) = (
+            u64::from(requests) + history_requests,
+            u64::from(errors) + history_errors,
+        );
         KeyBaseline {
             service_name: service.to_owned(),
             model: model.to_owned(),
@@ -569,8 +578,14 @@ fn observe_metric(
     findings: &mut Vec<Finding>,
 ) {
     let t = mc.scale.forward(raw);
+    let mut keep_out = false;
     if state.window.len() >= cfg.min_samples {
         findings.extend(point_finding(&state.window, metric, mc, cfg, raw, t));
+    } else if let Some(finding) = young_finding(&state.window, metric, mc, cfg, raw, t) {
+        // Never more calls kept out than kept: a key whose first calls were the odd ones
+        // still builds a baseline.
+        keep_out = (state.held_out as usize) < state.window.len();
+        findings.push(finding);
     }
     if cfg.cusum.enabled && mc.runs(DetectorKind::Cusum) {
         let drift = state
@@ -589,9 +604,58 @@ fn observe_metric(
             findings.push(onset_finding(metric, mc, cfg, raw, median, score.surprisal));
         }
     }
-    if learn {
+    if learn && keep_out {
+        state.held_out = state.held_out.saturating_add(1);
+    } else if learn {
         state.window.push(t);
     }
+}
+
+/// A young baseline's judgement of `t` (see [`crate::config::YoungConfig`]): its distance
+/// from the key's median in predictive standard deviations of a spread pooled from the
+/// prior and the key's own calls (their MAD).
+fn young_finding(
+    w: &Window,
+    metric: Metric,
+    mc: &MetricConfig,
+    cfg: &DetectionConfig,
+    raw: f64,
+    t: f64,
+) -> Option<Finding> {
+    let young = &cfg.young;
+    let n = w.len();
+    if !young.enabled || n == 0 || !matches!(mc.scale, Scale::Log { .. }) {
+        return None;
+    }
+    // Median and MAD: one odd call among a young key's few does not move them.
+    let median = w.median()?;
+    let own_df = (n - 1) as f64;
+    let own_var = (w.mad()? / MAD_CONSISTENCY).powi(2);
+    let pooled_var = (young.prior_weight * young.prior_spread.powi(2) + own_df * own_var)
+        / (young.prior_weight + own_df);
+    let sd = pooled_var.sqrt().max(mc.floor.at(median)) * (1.0 + 1.0 / n as f64).sqrt();
+    let z = (t - median) / sd;
+    if !mc.direction.admits(z) || z.abs() <= young.threshold {
+        return None;
+    }
+    let mut additional = BTreeMap::new();
+    additional.insert("prior_spread".into(), young.prior_spread.into());
+    raw_figures(w, mc.scale, &mut additional);
+    Some(Finding {
+        metric: metric.name(),
+        anomaly_type: mc.point_type,
+        method: "young_baseline",
+        value: raw,
+        baseline: mc.scale.inverse(median),
+        threshold: mc.scale.inverse(median + z.signum() * young.threshold * sd),
+        deviation_sigma: z,
+        ratio: z.abs() / young.threshold,
+        votes: 1,
+        voters: 1,
+        sample_count: n as u64,
+        time_window: format!("last {n} samples"),
+        additional,
+    })
 }
 
 /// The finding of an onset of `surprisal` on `metric`.
@@ -704,6 +768,7 @@ fn point_finding(
     let mut additional = BTreeMap::new();
     additional.insert("votes".into(), votes.into());
     additional.insert("detectors".into(), voters.into());
+    raw_figures(w, mc.scale, &mut additional);
     Some(Finding {
         metric: metric.name(),
         anomaly_type: mc.point_type,
@@ -732,15 +797,32 @@ fn small_sample_factor(n: usize, sigmas: f64) -> f64 {
     1.0 + (z2 + 1.0) / (4.0 * nu) + (5.0 * z2 * z2 + 16.0 * z2 + 3.0) / (96.0 * nu * nu)
 }
 
-/// Statistics of a window in raw units (O(W log W): a query, not the hot path).
-fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseline> {
-    let mut raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+/// Adds what consumers of the original single-process Sentinel read to a flagged value's
+/// figures: the baseline's mean and standard deviation in the metric's own units (O(W),
+/// for a flagged value only).
+fn raw_figures(w: &Window, scale: Scale, additional: &mut BTreeMap<String, serde_json::Value>) {
+    let raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+    if let Some((mean, std_dev)) = raw_moments(&raw) {
+        additional.insert("baseline_mean".into(), mean.into());
+        additional.insert("baseline_stddev".into(), std_dev.into());
+    }
+}
+
+/// Mean and population standard deviation of raw values; `None` when there are none.
+fn raw_moments(raw: &[f64]) -> Option<(f64, f64)> {
     if raw.is_empty() {
         return None;
     }
     let n = raw.len() as f64;
     let mean = raw.iter().sum::<f64>() / n;
     let var = raw.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+    Some((mean, var.sqrt()))
+}
+
+/// Statistics of a window in raw units (O(W log W): a query, not the hot path).
+fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseline> {
+    let mut raw: Vec<f64> = w.iter().map(|t| scale.inverse(t)).collect();
+    let (mean, std_dev) = raw_moments(&raw)?;
     raw.sort_by(f64::total_cmp);
     let q = quantile_of_sorted;
     let median = q(&raw, 0.5)?;
@@ -750,7 +832,7 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
         metric: metric.name().to_owned(),
         count: raw.len(),
         mean,
-        std_dev: var.sqrt(),
+        std_dev,
         median,
         q1: q(&raw, 0.25)?,
         q3: q(&raw, 0.75)?,
@@ -881,6 +963,96 @@ mod tests {
     }
 
     #[test]
+    fn a_point_alert_carries_the_region_and_the_baselines_mean_and_stddev_in_metric_units() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        run(&mut d, &mut t, 2000, 1.0);
+        d.purge_dedup(i64::MAX);
+        let latency = d.baselines(Some("chat"), None)[0].metrics[0].clone();
+        let (mut e, v) = t.next(20.0, false);
+        e.metadata
+            .insert("region".into(), serde_json::json!("eu-west-1"));
+        let out = d.observe(&e, &v);
+        let spike = out
+            .anomalies
+            .iter()
+            .find(|a| a.anomaly_type == AnomalyType::LatencySpike)
+            .expect("a 20x latency spike is raised");
+        assert_eq!(spike.context.region.as_deref(), Some("eu-west-1"));
+        let figure = |name: &str| spike.details.additional[name].as_f64().unwrap();
+        assert!((figure("baseline_mean") / latency.mean - 1.0).abs() < 1e-9);
+        assert!((figure("baseline_stddev") / latency.std_dev - 1.0).abs() < 1e-9);
+        let json = serde_json::to_value(spike).unwrap();
+        assert_eq!(json["context"]["region"], "eu-west-1");
+        let mut plain = spike.clone();
+        plain.context.region = None;
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json["context"].get("region").is_none(), "no region, no key");
+    }
+
+    /// The original example producer's run: 20 normal calls spread over 12 service/model
+    /// pairs, then one slow, token-heavy call on every pair.
+    fn original_example_run(d: &mut ShardDetector, t: &mut Traffic) -> Vec<Anomaly> {
+        let pairs: Vec<(String, String)> = ["chatbot", "summarizer", "translator"]
+            .iter()
+            .flat_map(|s| {
+                ["gpt-4", "gpt-3.5-turbo", "claude-3", "llama-2"]
+                    .map(|m| (s.to_string(), m.to_string()))
+            })
+            .collect();
+        let call = |t: &mut Traffic, (service, model): &(String, String), factor: f64| {
+            let (mut e, mut v) = t.next(1.0, false);
+            e.service = service.clone();
+            e.model = model.clone();
+            for metric in [Metric::LatencyMs, Metric::PromptTokens, Metric::TotalTokens] {
+                v.set(metric, v.get(metric).map(|x| x * factor));
+            }
+            (e, v)
+        };
+        for i in 0..20 {
+            let (e, v) = call(t, &pairs[i % pairs.len()], 1.0);
+            d.observe(&e, &v);
+        }
+        let mut raised = Vec::new();
+        for pair in &pairs {
+            let (e, v) = call(t, pair, 12.0);
+            raised.extend(d.observe(&e, &v).anomalies);
+        }
+        raised
+    }
+
+    #[test]
+    fn cold_keys_are_judged_from_their_second_call_and_their_outliers_kept_out() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        let first = original_example_run(&mut d, &mut t);
+        let caught = |raised: &[Anomaly]| {
+            raised
+                .iter()
+                .map(|a| (a.service_name.clone(), a.model.clone()))
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        // Eight pairs got two normal calls, four got one.
+        assert!(caught(&first).len() >= 8, "{first:#?}");
+        assert!(first.iter().all(|a| a.detection_method == "young_baseline"));
+        for flagged in &first {
+            let baseline = &d.baselines(Some(&flagged.service_name), Some(&flagged.model))[0];
+            let metric = baseline
+                .metrics
+                .iter()
+                .find(|m| m.metric == flagged.details.metric)
+                .unwrap();
+            assert!(
+                metric.p99 < flagged.details.value,
+                "a flagged call entered the young baseline: {metric:#?}"
+            );
+        }
+        d.purge_dedup(i64::MAX);
+        let second = original_example_run(&mut d, &mut t);
+        assert_eq!(caught(&second).len(), 12, "a second run: {second:#?}");
+    }
+
+    #[test]
     fn hits_of_one_incident_fold_into_the_open_alert() {
         let cfg = DetectionConfig {
             dedup_window_ms: 30_000,
@@ -978,6 +1150,24 @@ mod tests {
         let latency_after = &d.baselines(Some("chat"), Some("gpt-4o"))[0].metrics[0];
         assert_eq!(latency_after.metric, "latency_ms");
         assert!((latency_after.median / latency_before.median - 1.0).abs() < 0.1);
+    }
+
+    #[test]
+    fn the_baselines_error_rate_counts_the_current_bucket() {
+        let mut d = detector();
+        let mut t = Traffic::new();
+        // 10 calls a second: the first 60-second bucket is still open after 50 calls
+        for i in 0..50 {
+            let (e, v) = t.next(1.0, i % 5 == 0);
+            d.observe(&e, &v);
+        }
+        let rate = |d: &ShardDetector| d.baselines(Some("chat"), None)[0].error_rate;
+        assert!((rate(&d) - 0.2).abs() < 1e-9, "{}", rate(&d));
+        for _ in 0..600 {
+            let (e, v) = t.next(1.0, false);
+            d.observe(&e, &v);
+        }
+        assert!((rate(&d) - 10.0 / 650.0).abs() < 1e-9, "{}", rate(&d));
     }
 
     #[test]

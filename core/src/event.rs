@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 /// One LLM call, normalised from any accepted input shape (nested SDK, flat producer, OTLP span).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -102,6 +103,25 @@ impl Event {
     pub fn is_error(&self) -> bool {
         !self.errors.is_empty()
     }
+
+    /// A digest of everything but the `event_id`: a repeated id with an equal digest is
+    /// the same call sent again, with another digest a different call. Pinned (the first
+    /// 8 bytes of SHA-256 over the content's JSON), so every replica computes the same.
+    pub fn content_digest(&self) -> u64 {
+        let content = Event {
+            event_id: None,
+            ..self.clone()
+        };
+        let json = serde_json::to_vec(&content).expect("events serialize");
+        let hash = Sha256::digest(&json);
+        u64::from_be_bytes(hash[..8].try_into().expect("8 bytes"))
+    }
+
+    /// The id a call is applied under when its own `id` was taken by a call of other
+    /// content: the id, `~` and the call's content digest, so a retry gets the same id.
+    pub fn derived_event_id(id: &str, content_digest: u64) -> String {
+        format!("{id}~{content_digest:016x}")
+    }
 }
 
 #[cfg(test)]
@@ -134,5 +154,34 @@ mod tests {
         };
         let read = crate::parse_value(&event.to_nested_json()).expect("parses");
         assert_eq!(read, event);
+    }
+
+    #[test]
+    fn the_content_digest_ignores_the_id_and_sees_every_other_field() {
+        let call = Event {
+            event_id: Some("1767225600123-4821".into()),
+            request_id: Some("1767225600123-4821".into()),
+            timestamp_ms: 1_767_225_600_123,
+            service: "checkout".into(),
+            model: "gpt-4o".into(),
+            latency_ms: 812.5,
+            ..Event::default()
+        };
+        let retry = Event {
+            event_id: Some("another".into()),
+            ..call.clone()
+        };
+        assert_eq!(call.content_digest(), retry.content_digest());
+        let other = Event {
+            latency_ms: 812.6,
+            ..call.clone()
+        };
+        assert_ne!(call.content_digest(), other.content_digest());
+        assert_eq!(
+            call.content_digest(),
+            0x68c8_5246_9787_4f65,
+            "the digest is pinned: replicas of every release agree"
+        );
+        assert_eq!(Event::derived_event_id("r-1", 0xab), "r-1~00000000000000ab");
     }
 }

@@ -291,6 +291,7 @@ impl Notification {
                 context: AnomalyContext {
                     trace_id: None,
                     user_id: None,
+                    region: None,
                     time_window: format!("since {}", rfc3339(incident.opened_at_ms)),
                     sample_count: incident.calls,
                     additional: Default::default(),

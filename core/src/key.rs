@@ -22,6 +22,8 @@ pub(crate) struct MetricState {
     pub drift: Option<Drift>,
     /// Created when the onset detector first runs on the metric.
     pub onset: Option<Box<OnsetDetector>>,
+    /// Calls flagged while the baseline was young and kept out of it.
+    pub held_out: u32,
 }
 
 impl MetricState {
@@ -30,6 +32,7 @@ impl MetricState {
             window: Window::new(cfg.window_size),
             drift: None,
             onset: None,
+            held_out: 0,
         }
     }
 }

@@ -457,6 +457,7 @@ mod tests {
             context: AnomalyContext {
                 trace_id: None,
                 user_id: None,
+                region: None,
                 time_window: "last 1000 samples".to_owned(),
                 sample_count: 60,
                 additional: Default::default(),

@@ -333,6 +333,7 @@ impl NodeMetrics {
     pub fn count_outcome(&self, outcome: Outcome) {
         let name = match outcome {
             Outcome::Applied => "applied",
+            Outcome::AppliedAs => "applied_as",
             Outcome::DuplicateOffset => "duplicate_offset",
             Outcome::DuplicateEventId => "duplicate_event_id",
             Outcome::Rejected | Outcome::Unspecified => "rejected",

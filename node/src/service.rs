@@ -160,6 +160,7 @@ fn refused(errors: Vec<FieldError>) -> EventResult {
                 problem: e.problem,
             })
             .collect(),
+        applied_as: String::new(),
     }
 }
 
@@ -363,8 +364,13 @@ impl Node for NodeService {
             alerts_raised = outcome.alerts.len() as u32;
             let mut outcomes = outcome.events.into_iter();
             for slot in results.iter_mut().filter(|r| r.is_none()) {
+                let mut applied_as = String::new();
                 let outcome = match outcomes.next() {
                     Some(EventOutcome::Applied) => Outcome::Applied,
+                    Some(EventOutcome::AppliedAs(derived)) => {
+                        applied_as = derived;
+                        Outcome::AppliedAs
+                    }
                     Some(EventOutcome::DuplicateOffset) => Outcome::DuplicateOffset,
                     Some(EventOutcome::DuplicateEventId) => Outcome::DuplicateEventId,
                     Some(EventOutcome::KeyLimit(limit)) => {
@@ -381,6 +387,7 @@ impl Node for NodeService {
                 *slot = Some(EventResult {
                     outcome: outcome as i32,
                     errors: Vec::new(),
+                    applied_as,
                 });
             }
         }

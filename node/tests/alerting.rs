@@ -60,6 +60,7 @@ fn alert(severity: Severity, anomaly_type: AnomalyType) -> (Anomaly, String) {
         context: AnomalyContext {
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
             user_id: None,
+            region: None,
             time_window: "last 1000 samples".to_owned(),
             sample_count: 1000,
             additional: BTreeMap::new(),

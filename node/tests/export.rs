@@ -77,6 +77,7 @@ fn anomaly(i: usize) -> ExportItem {
         context: AnomalyContext {
             trace_id: None,
             user_id: None,
+            region: None,
             time_window: "last 1000 samples".to_owned(),
             sample_count: 100,
             additional: BTreeMap::new(),

@@ -48,6 +48,8 @@ pub struct Outgoing {
 pub enum Delivery {
     /// Committed by its shard and observed by detection.
     Applied,
+    /// Likewise, under this derived id: its own id was taken by an event of other content.
+    AppliedAs(String),
     /// At or below its partition's applied offset: applied before.
     DuplicateOffset,
     /// Its event id was applied before within the dedup horizon.
@@ -63,7 +65,10 @@ impl Delivery {
     pub fn is_committed(&self) -> bool {
         matches!(
             self,
-            Delivery::Applied | Delivery::DuplicateOffset | Delivery::DuplicateEventId
+            Delivery::Applied
+                | Delivery::AppliedAs(_)
+                | Delivery::DuplicateOffset
+                | Delivery::DuplicateEventId
         )
     }
 }
@@ -320,6 +325,7 @@ async fn send(shard: u32, batch: Vec<Item>, shared: &Shared) {
             .into_iter()
             .map(|result| match Outcome::try_from(result.outcome) {
                 Ok(Outcome::Applied) => Delivery::Applied,
+                Ok(Outcome::AppliedAs) => Delivery::AppliedAs(result.applied_as),
                 Ok(Outcome::DuplicateOffset) => Delivery::DuplicateOffset,
                 Ok(Outcome::DuplicateEventId) => Delivery::DuplicateEventId,
                 Ok(Outcome::Rejected) => Delivery::Rejected(

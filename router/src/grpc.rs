@@ -152,6 +152,7 @@ impl PublicApi {
                         })
                         .collect(),
                     message: report.message.unwrap_or_default(),
+                    applied_as: report.applied_as.unwrap_or_default(),
                 })
                 .collect(),
         }))

@@ -65,6 +65,10 @@ pub struct EventReport {
     pub event_id: Option<String>,
     /// `pending` until forwarded, then `applied`, `duplicate`, `rejected` or `failed`.
     pub status: &'static str,
+    /// The derived id an `applied` event is stored under, when an event of other content
+    /// had taken its `event_id` (the idempotency rule in docs/api.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_as: Option<String>,
     /// Why it was rejected, field by field (only the problems the answer lists).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
@@ -188,6 +192,7 @@ impl<'a> Admission<'a> {
                     index,
                     event_id: event.event_id,
                     status: "pending",
+                    applied_as: None,
                     errors: Vec::new(),
                     message: None,
                 }
@@ -196,6 +201,7 @@ impl<'a> Admission<'a> {
                 index,
                 event_id: None,
                 status: "rejected",
+                applied_as: None,
                 errors: self.admitted.problems.take(errors),
                 message: None,
             },
@@ -218,6 +224,10 @@ impl Admitted {
         for (report, delivery) in pending.zip(deliveries) {
             report.status = match delivery {
                 Delivery::Applied => "applied",
+                Delivery::AppliedAs(derived) => {
+                    report.applied_as = Some(derived);
+                    "applied"
+                }
                 Delivery::DuplicateOffset | Delivery::DuplicateEventId => "duplicate",
                 Delivery::Rejected(errors) => {
                     report.errors = self.problems.take(errors);
@@ -300,10 +310,12 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
                 })
             })
             .collect();
-        let mut message =
-            format!("{rejected} of {total} events were rejected; the others were accepted");
+        let mut message = rejected_message(rejected, total);
         if omitted > 0 {
-            message += &format!("; {omitted} more problems are not listed");
+            message += &match omitted {
+                1 => "; 1 more problem is not listed".to_owned(),
+                _ => format!("; {omitted} more problems are not listed"),
+            };
         }
         return Verdict {
             status: StatusCode::BAD_REQUEST,
@@ -313,6 +325,22 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
     Verdict {
         status: StatusCode::OK,
         error: None,
+    }
+}
+
+/// What the answer says of `rejected` events of `total`: no "others" when there are none,
+/// and the verb agrees with the count.
+fn rejected_message(rejected: usize, total: usize) -> String {
+    let accepted = total - rejected;
+    match (rejected, accepted) {
+        (1, 0) => "the event was rejected".to_owned(),
+        (_, 0) => format!("all {total} events were rejected"),
+        (1, 1) => format!("1 of {total} events was rejected; the other was accepted"),
+        (1, _) => format!("1 of {total} events was rejected; the other {accepted} were accepted"),
+        (_, 1) => format!("{rejected} of {total} events were rejected; the other was accepted"),
+        _ => format!(
+            "{rejected} of {total} events were rejected; the other {accepted} were accepted"
+        ),
     }
 }
 
@@ -416,6 +444,7 @@ mod tests {
             index,
             event_id: None,
             status,
+            applied_as: None,
             errors: if status == "rejected" {
                 vec![FieldError::new("latency_ms", "below 0.1")]
             } else {
@@ -437,6 +466,28 @@ mod tests {
             status(["failed", "rejected"]),
             StatusCode::SERVICE_UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn the_rejection_message_counts_in_plain_words() {
+        for (rejected, total, message) in [
+            (1, 1, "the event was rejected"),
+            (3, 3, "all 3 events were rejected"),
+            (1, 2, "1 of 2 events was rejected; the other was accepted"),
+            (
+                1,
+                5,
+                "1 of 5 events was rejected; the other 4 were accepted",
+            ),
+            (2, 3, "2 of 3 events were rejected; the other was accepted"),
+            (
+                2,
+                5,
+                "2 of 5 events were rejected; the other 3 were accepted",
+            ),
+        ] {
+            assert_eq!(rejected_message(rejected, total), message);
+        }
     }
 
     proptest! {

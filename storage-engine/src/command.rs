@@ -250,19 +250,22 @@ pub struct IngestOutcome {
 }
 
 impl IngestOutcome {
-    /// Number of events observed by detection.
+    /// Number of events observed by detection (under their own id or a derived one).
     pub fn applied(&self) -> usize {
-        self.count(EventOutcome::Applied)
+        self.events
+            .iter()
+            .filter(|o| matches!(o, EventOutcome::Applied | EventOutcome::AppliedAs(_)))
+            .count()
     }
 
     /// Number of events with the given outcome.
     pub fn count(&self, outcome: EventOutcome) -> usize {
-        self.events.iter().filter(|&&o| o == outcome).count()
+        self.events.iter().filter(|o| **o == outcome).count()
     }
 }
 
 /// The fate of one event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventOutcome {
     /// Observed and stored.
     Applied,
@@ -272,6 +275,9 @@ pub enum EventOutcome {
     DuplicateEventId,
     /// Refused: it would add a (service, model) key beyond a bound.
     KeyLimit(KeyLimit),
+    /// Observed and stored under this derived id: an event of other content was applied
+    /// under its own `event_id` within the horizon (see `Event::derived_event_id`).
+    AppliedAs(String),
 }
 
 impl Command {

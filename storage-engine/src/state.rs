@@ -110,45 +110,106 @@ pub(crate) const EXPORT_TELEMETRY: u8 = b't';
 /// Kind byte of an export-queue row holding an anomaly (JSON, as delivered).
 pub(crate) const EXPORT_ANOMALY: u8 = b'a';
 
-/// Event ids applied within the horizon, as 128-bit hashes, oldest first.
+/// Event ids applied within the horizon, as 128-bit hashes with the content digest of
+/// the event applied under each, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "VecDeque<(i64, u128)>", into = "VecDeque<(i64, u128)>")]
+#[serde(from = "VecDeque<SeenId>", into = "VecDeque<SeenId>")]
 pub(crate) struct EventIds {
-    order: VecDeque<(i64, u128)>,
-    seen: HashMap<u128, i64>,
+    order: VecDeque<SeenId>,
+    /// The content digest applied under each id (`None`: unknown, see [`SeenId`]).
+    seen: HashMap<u128, Option<u64>>,
 }
 
-impl From<VecDeque<(i64, u128)>> for EventIds {
-    fn from(order: VecDeque<(i64, u128)>) -> Self {
-        let seen = order.iter().map(|&(t, h)| (h, t)).collect();
+/// One remembered id: when it was applied (shard clock), its hash, and the content digest
+/// of its event. Checkpoints written before digests were kept hold only the first two; a
+/// repeat of such an id counts as a duplicate whatever its content.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SeenId {
+    at_ms: i64,
+    id: u128,
+    content: Option<u64>,
+}
+
+impl Serialize for SeenId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.at_ms, self.id, self.content).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeenId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = SeenId;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("(time, id hash[, content digest])")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SeenId, A::Error> {
+                let missing = |i: usize| -> A::Error { serde::de::Error::invalid_length(i, &self) };
+                Ok(SeenId {
+                    at_ms: seq.next_element()?.ok_or_else(|| missing(0))?,
+                    id: seq.next_element()?.ok_or_else(|| missing(1))?,
+                    content: seq.next_element::<Option<u64>>()?.flatten(),
+                })
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
+}
+
+impl From<VecDeque<SeenId>> for EventIds {
+    fn from(order: VecDeque<SeenId>) -> Self {
+        let seen = order.iter().map(|s| (s.id, s.content)).collect();
         EventIds { order, seen }
     }
 }
 
-impl From<EventIds> for VecDeque<(i64, u128)> {
+impl From<EventIds> for VecDeque<SeenId> {
     fn from(ids: EventIds) -> Self {
         ids.order
     }
 }
 
+/// What a remembered id says of an event carrying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdCheck {
+    /// The id is new within the horizon.
+    New,
+    /// The same event (or one applied before contents were compared) was applied.
+    Duplicate,
+    /// An event of other content was applied under the id.
+    Conflict,
+}
+
 impl EventIds {
-    fn contains(&self, hash: u128) -> bool {
-        self.seen.contains_key(&hash)
+    fn check(&self, hash: u128, content: u64) -> IdCheck {
+        match self.seen.get(&hash) {
+            None => IdCheck::New,
+            Some(Some(seen)) if *seen != content => IdCheck::Conflict,
+            Some(_) => IdCheck::Duplicate,
+        }
     }
 
-    fn insert(&mut self, clock_ms: i64, hash: u128) {
-        self.seen.insert(hash, clock_ms);
-        self.order.push_back((clock_ms, hash));
+    fn insert(&mut self, clock_ms: i64, hash: u128, content: u64) {
+        self.seen.insert(hash, Some(content));
+        self.order.push_back(SeenId {
+            at_ms: clock_ms,
+            id: hash,
+            content: Some(content),
+        });
     }
 
     /// Forgets ids first seen before `before_ms`.
     fn expire(&mut self, before_ms: i64) {
-        while let Some(&(t, h)) = self.order.front() {
-            if t >= before_ms {
+        while let Some(&SeenId { at_ms, id, .. }) = self.order.front() {
+            if at_ms >= before_ms {
                 break;
             }
             self.order.pop_front();
-            self.seen.remove(&h);
+            self.seen.remove(&id);
         }
     }
 
@@ -156,6 +217,16 @@ impl EventIds {
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
+}
+
+/// How an event is known to the event-id dedup.
+enum Identity {
+    /// Applied before: skip it.
+    Duplicate,
+    /// Under its own id (hash and content digest), if it has one.
+    Id(Option<(u128, u64)>),
+    /// Under this derived id (hash and content digest), its own being taken.
+    Derived((u128, u64), String),
 }
 
 /// FNV-1a over 128 bits: a pinned hash, identical on every replica and Rust release.
@@ -417,22 +488,32 @@ impl CoreState {
             if item.offset.is_some() {
                 applied_offset = item.offset;
             }
-            let id = item.event.event_id.as_deref().map(id_hash);
-            if id.is_some_and(|h| self.rest.event_ids.contains(h)) {
-                outcome.events.push(EventOutcome::DuplicateEventId);
-                continue;
-            }
+            let (id, derived) = match self.identify(&item.event) {
+                Identity::Duplicate => {
+                    outcome.events.push(EventOutcome::DuplicateEventId);
+                    continue;
+                }
+                Identity::Id(id) => (id, None),
+                Identity::Derived(id, derived) => (Some(id), Some(derived)),
+            };
             let (service, model) = (&item.event.service, &item.event.model);
             if let Err(limit) = self.rest.keys.admit(&self.detector, service, model) {
                 outcome.events.push(EventOutcome::KeyLimit(limit));
                 continue;
             }
-            if let Some(h) = id {
-                self.rest.event_ids.insert(self.rest.clock_ms, h);
+            if let Some((hash, content)) = id {
+                self.rest
+                    .event_ids
+                    .insert(self.rest.clock_ms, hash, content);
             }
-            let observation = self.detector.observe(&item.event, &item.values);
-            let record = encode_record(&item.event, &item.values);
-            rows.telemetry(&item.event, &record, index, position as u32);
+            let renamed = derived.as_ref().map(|derived| Event {
+                event_id: Some(derived.clone()),
+                ..item.event.clone()
+            });
+            let event = renamed.as_ref().unwrap_or(&item.event);
+            let observation = self.detector.observe(event, &item.values);
+            let record = encode_record(event, &item.values);
+            rows.telemetry(event, &record, index, position as u32);
             self.rest.export.push(rows, EXPORT_TELEMETRY, &record);
             for anomaly in &observation.anomalies {
                 let json = serde_json::to_vec(anomaly).expect("anomalies always serialise");
@@ -441,13 +522,39 @@ impl CoreState {
             }
             let queued = self.record(&observation.incidents, &observation.notifications, rows);
             outcome.alerts.extend(queued);
-            outcome.events.push(EventOutcome::Applied);
+            outcome.events.push(match derived {
+                Some(derived) => EventOutcome::AppliedAs(derived),
+                None => EventOutcome::Applied,
+            });
         }
         self.rest.export.trim(rows);
         if let (Some(source), Some(offset)) = (&batch.source, applied_offset) {
             self.rest.offsets.insert(source.clone(), offset);
         }
         outcome
+    }
+
+    /// The idempotency rule: an event is known by its id and its content. A repeated id
+    /// with the same content is a duplicate; with other content it is another call that
+    /// happens to share the id, applied under a derived id (the id and its content digest),
+    /// which a retry of it repeats.
+    fn identify(&self, event: &Event) -> Identity {
+        let Some(id) = event.event_id.as_deref() else {
+            return Identity::Id(None);
+        };
+        let (hash, content) = (id_hash(id), event.content_digest());
+        match self.rest.event_ids.check(hash, content) {
+            IdCheck::New => Identity::Id(Some((hash, content))),
+            IdCheck::Duplicate => Identity::Duplicate,
+            IdCheck::Conflict => {
+                let derived = Event::derived_event_id(id, content);
+                let hash = id_hash(&derived);
+                match self.rest.event_ids.check(hash, content) {
+                    IdCheck::New => Identity::Derived((hash, content), derived),
+                    IdCheck::Duplicate | IdCheck::Conflict => Identity::Duplicate,
+                }
+            }
+        }
     }
 
     fn purge(&mut self, retention: &Retention, rows: &mut RowWriter<'_>) {
@@ -496,14 +603,24 @@ mod tests {
     #[test]
     fn event_ids_expire_oldest_first_and_round_trip() {
         let mut ids = EventIds::default();
-        ids.insert(10, 1);
-        ids.insert(20, 2);
-        ids.insert(30, 3);
+        ids.insert(10, 1, 100);
+        ids.insert(20, 2, 200);
+        ids.insert(30, 3, 300);
         ids.expire(20);
-        assert!(!ids.contains(1) && ids.contains(2) && ids.contains(3));
+        assert_eq!(ids.check(1, 100), IdCheck::New);
+        assert_eq!(ids.check(2, 200), IdCheck::Duplicate);
+        assert_eq!(ids.check(3, 301), IdCheck::Conflict);
         let back: EventIds = decode("ids", &encode(&ids)).unwrap();
         assert_eq!(back, ids);
-        assert!(back.contains(2));
+        assert_eq!(back.check(2, 200), IdCheck::Duplicate);
+    }
+
+    #[test]
+    fn ids_remembered_without_a_digest_by_an_earlier_version_stay_duplicates() {
+        let earlier: VecDeque<(i64, u128)> = [(10, 1), (20, 2)].into();
+        let ids: EventIds = decode("ids", &encode(&earlier)).unwrap();
+        assert_eq!(ids.check(1, 7), IdCheck::Duplicate);
+        assert_eq!(ids.check(3, 7), IdCheck::New);
     }
 
     #[test]

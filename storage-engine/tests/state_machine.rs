@@ -9,6 +9,7 @@ use common::*;
 use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{StorageHelper, Vote};
 use sentinel_core::incident::IncidentStatus;
+use sentinel_core::Event;
 use sentinel_storage_engine::{
     Command, Engine, EngineOptions, EventOutcome, IncidentQuery, KeyLimit, KeyLimits, Response,
     Retention, ShardReader, ShardSettings, ShardStateMachine, SourcePartition, TelemetryQuery,
@@ -114,6 +115,61 @@ async fn a_repeated_event_id_is_acknowledged_but_applied_once_within_the_horizon
         "ids are remembered for the horizon only"
     );
     assert_eq!(events_seen(&reader, "search"), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_id_on_other_content_is_applied_under_a_derived_id_and_retries_stay_duplicates() {
+    // Ids as the original producer examples build them: the millisecond and four digits.
+    let first = event("checkout", "gpt-4o", T0, 800.0, "1767225600000-4821");
+    let second = event("checkout", "gpt-4o", T0 + 3, 950.0, "1767225600000-4821");
+    let derived = Event::derived_event_id("1767225600000-4821", second.event.content_digest());
+    let commands = vec![
+        direct_batch(T0, vec![first.clone(), second.clone()]),
+        direct_batch(T0 + 1_000, vec![second.clone(), first.clone()]),
+        kafka_batch("llm.telemetry", 0, vec![second.clone()]),
+    ];
+    let mut digests = Vec::new();
+    for _replica in 0..2 {
+        let (_dir, engine) = engine();
+        let (mut machine, reader) = open(&engine, 5);
+        let responses = apply_all(&mut machine, 0, commands.clone()).await;
+        assert_eq!(
+            ingested(&responses[0]).events,
+            [
+                EventOutcome::Applied,
+                EventOutcome::AppliedAs(derived.clone())
+            ]
+        );
+        assert_eq!(
+            ingested(&responses[1]).count(EventOutcome::DuplicateEventId),
+            2,
+            "a retry of either call is a duplicate"
+        );
+        assert_eq!(
+            ingested(&responses[2]).count(EventOutcome::DuplicateEventId),
+            1,
+            "over Kafka too"
+        );
+        assert_eq!(events_seen(&reader, "checkout"), 2);
+        let page = reader
+            .telemetry(&TelemetryQuery {
+                service: Some("checkout".into()),
+                model: Some("gpt-4o".into()),
+                from_ms: i64::MIN,
+                until_ms: i64::MAX,
+                cursor: None,
+                limit: 10,
+            })
+            .unwrap();
+        let ids: Vec<_> = page
+            .items
+            .iter()
+            .map(|r| r.event.event_id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, ["1767225600000-4821".to_owned(), derived.clone()]);
+        digests.push(reader.digest().unwrap());
+    }
+    assert_eq!(digests[0], digests[1], "replicas decide alike");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
