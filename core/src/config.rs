@@ -643,7 +643,7 @@ pub struct RequestRateConfig {
     pub baseline_buckets: usize,
     /// Buckets the baseline needs before a bucket is judged.
     pub min_buckets: usize,
-    /// Robust z of a bucket's count, on a log scale, beyond which it is anomalous.
+    /// Robust z of a bucket's count (a surge on a log scale, a drop in calls) beyond which it is anomalous.
     pub threshold: f64,
     /// Median bucket count needed before drops are judged (tiny rates are all noise).
     pub min_median: f64,
