@@ -206,8 +206,10 @@ def test_node_pods_start_as_their_ordinal_at_their_stable_name(renders):
         base = sts["metadata"]["name"]
         service = spec["serviceName"]
         replicas = spec["replicas"]
-        # Pod 0 alone creates the cluster; once it exists, several seeds (none creates one).
-        seeds = [f"{base}-{n}.{service}:7400" for n in ([0, 1, 2] if name == "helm formed cluster" else [0])]
+        # The first three pods (every pod, when fewer): pod 0 creates the cluster once they
+        # all answer with empty volumes, and with several seeds pod 0 losing its volume
+        # joins again instead of founding a second cluster.
+        seeds = [f"{base}-{n}.{service}:7400" for n in range(min(3, replicas))]
         for ordinal in range(replicas):
             pod_name = f"{base}-{ordinal}"
             labels = dict(spec["template"]["metadata"]["labels"])

@@ -317,6 +317,27 @@ def detection() -> Dashboard:
                 query(f"max by (shard) (sentinel_shard_keys{{{NODES}}})", "shard {{shard}}"),
             )
         )
+        .with_panel(
+            series(
+                "Detection time per batch",
+                "s",
+                "Mean time a shard replica spends applying an ingest batch (detection and the rows it writes), per node.",
+                query(
+                    f"rate(sentinel_detection_seconds_total{{{NODES}}}[$__rate_interval])"
+                    f" / rate(sentinel_detection_batches_total{{{NODES}}}[$__rate_interval])",
+                    "{{instance}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Folded and withheld",
+                "ops",
+                "Detector hits folded into an alert already open (dedup), and incident changes recorded without a notification; every replica counts them.",
+                query(f"sum(rate(sentinel_alerts_folded_total{{{NODES}}}[$__rate_interval]))", "folded"),
+                query(f"sum(rate(sentinel_notifications_withheld_total{{{NODES}}}[$__rate_interval]))", "withheld"),
+            )
+        )
         .with_row(Row("Delivery"))
         .with_panel(
             series(

@@ -786,6 +786,37 @@ async fn scale_out_then_decommission_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_data_directory_rejoins_as_a_new_member() {
+    let mut cluster = Cluster::start(3, 8, 3);
+    cluster.wait_converged(CONVERGE).await;
+    let mut acked = write(&cluster, 0..20).await;
+    cluster.kill(2);
+    std::fs::remove_dir_all(cluster.data_dir(2)).expect("data directory removed");
+    cluster.spawn(2);
+    acked.extend(write(&cluster, 20..40).await);
+    let status = cluster.wait_converged(CONVERGE).await;
+    let members: Vec<(u64, u64)> = status.nodes.iter().map(|n| (n.id, n.ordinal)).collect();
+    assert_eq!(
+        members,
+        vec![(0, 0), (1, 1), (1002, 2)],
+        "{}",
+        support::summary(&status)
+    );
+    assert!(
+        status.shards.iter().any(|s| s.desired.contains(&1002)),
+        "the new member holds shards"
+    );
+    assert_eq!(stored_ids(&cluster, &status).await, acked);
+    assert_replicas_agree(&cluster).await;
+    let identity: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(cluster.data_dir(2).join("identity.json")).expect("identity recorded"),
+    )
+    .expect("identity JSON");
+    assert_eq!(identity["member"], 1002);
+    assert_eq!(identity["ordinal"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let cluster = Cluster::start_with(
         1,
@@ -927,16 +958,30 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             group: 0,
             from: 7,
             payload: b"\xc1garbage".to_vec(),
+            to: 0,
         })
         .await
         .unwrap_err();
     assert_eq!(garbage.code(), Code::InvalidArgument);
+    // A message for another member (one whose data directory this address once held)
+    // is refused before it reaches a Raft group.
+    let elsewhere = raft
+        .vote(RaftMessage {
+            group: 0,
+            from: 7,
+            payload: Vec::new(),
+            to: 1000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::FailedPrecondition, "{elsewhere:?}");
     let stale_vote = serde_json::json!({"vote": {"leader_id": {"term": 0, "node_id": 7}, "committed": false}, "last_log_id": null});
     let stale = raft
         .vote(RaftMessage {
             group: 0,
             from: 7,
             payload: rmp_vote(&stale_vote),
+            to: 0,
         })
         .await;
     assert!(stale.is_ok() || stale.unwrap_err().code() == Code::InvalidArgument);

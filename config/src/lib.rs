@@ -5,7 +5,8 @@
 //! levels, so keys keep their single underscores): `SENTINEL_NODE__DATA_DIR=/data`,
 //! `SENTINEL_INGEST__VALIDATION__MAX_TOKENS=5000`. Values are read as YAML scalars, so
 //! lists can be given inline: `SENTINEL_ROUTER__SEEDS='[a:7400, b:7400]'`. A whole
-//! section is set by `SENTINEL_<SECTION>` with a YAML mapping as its value. The original
+//! section is set by `SENTINEL_<SECTION>` with a YAML mapping as its value, and turned
+//! off (an optional section) with `null` or `~`. The original
 //! single-process Sentinel's `SENTINEL_LOG_LEVEL` and `SENTINEL_LOG_JSON` are aliases of
 //! `log.level` and `log.format`; any other `SENTINEL_*` variable is not configuration and
 //! is ignored (see [`ignored_variables`]).
@@ -108,8 +109,9 @@ impl Variable {
                 alias: true,
             });
         }
+        let section_off = matches!(value.trim(), "null" | "~");
         let value = value_of(value);
-        if !rest.contains("__") && !value.is_mapping() {
+        if !rest.contains("__") && !value.is_mapping() && !section_off {
             return Ok(Variable::Ignored);
         }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
@@ -268,6 +270,8 @@ mod tests {
         server: Server,
         #[serde(default)]
         log: LogSection,
+        #[serde(default)]
+        extra: Option<Limits>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -409,6 +413,26 @@ mod tests {
         let sample: Sample = load(None, env).unwrap();
         assert_eq!((sample.server.name.as_str(), sample.server.port), ("c", 9));
         assert!(ignored_variables(env).is_empty());
+    }
+
+    #[test]
+    fn an_optional_section_is_turned_off_by_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sample.yaml");
+        std::fs::write(&path, "server:\n  name: a\nextra:\n  max_items: 3\n").unwrap();
+        let on: Sample = load(Some(&path), [("HOME", "/root")]).unwrap();
+        assert_eq!(on.extra.map(|e| e.max_items), Some(3));
+        for off in ["null", "~"] {
+            let env = [("SENTINEL_EXTRA", off)];
+            let sample: Sample = load(Some(&path), env).unwrap();
+            assert!(sample.extra.is_none(), "SENTINEL_EXTRA={off}");
+            assert!(ignored_variables(env).is_empty());
+        }
+        // Another empty-looking value is not configuration.
+        assert_eq!(
+            ignored_variables([("SENTINEL_EXTRA", "")]),
+            ["SENTINEL_EXTRA"]
+        );
     }
 
     #[test]

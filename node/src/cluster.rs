@@ -14,14 +14,18 @@ use sentinel_proto::v1::{
 };
 use sentinel_proto::{leader_hint, not_leader};
 use sentinel_storage_engine::Command;
+use tokio::sync::watch;
 use tonic::Status;
 
 use crate::error::NodeError;
 use crate::host::{Host, Replica};
+use crate::identity::Identity;
 use crate::metrics::NodeMetrics;
 use crate::placement::Placement;
-use crate::registry::{NodeState, RegistryCommand, RegistryResponse, METADATA_GROUP};
-use crate::transport::MAX_MESSAGE_BYTES;
+use crate::registry::{
+    ordinal_of, NodeState, Registry, RegistryCommand, RegistryResponse, METADATA_GROUP,
+};
+use crate::transport::{Peers, MAX_MESSAGE_BYTES};
 
 /// Entries a learner may be behind the leader and still count as caught up.
 pub const CAUGHT_UP_ENTRIES: u64 = 64;
@@ -31,8 +35,15 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A client of the node at `address`.
 pub fn client(host: &Host, address: &str) -> Result<NodeClient<tonic::transport::Channel>, Status> {
-    let channel = host
-        .peers
+    node_client(&host.peers, address)
+}
+
+/// A client of the node at `address` over `peers`' channels.
+fn node_client(
+    peers: &Peers,
+    address: &str,
+) -> Result<NodeClient<tonic::transport::Channel>, Status> {
+    let channel = peers
         .channel(address)
         .map_err(|e| Status::invalid_argument(format!("address `{address}`: {e}")))?;
     Ok(NodeClient::new(channel)
@@ -46,11 +57,17 @@ fn meta_metrics(host: &Host) -> RaftMetrics<u64, BasicNode> {
 
 /// Proposes a registry change on the metadata leader (this node) or names the leader.
 async fn propose(host: &Host, command: RegistryCommand) -> Result<(), Status> {
+    match write(host, command).await? {
+        RegistryResponse::Refused(reason) => Err(Status::failed_precondition(reason)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a registry change on the metadata leader (this node) and answers what it
+/// applied to, or names the leader.
+async fn write(host: &Host, command: RegistryCommand) -> Result<RegistryResponse, Status> {
     match host.meta.client_write(command).await {
-        Ok(written) => match written.data {
-            RegistryResponse::Done => Ok(()),
-            RegistryResponse::Refused(reason) => Err(Status::failed_precondition(reason)),
-        },
+        Ok(written) => Ok(written.data),
         Err(e) => Err(match e.forward_to_leader::<BasicNode>() {
             Some(forward) => not_leader(
                 METADATA_GROUP,
@@ -64,39 +81,50 @@ async fn propose(host: &Host, command: RegistryCommand) -> Result<(), Status> {
     }
 }
 
-/// Creates the cluster, or joins it through the seeds; on a restart, re-registers when the
-/// address changed. Returns once this node is in the registry.
-pub async fn form(host: &Arc<Host>) -> Result<(), NodeError> {
+/// Finishes creating the cluster (a founder), or registers again when the address
+/// changed or the node was marked down. Returns once this node is in the registry.
+pub async fn form(host: &Arc<Host>, identity: &Identity) -> Result<(), NodeError> {
     let address = host.config.node.advertised();
-    let initialized = host
-        .meta
-        .is_initialized()
-        .await
-        .map_err(|e| NodeError::Raft {
-            group: METADATA_GROUP,
-            message: e.to_string(),
-        })?;
-    if host.config.node.creates_cluster() {
+    if identity.founder {
+        let initialized = host
+            .meta
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft {
+                group: METADATA_GROUP,
+                message: e.to_string(),
+            })?;
         if !initialized {
             let members = BTreeMap::from([(host.id, BasicNode::new(address.clone()))]);
             if let Err(e) = host.meta.initialize(members).await {
                 tracing::warn!(error = %e, "metadata group already initialized");
             }
         }
-        create(host, &address).await
-    } else {
-        if host.registry().address(host.id) != Some(address.as_str()) {
-            join(host, &address).await?;
-        }
-        while host.registry().address(host.id).is_none() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
+        return create(host, &address, &identity.cluster_id).await;
     }
+    let registered = host
+        .registry()
+        .nodes
+        .get(&host.id)
+        .is_some_and(|node| node.address == address && node.state != NodeState::Down);
+    if !registered {
+        let request = JoinRequest {
+            node_id: host.id,
+            address: address.clone(),
+            ordinal: host.config.node.id,
+            fresh: false,
+            cluster_id: identity.cluster_id.clone(),
+        };
+        join(&host.peers, &host.config.node.other_seeds(), request).await?;
+    }
+    while host.registry().address(host.id).is_none() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
-/// The creating node's steps, each skipped when already done (a crash may interrupt them).
-async fn create(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
+/// The founder's steps, each skipped when already done (a crash may interrupt them).
+async fn create(host: &Arc<Host>, address: &str, cluster_id: &str) -> Result<(), NodeError> {
     let cluster = &host.config.cluster;
     loop {
         let registry = host.registry();
@@ -104,6 +132,7 @@ async fn create(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
             Some(RegistryCommand::Create {
                 shards: cluster.shards,
                 replicas: cluster.replicas,
+                cluster_id: cluster_id.to_owned(),
             })
         } else if registry.address(host.id) != Some(address) {
             Some(RegistryCommand::Register {
@@ -120,6 +149,32 @@ async fn create(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
         if let Err(status) = propose(host, step).await {
             tracing::info!(%status, "waiting for the metadata group");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Records the identity of a data directory written before identities were, once the
+/// cluster has an id (its metadata leader names a cluster that has none).
+pub async fn record_identity(
+    host: Arc<Host>,
+    mut identity: Identity,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let cluster_id = host.registry().cluster_id;
+        if !cluster_id.is_empty() {
+            identity.cluster_id = cluster_id;
+            match crate::identity::save(&host.config.node.data_dir, &identity) {
+                Ok(()) => {
+                    tracing::info!(cluster = %identity.cluster_id, "recorded the node's identity")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record the node's identity"),
+            }
+            return;
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }
@@ -172,16 +227,14 @@ async fn initialize_shards(host: &Arc<Host>, shards: u32, address: &str) -> Resu
     Ok(())
 }
 
-/// Asks the seeds (following redirects to the metadata leader) to admit this node.
-async fn join(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
-    let seeds: Vec<String> = host
-        .config
-        .node
-        .seeds
-        .iter()
-        .filter(|s| s.as_str() != address)
-        .cloned()
-        .collect();
+/// Asks the seeds (following redirects to the metadata leader) to admit a node, until
+/// one does; a refusal (a member its ordinal replaced, another cluster's data:
+/// PERMISSION_DENIED) is final.
+pub async fn join(
+    peers: &Peers,
+    seeds: &[String],
+    request: JoinRequest,
+) -> Result<JoinReply, NodeError> {
     if seeds.is_empty() {
         return Err(NodeError::Join("no seed other than this node".into()));
     }
@@ -191,12 +244,8 @@ async fn join(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
         attempt += 1;
         let mut target = seed.clone();
         for _ in 0..3 {
-            let request = JoinRequest {
-                node_id: host.id,
-                address: address.to_owned(),
-            };
-            let answer = match client(host, &target) {
-                Ok(mut client) => client.join(request).await,
+            let answer = match node_client(peers, &target) {
+                Ok(mut client) => client.join(request.clone()).await,
                 Err(status) => Err(status),
             };
             match answer {
@@ -204,14 +253,18 @@ async fn join(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
                     let reply = reply.into_inner();
                     tracing::info!(
                         via = %target,
+                        member = reply.member,
                         shards = reply.shard_count,
                         replicas = reply.replication_factor,
                         "joined the cluster"
                     );
-                    return Ok(());
+                    return Ok(reply);
                 }
                 Err(status) => match leader_hint(&status) {
                     Some((_, leader)) => target = leader,
+                    None if status.code() == tonic::Code::PermissionDenied => {
+                        return Err(NodeError::Join(status.message().to_owned()));
+                    }
                     None => {
                         tracing::info!(seed = %target, %status, "join attempt failed");
                         break;
@@ -223,16 +276,36 @@ async fn join(host: &Arc<Host>, address: &str) -> Result<(), NodeError> {
     }
 }
 
-/// Admits a node: registers it and makes it a learner of the metadata group.
-pub async fn admit(host: &Host, id: u64, address: String) -> Result<JoinReply, Status> {
-    propose(
-        host,
-        RegistryCommand::Register {
-            id,
+/// Admits a node: registers it (a node with an empty data directory as its ordinal's
+/// next member) and makes it a learner of the metadata group.
+pub async fn admit(host: &Host, request: JoinRequest) -> Result<JoinReply, Status> {
+    let registry = host.registry();
+    if !request.fresh
+        && !request.cluster_id.is_empty()
+        && !registry.cluster_id.is_empty()
+        && request.cluster_id != registry.cluster_id
+    {
+        return Err(Status::permission_denied(format!(
+            "cluster_id: the node's data belongs to cluster {}, this is cluster {}",
+            request.cluster_id, registry.cluster_id
+        )));
+    }
+    let address = request.address;
+    let command = match request.fresh {
+        true => RegistryCommand::Admit {
+            ordinal: request.ordinal,
             address: address.clone(),
         },
-    )
-    .await?;
+        false => RegistryCommand::Register {
+            id: request.node_id,
+            address: address.clone(),
+        },
+    };
+    let id = match write(host, command).await? {
+        RegistryResponse::Admitted(member) => member,
+        RegistryResponse::Done => request.node_id,
+        RegistryResponse::Refused(reason) => return Err(Status::permission_denied(reason)),
+    };
     let membership = meta_metrics(host).membership_config.clone();
     let node = BasicNode::new(address);
     let change = match membership.membership().get_node(&id) {
@@ -249,10 +322,12 @@ pub async fn admit(host: &Host, id: u64, address: String) -> Result<JoinReply, S
             .map_err(|e| Status::unavailable(format!("metadata membership: {e}")))?;
     }
     let registry = host.registry();
-    tracing::info!(node = id, "admitted a node");
+    tracing::info!(node = id, ordinal = ordinal_of(id), "admitted a node");
     Ok(JoinReply {
         shard_count: registry.shards,
         replication_factor: registry.replicas,
+        member: id,
+        cluster_id: registry.cluster_id,
     })
 }
 
@@ -371,6 +446,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
         .iter()
         .map(|(&id, node)| NodeInfo {
             id,
+            ordinal: ordinal_of(id),
             address: node.address.clone(),
             state: match reports.get(&id) {
                 Some(Ok(_)) => node.state.name().to_owned(),
@@ -442,10 +518,37 @@ pub struct Reconciler {
     metrics: NodeMetrics,
     last_campaign: HashMap<u32, Instant>,
     strays: HashMap<u32, u32>,
+    /// Nodes that did not answer the metadata leader, since when.
+    silent_since: HashMap<u64, Instant>,
+    /// When the metadata leader last asked every node.
+    probed: Option<Instant>,
 }
 
 /// Rounds a replica must look stray before it is dropped.
 const STRAY_ROUNDS: u32 = 3;
+/// How often the metadata leader asks every node whether it is up.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// The active node (not `own`) silent for at least `down_after`, when marking it down
+/// leaves at least `replicas` active nodes for its shards to move to.
+pub fn overdue(
+    active: &[u64],
+    own: u64,
+    silent_since: &HashMap<u64, Instant>,
+    now: Instant,
+    down_after: Duration,
+    replicas: u32,
+) -> Option<u64> {
+    if active.len() <= replicas as usize {
+        return None;
+    }
+    active.iter().copied().find(|id| {
+        *id != own
+            && silent_since
+                .get(id)
+                .is_some_and(|since| now.saturating_duration_since(*since) >= down_after)
+    })
+}
 
 impl Reconciler {
     /// A reconciler for `host`.
@@ -455,6 +558,8 @@ impl Reconciler {
             metrics,
             last_campaign: HashMap::new(),
             strays: HashMap::new(),
+            silent_since: HashMap::new(),
+            probed: None,
         }
     }
 
@@ -501,12 +606,20 @@ impl Reconciler {
     /// The metadata leader's round: every registered node a member, the right voters, and
     /// drained nodes removed.
     async fn metadata(&mut self, placement: &Placement) -> Result<(), String> {
+        let registry = self.host.registry();
+        self.watch_nodes(&registry).await?;
         let host = &self.host;
-        let registry = host.registry();
         let metrics = meta_metrics(host);
         let membership = metrics.membership_config.membership().clone();
         if membership.get_joint_config().len() > 1 {
             return Ok(());
+        }
+        if registry.cluster_id.is_empty() {
+            self.action("name_cluster");
+            let cluster_id = crate::identity::new_cluster_id(&host.config.node.advertised());
+            return propose(host, RegistryCommand::Name { cluster_id })
+                .await
+                .map_err(|s| s.message().to_owned());
         }
         let members: BTreeSet<u64> = membership.nodes().map(|(&id, _)| id).collect();
         let missing: BTreeMap<u64, BasicNode> = registry
@@ -557,6 +670,75 @@ impl Reconciler {
                     tracing::info!(node = id, "decommissioned node removed");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The metadata leader asks every node now and then whether it is up: a node down
+    /// that answers again is active again; an active node silent for
+    /// `cluster.node_down_after_s` is marked down, so its shards re-replicate.
+    async fn watch_nodes(&mut self, registry: &Registry) -> Result<(), String> {
+        let now = Instant::now();
+        if self
+            .probed
+            .is_some_and(|at| now.duration_since(at) < PROBE_EVERY)
+        {
+            return Ok(());
+        }
+        self.probed = Some(now);
+        let host = &self.host;
+        let calls =
+            registry
+                .nodes
+                .iter()
+                .filter(|(&id, _)| id != host.id)
+                .map(|(&id, node)| async move {
+                    let mut request = tonic::Request::new(LocalStatusRequest { digests: false });
+                    request.set_timeout(STATUS_TIMEOUT);
+                    let answered = match client(host, &node.address) {
+                        Ok(mut peer) => peer.local_status(request).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    (id, answered)
+                });
+        let answers = futures::future::join_all(calls).await;
+        self.silent_since
+            .retain(|id, _| registry.nodes.contains_key(id));
+        for (id, answered) in answers {
+            if answered {
+                self.silent_since.remove(&id);
+                let node = &registry.nodes[&id];
+                if node.state == NodeState::Down {
+                    self.action("node_up");
+                    tracing::info!(node = id, "a node marked down answers again");
+                    let address = node.address.clone();
+                    propose(host, RegistryCommand::Register { id, address })
+                        .await
+                        .map_err(|s| s.message().to_owned())?;
+                }
+            } else {
+                self.silent_since.entry(id).or_insert(now);
+            }
+        }
+        let down_after = Duration::from_secs(host.config.cluster.node_down_after_s);
+        let active = registry.active();
+        if let Some(id) = overdue(
+            &active,
+            host.id,
+            &self.silent_since,
+            now,
+            down_after,
+            registry.replicas,
+        ) {
+            self.action("mark_down");
+            tracing::warn!(
+                node = id,
+                after_s = down_after.as_secs(),
+                "a node stayed unreachable: marking it down, its shards move to the others"
+            );
+            propose(host, RegistryCommand::MarkDown { id })
+                .await
+                .map_err(|s| s.message().to_owned())?;
         }
         Ok(())
     }
@@ -799,5 +981,26 @@ pub async fn hand_over(host: &Host) {
         })
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_silent_long_enough_is_marked_down_only_when_its_shards_have_somewhere_to_go() {
+        let now = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let silent = HashMap::from([(3, now - hour), (2, now - Duration::from_secs(60))]);
+        let down_after = Duration::from_secs(1800);
+        assert_eq!(
+            overdue(&[0, 1, 2, 3], 0, &silent, now, down_after, 3),
+            Some(3)
+        );
+        // Not the leader itself, not a node silent for a minute only.
+        assert_eq!(overdue(&[0, 1, 2, 3], 3, &silent, now, down_after, 3), None);
+        // Three nodes for three replicas: marking one down would only shrink its groups.
+        assert_eq!(overdue(&[0, 1, 3], 0, &silent, now, down_after, 3), None);
     }
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::alerting::AlertingConfig;
 use crate::error::NodeError;
 use crate::export::ExportConfig;
+use crate::registry::MEMBER_STRIDE;
 
 /// Everything a node is configured with.
 ///
@@ -64,7 +65,8 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
-    /// Node id, unique in the cluster and stable across restarts.
+    /// Node id (the StatefulSet ordinal), unique in the cluster, stable across
+    /// restarts and below 1000; the Raft member id is derived from it.
     pub id: u64,
     /// gRPC listen address.
     #[serde(default = "default_listen")]
@@ -74,8 +76,9 @@ pub struct NodeSection {
     pub advertise: Option<String>,
     /// Where RocksDB and snapshots live.
     pub data_dir: PathBuf,
-    /// Nodes to join through (host:port). Empty, or only this node's own address: this
-    /// node creates the cluster when its data directory is new.
+    /// The cluster's nodes (host:port), to create or join it through: a node with an
+    /// empty data directory creates the cluster only when every other seed answers
+    /// with an empty one too and it has the lowest id; otherwise it joins.
     #[serde(default)]
     pub seeds: Vec<String>,
 }
@@ -92,10 +95,14 @@ impl NodeSection {
             .unwrap_or_else(|| self.listen.to_string())
     }
 
-    /// Whether this node creates the cluster (no seed other than itself).
-    pub fn creates_cluster(&self) -> bool {
+    /// The seeds other than this node.
+    pub fn other_seeds(&self) -> Vec<String> {
         let own = self.advertised();
-        self.seeds.iter().all(|seed| *seed == own)
+        self.seeds
+            .iter()
+            .filter(|seed| **seed != own)
+            .cloned()
+            .collect()
     }
 }
 
@@ -107,6 +114,9 @@ pub struct ClusterSection {
     pub shards: u32,
     /// Replicas per shard.
     pub replicas: u32,
+    /// How long a node may stay unreachable before placement stops counting it and its
+    /// shards re-replicate on the others (when enough other nodes are active), seconds.
+    pub node_down_after_s: u64,
 }
 
 impl Default for ClusterSection {
@@ -114,6 +124,7 @@ impl Default for ClusterSection {
         ClusterSection {
             shards: 32,
             replicas: 3,
+            node_down_after_s: 1800,
         }
     }
 }
@@ -240,6 +251,12 @@ impl NodeConfig {
 
     /// Checks the values that load but cannot work, listing every problem.
     pub fn check(&self) -> Result<(), NodeError> {
+        if self.node.id >= MEMBER_STRIDE {
+            return Err(NodeError::Config {
+                key: "node.id".into(),
+                problem: format!("{} is not below {MEMBER_STRIDE}", self.node.id),
+            });
+        }
         self.detection.check().map_err(NodeError::Detection)
     }
 }
@@ -271,7 +288,8 @@ mod tests {
         assert_eq!((config.cluster.shards, config.cluster.replicas), (16, 5));
         assert_eq!(config.ingest.validation.max_tokens, 5000);
         assert_eq!(config.raft.heartbeat_ms, 500);
-        assert!(config.node.creates_cluster());
+        assert!(config.node.other_seeds().is_empty());
+        assert_eq!(config.cluster.node_down_after_s, 1800);
     }
 
     #[test]
@@ -375,6 +393,6 @@ mod tests {
             ],
         )
         .unwrap();
-        assert!(!config.node.creates_cluster());
+        assert_eq!(config.node.other_seeds(), vec!["sentinel-0.sentinel:7400"]);
     }
 }

@@ -53,6 +53,9 @@ pub enum NodeError {
     /// Joining the cluster through the seeds failed for good.
     #[error("joining the cluster: {0}")]
     Join(String),
+    /// The data directory's identity is unreadable or belongs to another node or cluster.
+    #[error("node identity: {0}")]
+    Identity(String),
 }
 
 /// Every problem of the detection settings, each naming its key under `detection`.

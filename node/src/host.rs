@@ -64,7 +64,7 @@ pub fn leads(metrics: &RaftMetrics<u64, BasicNode>, node: u64) -> bool {
 
 /// Everything a node hosts.
 pub struct Host {
-    /// This node's id.
+    /// This node's Raft member id (its configured id is `config.node.id`).
     pub id: u64,
     /// Its configuration.
     pub config: NodeConfig,
@@ -111,14 +111,15 @@ fn raft_config(
 }
 
 impl Host {
-    /// Opens the node's storage and every Raft group stored in it; peers are called over
-    /// `transport`, and the snapshot bytes they acknowledge counted in `snapshot_bytes_sent`.
+    /// Opens the node's storage and every Raft group stored in it, as Raft member `id`;
+    /// peers are called over `transport`, and the snapshot bytes they acknowledge
+    /// counted in `snapshot_bytes_sent`.
     pub async fn open(
         config: NodeConfig,
+        id: u64,
         transport: ClusterTransport,
         snapshot_bytes_sent: IntCounter,
     ) -> Result<Arc<Host>, NodeError> {
-        let id = config.node.id;
         let engine = Engine::open(&config.node.data_dir, EngineOptions::default())?;
         let peers = Peers::new(id, transport, snapshot_bytes_sent);
         let shard_raft = raft_config(&config, config.raft.snapshot_every_entries)?;

@@ -27,6 +27,21 @@ pub fn router(host: Arc<Host>, metrics: NodeMetrics) -> Router {
         .with_state(Shared { host, metrics })
 }
 
+/// Health while the node decides whether to create or join the cluster: live, not ready.
+pub fn starting() -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { "live\n" }))
+        .route(
+            "/health/ready",
+            get(|| async {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: waiting to create or join the cluster\n",
+                )
+            }),
+        )
+}
+
 async fn render_metrics(State(shared): State<Shared>) -> impl IntoResponse {
     shared.metrics.sample(&shared.host);
     let mut body = Vec::new();

@@ -4,6 +4,7 @@
 //! leads, and exports metrics and health over HTTP.
 
 pub mod alerting;
+pub mod bootstrap;
 pub mod cluster;
 pub mod config;
 pub mod elections;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod export;
 pub mod host;
 pub mod http;
+pub mod identity;
 pub mod intake;
 pub mod leader;
 pub mod metrics;

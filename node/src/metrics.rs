@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use axum::http;
@@ -70,6 +71,18 @@ pub struct NodeMetrics {
     volume: VolumeGauges,
     /// The process's CPU, memory and file descriptors.
     process: ProcessGauges,
+    /// What the shard state machines' detection did on this node.
+    detection: DetectionCounters,
+}
+
+/// Ingest batches applied on this node (every replica applies each batch), the time
+/// detection took, and what it folded or withheld.
+#[derive(Clone)]
+struct DetectionCounters {
+    batches: IntCounter,
+    seconds: Counter,
+    alerts_folded: IntCounter,
+    notifications_withheld: IntCounter,
 }
 
 /// RocksDB's size and write-stall gauges.
@@ -97,6 +110,11 @@ struct ProcessGauges {
     virtual_bytes: Gauge,
     open_fds: Gauge,
     max_fds: Gauge,
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere since the process started.
+fn raise(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Registers `metric` in `registry` and hands it back.
@@ -216,6 +234,27 @@ impl NodeMetrics {
             open_fds: gauge("process_open_fds", "Number of open file descriptors")?,
             max_fds: gauge("process_max_fds", "Maximum number of open file descriptors")?,
         };
+        let detection = DetectionCounters {
+            batches: counter(
+                "sentinel_detection_batches_total",
+                "Ingest batches the shard replicas on this node applied",
+            )?,
+            seconds: registered(
+                &registry,
+                Counter::new(
+                    "sentinel_detection_seconds_total",
+                    "Time the shard replicas on this node spent applying ingest batches (detection and the rows it writes)",
+                )?,
+            )?,
+            alerts_folded: counter(
+                "sentinel_alerts_folded_total",
+                "Detector hits folded into an alert already open (dedup) instead of raising another, on this node's replicas",
+            )?,
+            notifications_withheld: counter(
+                "sentinel_notifications_withheld_total",
+                "Incident changes recorded without a notification (silenced, or not worth one), on this node's replicas",
+            )?,
+        };
         let metrics = NodeMetrics {
             events_processed: counter_vec(
                 &registry,
@@ -317,6 +356,7 @@ impl NodeMetrics {
             rocksdb,
             volume,
             process,
+            detection,
         };
         // Every event's series exists from the start, so dashboards show it at zero.
         for event in [
@@ -424,6 +464,17 @@ impl NodeMetrics {
 
     /// Samples the node's RocksDB and the file system of its data directory.
     fn sample_storage(&self, engine: &Engine) {
+        let stats = engine.stats();
+        let d = &self.detection;
+        let read = |count: &std::sync::atomic::AtomicU64| count.load(Ordering::Relaxed);
+        raise(&d.batches, read(&stats.ingest_batches));
+        raise(&d.alerts_folded, read(&stats.alerts_folded));
+        raise(
+            &d.notifications_withheld,
+            read(&stats.notifications_withheld),
+        );
+        let seconds = read(&stats.ingest_apply_nanos) as f64 / 1e9;
+        d.seconds.inc_by((seconds - d.seconds.get()).max(0.0));
         match engine.rocksdb_stats() {
             Ok(stats) => {
                 let g = &self.rocksdb;

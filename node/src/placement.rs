@@ -113,7 +113,11 @@ mod tests {
     fn registry(nodes: &[u64], shards: u32, replicas: u32) -> Registry {
         let mut registry = Registry::default();
         assert_eq!(
-            registry.apply(&RegistryCommand::Create { shards, replicas }),
+            registry.apply(&RegistryCommand::Create {
+                shards,
+                replicas,
+                cluster_id: "c".into(),
+            }),
             RegistryResponse::Done
         );
         for &id in nodes {

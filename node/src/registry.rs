@@ -13,6 +13,20 @@ use serde::{Deserialize, Serialize};
 /// Raft group id of the metadata group (shard groups are numbered from 0).
 pub const METADATA_GROUP: u32 = u32::MAX;
 
+/// Member ids per incarnation: a node's k-th data directory makes it member
+/// `ordinal + k × MEMBER_STRIDE`, so configured ids (ordinals) stay below it.
+pub const MEMBER_STRIDE: u64 = 1000;
+
+/// The configured id (StatefulSet ordinal) of a member.
+pub fn ordinal_of(member: u64) -> u64 {
+    member % MEMBER_STRIDE
+}
+
+/// Which data directory of its ordinal a member is: 0 for the first.
+pub fn incarnation_of(member: u64) -> u64 {
+    member / MEMBER_STRIDE
+}
+
 openraft::declare_raft_types!(
     /// The openraft types of the metadata group.
     pub MetaConfig:
@@ -34,8 +48,15 @@ pub struct Registry {
     pub replicas: u32,
     /// Whether every shard group has been initialized by the node that created the cluster.
     pub shards_ready: bool,
-    /// Registered nodes by id.
+    /// Registered nodes by member id.
     pub nodes: BTreeMap<u64, NodeEntry>,
+    /// Set once when the cluster is created; every node's data directory records it.
+    #[serde(default)]
+    pub cluster_id: String,
+    /// Members ever admitted per ordinal: the next member of an ordinal is its next
+    /// incarnation, so a member id is never used twice.
+    #[serde(default)]
+    pub incarnations: BTreeMap<u64, u64>,
 }
 
 /// A registered node.
@@ -54,6 +75,9 @@ pub enum NodeState {
     Active,
     /// Being decommissioned: its shards move away, then it is removed.
     Draining,
+    /// Unreachable for longer than `cluster.node_down_after_s`: its shards move away
+    /// until it registers again.
+    Down,
 }
 
 impl NodeState {
@@ -62,6 +86,7 @@ impl NodeState {
         match self {
             NodeState::Active => "active",
             NodeState::Draining => "draining",
+            NodeState::Down => "down",
         }
     }
 }
@@ -75,8 +100,25 @@ pub enum RegistryCommand {
         shards: u32,
         /// Replicas per shard.
         replicas: u32,
+        /// The new cluster's id.
+        #[serde(default)]
+        cluster_id: String,
     },
-    /// Adds a node or updates its address; a draining node stays draining.
+    /// Names a cluster created before cluster ids existed; refused once named.
+    Name {
+        /// The cluster's id.
+        cluster_id: String,
+    },
+    /// Admits a node with an empty data directory as its ordinal's next member,
+    /// forgetting the earlier members of that ordinal.
+    Admit {
+        /// The node's configured id.
+        ordinal: u64,
+        /// host:port.
+        address: String,
+    },
+    /// Adds a node or updates its address; a draining node stays draining, a down node
+    /// is active again. Refused for a member its ordinal has replaced.
     Register {
         /// Node id.
         id: u64,
@@ -93,6 +135,11 @@ pub enum RegistryCommand {
         /// Node id.
         id: u64,
     },
+    /// Stops placing shards on an active node that stays unreachable.
+    MarkDown {
+        /// Node id.
+        id: u64,
+    },
     /// Records that every shard group exists.
     ShardsReady,
 }
@@ -105,6 +152,8 @@ pub enum RegistryResponse {
     Done,
     /// Refused, changing nothing.
     Refused(String),
+    /// A node was admitted under this member id.
+    Admitted(u64),
 }
 
 impl Document for Registry {
@@ -113,7 +162,11 @@ impl Document for Registry {
 
     fn apply(&mut self, command: &RegistryCommand) -> RegistryResponse {
         match command {
-            RegistryCommand::Create { shards, replicas } => {
+            RegistryCommand::Create {
+                shards,
+                replicas,
+                cluster_id,
+            } => {
                 if self.shards != 0 {
                     return RegistryResponse::Refused(format!(
                         "the cluster already has {} shards",
@@ -127,19 +180,40 @@ impl Document for Registry {
                 }
                 self.shards = *shards;
                 self.replicas = *replicas;
+                self.cluster_id.clone_from(cluster_id);
+            }
+            RegistryCommand::Name { cluster_id } => {
+                if !self.cluster_id.is_empty() {
+                    return RegistryResponse::Refused(format!(
+                        "the cluster is already named {}",
+                        self.cluster_id
+                    ));
+                }
+                self.cluster_id.clone_from(cluster_id);
+            }
+            RegistryCommand::Admit { ordinal, address } => {
+                if *ordinal >= MEMBER_STRIDE {
+                    return RegistryResponse::Refused(format!(
+                        "node id {ordinal} is not below {MEMBER_STRIDE}"
+                    ));
+                }
+                let member = ordinal + MEMBER_STRIDE * self.next_incarnation(*ordinal);
+                self.nodes.retain(|&id, _| ordinal_of(id) != *ordinal);
+                self.insert(member, address, NodeState::Active);
+                return RegistryResponse::Admitted(member);
             }
             RegistryCommand::Register { id, address } => {
-                let state = self
-                    .nodes
-                    .get(id)
-                    .map_or(NodeState::Active, |node| node.state);
-                self.nodes.insert(
-                    *id,
-                    NodeEntry {
-                        address: address.clone(),
-                        state,
-                    },
-                );
+                if incarnation_of(*id) + 1 < self.next_incarnation(ordinal_of(*id)) {
+                    return RegistryResponse::Refused(format!(
+                        "member {id} was replaced by a newer member of node {}",
+                        ordinal_of(*id)
+                    ));
+                }
+                let state = match self.nodes.get(id).map(|node| node.state) {
+                    Some(NodeState::Draining) => NodeState::Draining,
+                    _ => NodeState::Active,
+                };
+                self.insert(*id, address, state);
             }
             RegistryCommand::Drain { id } => match self.nodes.get_mut(id) {
                 Some(node) => node.state = NodeState::Draining,
@@ -150,6 +224,11 @@ impl Document for Registry {
                     return RegistryResponse::Refused(format!("node {id} is not registered"));
                 }
             }
+            RegistryCommand::MarkDown { id } => match self.nodes.get_mut(id) {
+                Some(node) if node.state == NodeState::Active => node.state = NodeState::Down,
+                Some(_) => {}
+                None => return RegistryResponse::Refused(format!("node {id} is not registered")),
+            },
             RegistryCommand::ShardsReady => self.shards_ready = true,
         }
         RegistryResponse::Done
@@ -157,6 +236,33 @@ impl Document for Registry {
 }
 
 impl Registry {
+    /// Registers `member` at `address` in `state`, counting its incarnation.
+    fn insert(&mut self, member: u64, address: &str, state: NodeState) {
+        let next = self.incarnations.entry(ordinal_of(member)).or_default();
+        *next = (*next).max(incarnation_of(member) + 1);
+        self.nodes.insert(
+            member,
+            NodeEntry {
+                address: address.to_owned(),
+                state,
+            },
+        );
+    }
+
+    /// The incarnation the next member of `ordinal` gets (registries written before
+    /// incarnations were counted know only the members still registered).
+    fn next_incarnation(&self, ordinal: u64) -> u64 {
+        let registered = self
+            .nodes
+            .keys()
+            .filter(|&&id| ordinal_of(id) == ordinal)
+            .map(|&id| incarnation_of(id) + 1);
+        registered
+            .chain(self.incarnations.get(&ordinal).copied())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Ids of the nodes that take shards, ascending.
     pub fn active(&self) -> Vec<u64> {
         self.nodes
@@ -198,16 +304,82 @@ mod tests {
         let create = RegistryCommand::Create {
             shards: 32,
             replicas: 3,
+            cluster_id: "c1".into(),
         };
         assert_eq!(registry.apply(&create), RegistryResponse::Done);
         assert!(matches!(
             registry.apply(&RegistryCommand::Create {
                 shards: 8,
-                replicas: 1
+                replicas: 1,
+                cluster_id: "c2".into(),
             }),
             RegistryResponse::Refused(_)
         ));
         assert_eq!((registry.shards, registry.replicas), (32, 3));
+        assert_eq!(registry.cluster_id, "c1");
+        assert!(matches!(
+            registry.apply(&RegistryCommand::Name {
+                cluster_id: "c3".into()
+            }),
+            RegistryResponse::Refused(_)
+        ));
+    }
+
+    fn admit(registry: &mut Registry, ordinal: u64) -> u64 {
+        match registry.apply(&RegistryCommand::Admit {
+            ordinal,
+            address: format!("sentinel-{ordinal}.sentinel:7400"),
+        }) {
+            RegistryResponse::Admitted(member) => member,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lost_data_directory_comes_back_as_a_new_member_and_the_old_one_is_refused() {
+        let mut registry = Registry::default();
+        for ordinal in 0..3 {
+            assert_eq!(admit(&mut registry, ordinal), ordinal);
+        }
+        assert_eq!(admit(&mut registry, 2), 1002);
+        assert_eq!(registry.active(), vec![0, 1, 1002]);
+        assert!(matches!(
+            registry.apply(&RegistryCommand::Register {
+                id: 2,
+                address: "sentinel-2.sentinel:7400".into(),
+            }),
+            RegistryResponse::Refused(_)
+        ));
+        register(&mut registry, 1002);
+        assert_eq!(admit(&mut registry, 2), 2002);
+        // A member id is never used twice, even once its ordinal left the registry.
+        assert_eq!(
+            registry.apply(&RegistryCommand::Remove { id: 2002 }),
+            RegistryResponse::Done
+        );
+        assert_eq!(admit(&mut registry, 2), 3002);
+        assert!(matches!(
+            registry.apply(&RegistryCommand::Admit {
+                ordinal: MEMBER_STRIDE,
+                address: "x:1".into()
+            }),
+            RegistryResponse::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_down_node_leaves_placement_until_it_registers_again() {
+        let mut registry = Registry::default();
+        for id in 0..4 {
+            register(&mut registry, id);
+        }
+        assert_eq!(
+            registry.apply(&RegistryCommand::MarkDown { id: 3 }),
+            RegistryResponse::Done
+        );
+        assert_eq!(registry.active(), vec![0, 1, 2]);
+        register(&mut registry, 3);
+        assert_eq!(registry.active(), vec![0, 1, 2, 3]);
     }
 
     #[test]

@@ -4,17 +4,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sentinel_proto::v1::bootstrap_server::BootstrapServer;
 use sentinel_proto::v1::node_server::NodeServer;
 use sentinel_proto::v1::raft_transport_server::RaftTransportServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::alerting::{AlertMetrics, Dispatcher};
+use crate::bootstrap;
 use crate::cluster::{self, Reconciler};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::export::{ExportMetrics, Exporter};
 use crate::host::Host;
+use crate::identity::{self, Found, Identity};
 use crate::leader::LeaderWork;
 use crate::metrics::NodeMetrics;
 use crate::service::NodeService;
@@ -26,7 +29,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the node looks for a Raft group that stopped on an error.
 const FAILURE_CHECK: Duration = Duration::from_millis(200);
 
-async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
+/// A listener on `address`, for the `what` server.
+pub(crate) async fn bind(
+    address: std::net::SocketAddr,
+    what: &str,
+) -> Result<TcpListener, NodeError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| NodeError::Io {
@@ -49,6 +56,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "security.insecure: the gRPC port takes calls from anyone who reaches it, without TLS"
         );
     }
+    tokio::pin!(shutdown);
+    let found = identity::load(&config.node.data_dir, config.node.id)?;
+    let identity = match &found {
+        Found::Recorded(identity) => identity.clone(),
+        Found::Unrecorded => Identity {
+            cluster_id: String::new(),
+            ordinal: config.node.id,
+            member: config.node.id,
+            founder: config.node.other_seeds().is_empty(),
+        },
+        Found::Empty => tokio::select! {
+            settled = bootstrap::settle(&config, &transport, metrics.snapshot_bytes_sent.clone()) => settled?,
+            () = &mut shutdown => return Ok(()),
+        },
+    };
     let grpc = bind(config.node.listen, "gRPC").await?;
     let http = bind(config.http.listen, "HTTP").await?;
     let dispatcher = Arc::new(
@@ -62,7 +84,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         None => None,
     };
     let incoming = transport.incoming(grpc);
-    let host = Host::open(config, transport, metrics.snapshot_bytes_sent.clone()).await?;
+    let host = Host::open(
+        config,
+        identity.member,
+        transport,
+        metrics.snapshot_bytes_sent.clone(),
+    )
+    .await?;
     tracing::info!(
         node = host.id,
         grpc = %host.config.node.listen,
@@ -85,6 +113,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
+            .add_service(BootstrapServer::new(service.clone()))
             .add_service(
                 RaftTransportServer::new(service)
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -105,12 +134,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .await
         }
     });
-    tokio::pin!(shutdown);
     let failed = host.failed(FAILURE_CHECK);
     tokio::pin!(failed);
     let mut failure = None;
     let formed = tokio::select! {
-        formed = cluster::form(&host) => Some(formed),
+        formed = cluster::form(&host, &identity) => Some(formed),
         () = &mut shutdown => None,
         group = &mut failed => {
             failure = Some(group);
@@ -120,6 +148,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(formed) = formed {
         formed?;
         tracing::info!(node = host.id, "node is a member of the cluster");
+        if found == Found::Unrecorded {
+            loops.push(tokio::spawn(cluster::record_identity(
+                host.clone(),
+                identity,
+                stopped.clone(),
+            )));
+        }
         loops.push(tokio::spawn(reconcile_loop(
             host.clone(),
             metrics.clone(),

@@ -9,16 +9,17 @@ use openraft::raft::InstallSnapshotRequest;
 use sentinel_core::incident::{Actor, IncidentStatus, Silence};
 use sentinel_core::{FieldError, Severity};
 use sentinel_proto::not_leader;
+use sentinel_proto::v1::bootstrap_server::Bootstrap;
 use sentinel_proto::v1::node_server::Node;
 use sentinel_proto::v1::raft_transport_server::RaftTransport;
 use sentinel_proto::v1::{
     self as pb, change_silence_request, AnomaliesReply, AnomaliesRequest, BaselinesReply,
     BaselinesRequest, CampaignReply, CampaignRequest, ChangeIncidentReply, ChangeIncidentRequest,
     ChangeSilenceReply, ChangeSilenceRequest, ClusterStatusReply, ClusterStatusRequest,
-    Consistency, DecommissionReply, DecommissionRequest, EventResult, IncidentAction,
-    IncidentsReply, IncidentsRequest, IngestReply, IngestRequest, JoinReply, JoinRequest,
-    LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage, SilencesReply, SilencesRequest,
-    TelemetryReply, TelemetryRequest,
+    Consistency, DecommissionReply, DecommissionRequest, EventResult, IdentifyReply,
+    IdentifyRequest, IncidentAction, IncidentsReply, IncidentsRequest, IngestReply, IngestRequest,
+    JoinReply, JoinRequest, LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage,
+    SilencesReply, SilencesRequest, TelemetryReply, TelemetryRequest,
 };
 use sentinel_storage_engine::{
     Command, EventOutcome, IncidentQuery, IngestBatch, IngestEvent, Response as ShardResponse,
@@ -142,8 +143,23 @@ impl NodeService {
             group,
             from: self.host.id,
             payload,
+            to: 0,
         })
     }
+}
+
+/// `message`, when it is addressed to `member` (`to` is 0 from nodes that predate it):
+/// messages for an earlier member at this address, whose data directory was lost, are
+/// refused rather than answered with another member's vote or log.
+fn addressed(request: Request<RaftMessage>, member: u64) -> Result<RaftMessage, Status> {
+    let message = request.into_inner();
+    if message.to != 0 && message.to != member {
+        return Err(Status::failed_precondition(format!(
+            "to: this is member {member}, not member {}",
+            message.to
+        )));
+    }
+    Ok(message)
 }
 
 fn payload<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
@@ -592,9 +608,7 @@ impl Node for NodeService {
                 request.address
             )));
         }
-        cluster::admit(&self.host, request.node_id, request.address)
-            .await
-            .map(Response::new)
+        cluster::admit(&self.host, request).await.map(Response::new)
     }
 
     async fn decommission(
@@ -628,12 +642,27 @@ impl Node for NodeService {
 }
 
 #[tonic::async_trait]
+impl Bootstrap for NodeService {
+    async fn identify(
+        &self,
+        _: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyReply>, Status> {
+        Ok(Response::new(IdentifyReply {
+            ordinal: self.host.config.node.id,
+            fresh: false,
+            member: self.host.id,
+            cluster_id: self.host.registry().cluster_id,
+        }))
+    }
+}
+
+#[tonic::async_trait]
 impl RaftTransport for NodeService {
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let message = request.into_inner();
+        let message = addressed(request, self.host.id)?;
         let reply = if message.group == METADATA_GROUP {
             encode(&self.host.meta.append_entries(payload(&message)?).await)
         } else {
@@ -644,7 +673,7 @@ impl RaftTransport for NodeService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let message = request.into_inner();
+        let message = addressed(request, self.host.id)?;
         let reply = if message.group == METADATA_GROUP {
             encode(&self.host.meta.vote(payload(&message)?).await)
         } else {
@@ -658,7 +687,7 @@ impl RaftTransport for NodeService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let message = request.into_inner();
+        let message = addressed(request, self.host.id)?;
         let (installed, reply) = if message.group == METADATA_GROUP {
             let chunk: InstallSnapshotRequest<MetaConfig> = payload(&message)?;
             let bytes = chunk.data.len() as u64;

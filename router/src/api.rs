@@ -967,7 +967,7 @@ fn status_json(status: &ClusterStatusReply) -> Value {
         "replication_factor": status.replication_factor,
         "metadata_leader": status.metadata_leader,
         "nodes": status.nodes.iter().map(|n| json!({
-            "id": n.id, "address": n.address, "state": n.state,
+            "id": n.id, "ordinal": n.ordinal, "address": n.address, "state": n.state,
         })).collect::<Vec<_>>(),
         "shards": status.shards.iter().map(|s| json!({
             "shard": s.shard,

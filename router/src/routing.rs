@@ -488,6 +488,7 @@ mod tests {
             nodes: (1..=2)
                 .map(|id| NodeInfo {
                     id,
+                    ordinal: id,
                     address: format!("127.0.0.1:{}", 7400 + id),
                     state: "active".into(),
                 })

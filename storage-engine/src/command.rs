@@ -247,6 +247,12 @@ pub struct IngestOutcome {
     pub events: Vec<EventOutcome>,
     /// Outbox sequence numbers of the alerts this batch raised.
     pub alerts: Vec<u64>,
+    /// Detector hits folded into alerts already open (dedup).
+    #[serde(default)]
+    pub folded: u64,
+    /// Incident changes recorded without a notification.
+    #[serde(default)]
+    pub withheld: u64,
 }
 
 impl IngestOutcome {

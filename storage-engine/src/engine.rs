@@ -10,7 +10,7 @@ use openraft::storage::LogFlushed;
 use openraft::RaftTypeConfig;
 use rocksdb::{BlockBasedOptions, Cache, Options, WriteBatch, WriteOptions, DB};
 
-use crate::command::ShardSettings;
+use crate::command::{IngestOutcome, ShardSettings};
 use crate::document::{Document, DocumentConfig, DocumentMachine, DocumentReader};
 use crate::error::Error;
 use crate::keys;
@@ -49,6 +49,29 @@ pub struct EngineStats {
     pub log_syncs: AtomicU64,
     /// Encoded bytes of log entries appended.
     pub log_bytes: AtomicU64,
+    /// Ingest batches applied by the shard state machines.
+    pub ingest_batches: AtomicU64,
+    /// Time spent applying them (detection and the rows it writes, before the write to
+    /// RocksDB), nanoseconds.
+    pub ingest_apply_nanos: AtomicU64,
+    /// Detector hits folded into alerts already open (dedup), rather than raised.
+    pub alerts_folded: AtomicU64,
+    /// Incident changes recorded without a notification (silenced, or not worth one).
+    pub notifications_withheld: AtomicU64,
+}
+
+impl EngineStats {
+    /// Counts an applied ingest batch: the time it took and what its detection folded
+    /// or withheld.
+    pub(crate) fn count_ingest(&self, took: std::time::Duration, outcome: &IngestOutcome) {
+        self.ingest_batches.fetch_add(1, Ordering::Relaxed);
+        self.ingest_apply_nanos
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.alerts_folded
+            .fetch_add(outcome.folded, Ordering::Relaxed);
+        self.notifications_withheld
+            .fetch_add(outcome.withheld, Ordering::Relaxed);
+    }
 }
 
 /// What RocksDB reports of its size and of slowed or stopped writes.

@@ -263,7 +263,15 @@ impl ShardStateMachine {
                         shard: store.shard,
                         generation: applied.generation,
                     };
-                    applied.core.apply(command, entry.log_id.index, &mut rows)
+                    let started = std::time::Instant::now();
+                    let response = applied.core.apply(command, entry.log_id.index, &mut rows);
+                    if let Response::Ingested(outcome) = &response {
+                        store
+                            .engine
+                            .stats()
+                            .count_ingest(started.elapsed(), outcome);
+                    }
+                    response
                 }
                 EntryPayload::Membership(ref membership) => {
                     applied.membership =

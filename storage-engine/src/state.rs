@@ -472,7 +472,7 @@ impl CoreState {
         );
         let mut outcome = IngestOutcome {
             events: Vec::with_capacity(batch.events.len()),
-            alerts: Vec::new(),
+            ..IngestOutcome::default()
         };
         let mut applied_offset = batch
             .source
@@ -522,6 +522,8 @@ impl CoreState {
             }
             let queued = self.record(&observation.incidents, &observation.notifications, rows);
             outcome.alerts.extend(queued);
+            outcome.folded += observation.repeats.len() as u64;
+            outcome.withheld += observation.incidents.iter().filter(|c| !c.notify).count() as u64;
             outcome.events.push(match derived {
                 Some(derived) => EventOutcome::AppliedAs(derived),
                 None => EventOutcome::Applied,

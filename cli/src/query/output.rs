@@ -394,7 +394,7 @@ pub fn cluster_tables(status: &Value) -> String {
         cell(&status["shard_count"]),
         cell(&status["replication_factor"]),
     );
-    let mut nodes = Table::new(&["NODE", "ADDRESS", "STATE", "LEADS", "REPLICAS"]);
+    let mut nodes = Table::new(&["NODE", "ORDINAL", "ADDRESS", "STATE", "LEADS", "REPLICAS"]);
     for node in status["nodes"].as_array().into_iter().flatten() {
         let id = &node["id"];
         let leads = shards.iter().filter(|s| &s["leader"] == id).count();
@@ -408,6 +408,7 @@ pub fn cluster_tables(status: &Value) -> String {
             .count();
         nodes.push(vec![
             cell(id),
+            cell(&node["ordinal"]),
             cell(&node["address"]),
             cell(&node["state"]),
             leads.to_string(),
@@ -518,27 +519,29 @@ mod tests {
     fn the_cluster_shows_every_node_and_shard() {
         let status = json!({
             "shard_count": 2, "replication_factor": 2, "metadata_leader": 0,
-            "nodes": [{"id": 0, "address": "10.0.0.1:7400", "state": "active"},
-                      {"id": 1, "address": "10.0.0.2:7400", "state": "draining"}],
+            "nodes": [{"id": 0, "ordinal": 0, "address": "10.0.0.1:7400", "state": "active"},
+                      {"id": 1001, "ordinal": 1, "address": "10.0.0.2:7400", "state": "draining"}],
             "shards": [
-                {"shard": 0, "leader": 0, "term": 3, "desired": [0, 1], "replicas": [
+                {"shard": 0, "leader": 0, "term": 3, "desired": [0, 1001], "replicas": [
                     {"node": 0, "role": "voter", "applied_index": 9, "lag": 0},
-                    {"node": 1, "role": "learner", "applied_index": 4, "lag": 5}]},
-                {"shard": 1, "leader": null, "term": 2, "desired": [1, 0], "replicas": []},
+                    {"node": 1001, "role": "learner", "applied_index": 4, "lag": 5}]},
+                {"shard": 1, "leader": null, "term": 2, "desired": [1001, 0], "replicas": []},
             ],
         });
         let text = cluster_tables(&status);
         assert!(text.starts_with("2 shards, replication factor 2, metadata leader: node 0"));
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        for row in [
+            ["0", "0", "10.0.0.1:7400", "active", "1", "1"],
+            ["1001", "1", "10.0.0.2:7400", "draining", "0", "1"],
+        ] {
+            assert!(rows.iter().any(|r| *r == row), "{row:?} not in\n{text}");
+        }
         assert!(
-            text.contains("0     10.0.0.1:7400  active    1      1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("1     10.0.0.2:7400  draining  0      1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("0      0       3     0 (lag 0), 1 (learner, lag 5)"),
+            text.contains("0      0       3     0 (lag 0), 1001 (learner, lag 5)"),
             "{text}"
         );
         assert!(text.contains("\n1      -       2"), "{text}");

@@ -267,9 +267,11 @@ impl Cluster {
             .collect()
     }
 
-    /// A gRPC client of node `id`.
-    pub async fn client(&self, id: u64) -> NodeClient<Channel> {
-        client_over(&self.transport, &self.nodes[&id].grpc)
+    /// A gRPC client of the node running as Raft member `member` (its ordinal, or a later
+    /// member of that ordinal after its data directory was lost).
+    pub async fn client(&self, member: u64) -> NodeClient<Channel> {
+        let ordinal = sentinel_node::registry::ordinal_of(member);
+        client_over(&self.transport, &self.nodes[&ordinal].grpc)
     }
 
     /// Cluster status as any running node sees it.

@@ -36,7 +36,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* Pod-level settings shared by nodes and routers. */}}
 {{- define "sentinel.podSecurity" -}}
 # Service links would put variables named SENTINEL_*_SERVICE_HOST into the containers,
-# which the configuration loader reads as (unknown) keys.
+# which the configuration loader would warn about as ignored at every start.
 enableServiceLinks: false
 automountServiceAccountToken: false
 securityContext:
