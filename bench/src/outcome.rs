@@ -246,8 +246,10 @@ pub fn incident_line(change: &Change, injected: Option<&Incident>) -> String {
     )
 }
 
-/// A table of injected incidents: kind, key, time to open a Sentinel incident (or `MISSED`),
-/// incidents opened, point alerts, and the first alert's type, metric and method.
+/// A table of injected incidents: kind, key, incidents opened, time to open the first (or
+/// `MISSED`), time to the first point alert of an expected signal (or `none`: point
+/// alerts wait while a baseline is young), point alerts, and the first alert's type,
+/// metric and method.
 pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
     let mut table = format!(
         "{:<8} {:<13} {:<36} {:>8} {:>9} {:>9} {:>7}  first alert\n",
@@ -256,7 +258,7 @@ pub fn incident_table(incidents: &[IncidentOutcome]) -> String {
     for o in incidents {
         let i = &o.incident;
         let detected = o.time_to_detect_ms().map_or_else(
-            || "MISSED".to_owned(),
+            || "none".to_owned(),
             |ms| format!("{:.1}s", ms as f64 / 1000.0),
         );
         let first = o.first_alert.as_ref().map_or_else(String::new, |a| {

@@ -817,6 +817,49 @@ async fn a_node_that_lost_its_data_directory_rejoins_as_a_new_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_unreachable_past_the_down_time_is_replaced_and_takes_shards_again_when_back() {
+    let mut cluster = Cluster::start_with(
+        4,
+        8,
+        3,
+        variables(&[("SENTINEL_CLUSTER__NODE_DOWN_AFTER_S", "2")]),
+    );
+    cluster.wait_converged(CONVERGE).await;
+    let mut acked = write(&cluster, 0..10).await;
+    cluster.kill(3);
+    // The metadata leader marks it down; every shard regains three voters on the others.
+    let mut last = String::new();
+    let replaced = wait_for(CONVERGE, async || {
+        let status = cluster.status(false).await?;
+        last = support::summary(&status);
+        let down = status.nodes.iter().any(|n| n.id == 3 && n.state == "down");
+        let moved = status.shards.iter().all(|s| {
+            s.leader.is_some()
+                && !s.desired.contains(&3)
+                && s.replicas.len() == 3
+                && s.replicas.iter().all(|r| r.node != 3 && r.role == "voter")
+        });
+        (down && moved).then_some(status)
+    })
+    .await;
+    assert!(
+        replaced.is_some(),
+        "node 3 not replaced: {last}\n{}",
+        cluster.logs()
+    );
+    acked.extend(write(&cluster, 10..20).await);
+    cluster.spawn(3);
+    let status = cluster.wait_converged(CONVERGE).await;
+    assert!(
+        status.shards.iter().any(|s| s.desired.contains(&3)),
+        "node 3 takes shards again: {}",
+        support::summary(&status)
+    );
+    assert_eq!(stored_ids(&cluster, &status).await, acked);
+    assert_replicas_agree(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let cluster = Cluster::start_with(
         1,

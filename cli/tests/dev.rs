@@ -202,28 +202,28 @@ fn planned_incidents(output: &[String]) -> Vec<Planned> {
         .collect()
 }
 
-/// `sentinel anomalies --output json` through the router's gRPC API.
-fn anomalies(ports: &Ports) -> Vec<Value> {
+/// `sentinel incidents --output json` through the router's gRPC API.
+fn incidents(ports: &Ports) -> Vec<Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["anomalies", "--output", "json", "--limit", "1000"])
+        .args(["incidents", "--output", "json", "--limit", "1000"])
         .args(["--endpoint", &ports.endpoint()])
         .env_remove("SENTINEL_API_KEY")
         .stdin(Stdio::null())
         .output()
-        .expect("sentinel anomalies runs");
+        .expect("sentinel incidents runs");
     if !output.status.success() {
         return Vec::new();
     }
     let answer: Value = serde_json::from_slice(&output.stdout).expect("JSON answer");
-    answer["anomalies"].as_array().cloned().unwrap_or_default()
+    answer["incidents"].as_array().cloned().unwrap_or_default()
 }
 
-/// Whether `anomalies` hold one of `anomaly_type` on the incident's key.
-fn caught(anomalies: &[Value], incident: &Planned, anomaly_type: &str) -> bool {
-    anomalies.iter().any(|a| {
-        a["service_name"] == incident.service.as_str()
-            && a["model"] == incident.model.as_str()
-            && a["anomaly_type"] == anomaly_type
+/// Whether `incidents` hold one of `anomaly_type` on the injected incident's key.
+fn opened(incidents: &[Value], incident: &Planned, anomaly_type: &str) -> bool {
+    incidents.iter().any(|i| {
+        i["service_name"] == incident.service.as_str()
+            && i["model"] == incident.model.as_str()
+            && i["anomaly_type"] == anomaly_type
     })
 }
 
@@ -253,17 +253,17 @@ fn sentinel_dev_raises_anomalies_for_the_injected_incidents_and_stops_cleanly_on
         .expect("spike");
     let burst = plan.iter().find(|p| p.kind == "ErrorBurst").expect("burst");
 
-    // The query client finds both incidents as anomalies of their kind on their key.
+    // The query client finds an incident of each kind on its key.
     let deadline = Instant::now() + PATIENCE;
     let mut seen = Vec::new();
-    while !(caught(&seen, spike, "latency_spike") && caught(&seen, burst, "error_rate_increase")) {
+    while !(opened(&seen, spike, "latency_spike") && opened(&seen, burst, "error_rate_increase")) {
         assert!(
             Instant::now() < deadline,
-            "incidents not caught; anomalies: {seen:#?}\noutput:\n{}",
+            "incidents not caught; incidents: {seen:#?}\noutput:\n{}",
             dev.report()
         );
         std::thread::sleep(Duration::from_secs(2));
-        seen = anomalies(&ports);
+        seen = incidents(&ports);
     }
 
     // The live view tagged them with the incident they belong to.
@@ -281,7 +281,7 @@ fn sentinel_dev_raises_anomalies_for_the_injected_incidents_and_stops_cleanly_on
     assert!(exit.success(), "{exit:?}\n{printed}");
     assert!(printed.contains("stopped cleanly"), "{printed}");
     // Each opened a Sentinel incident: the summary's `opened` and `to open` columns (the
-    // point-anomaly columns after them may say MISSED while a baseline is young).
+    // point-anomaly columns after them may say `none` while a baseline is young).
     for incident in [spike, burst] {
         let key = format!("{}/{}", incident.service, incident.model);
         let row: Option<Vec<&str>> = printed

@@ -450,6 +450,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
             address: node.address.clone(),
             state: match reports.get(&id) {
                 Some(Ok(_)) => node.state.name().to_owned(),
+                _ if node.state == NodeState::Down => node.state.name().to_owned(),
                 _ => "unreachable".to_owned(),
             },
         })
