@@ -814,6 +814,28 @@ async fn a_node_that_lost_its_data_directory_rejoins_as_a_new_member() {
     .expect("identity JSON");
     assert_eq!(identity["member"], 1002);
     assert_eq!(identity["ordinal"], 2);
+    // Raft messages for the lost member (or any other, member 0 included) are refused
+    // where they land.
+    for (node, to) in [(2, 2), (1, 0)] {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            cluster.nodes[&node].grpc
+        ))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects");
+        let refused = RaftTransportClient::new(channel)
+            .vote(RaftMessage {
+                group: 0,
+                from: 7,
+                payload: Vec::new(),
+                to: Some(to),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1001,7 +1023,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             group: 0,
             from: 7,
             payload: b"\xc1garbage".to_vec(),
-            to: 0,
+            to: None,
         })
         .await
         .unwrap_err();
@@ -1013,7 +1035,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             group: 0,
             from: 7,
             payload: Vec::new(),
-            to: 1000,
+            to: Some(1000),
         })
         .await
         .unwrap_err();
@@ -1024,7 +1046,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             group: 0,
             from: 7,
             payload: rmp_vote(&stale_vote),
-            to: 0,
+            to: None,
         })
         .await;
     assert!(stale.is_ok() || stale.unwrap_err().code() == Code::InvalidArgument);

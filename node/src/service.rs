@@ -143,23 +143,22 @@ impl NodeService {
             group,
             from: self.host.id,
             payload,
-            to: 0,
+            to: None,
         })
     }
 }
 
-/// `message`, when it is addressed to `member` (`to` is 0 from nodes that predate it):
-/// messages for an earlier member at this address, whose data directory was lost, are
-/// refused rather than answered with another member's vote or log.
+/// `message`, when it is addressed to `member` (`to` is unset from nodes that predate
+/// it): messages for an earlier member at this address, whose data directory was lost,
+/// are refused rather than answered with another member's vote or log.
 fn addressed(request: Request<RaftMessage>, member: u64) -> Result<RaftMessage, Status> {
     let message = request.into_inner();
-    if message.to != 0 && message.to != member {
-        return Err(Status::failed_precondition(format!(
-            "to: this is member {member}, not member {}",
-            message.to
-        )));
+    match message.to {
+        Some(to) if to != member => Err(Status::failed_precondition(format!(
+            "to: this is member {member}, not member {to}"
+        ))),
+        _ => Ok(message),
     }
-    Ok(message)
 }
 
 fn payload<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {

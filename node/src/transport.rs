@@ -159,7 +159,7 @@ where
             group: self.group,
             from: self.peers.node_id,
             payload: encode(request),
-            to: self.target,
+            to: Some(self.target),
         });
         message.set_timeout(option.hard_ttl());
         let reply = match rpc {
