@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use lapin::types::AMQPValue;
 use sentinel_node::alerting::{ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER};
-use sentinel_proto::v1::raft_transport_client::RaftTransportClient;
 use sentinel_proto::v1::{
     AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, DecommissionRequest,
     IngestRequest, InputEvent, Outcome, RaftMessage, SourcePartition, TelemetryRequest,
@@ -817,15 +816,8 @@ async fn a_node_that_lost_its_data_directory_rejoins_as_a_new_member() {
     // Raft messages for the lost member (or any other, member 0 included) are refused
     // where they land.
     for (node, to) in [(2, 2), (1, 0)] {
-        let channel = tonic::transport::Endpoint::from_shared(format!(
-            "http://{}",
-            cluster.nodes[&node].grpc
-        ))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connects");
-        let refused = RaftTransportClient::new(channel)
+        let refused = cluster
+            .raft_client(node)
             .vote(RaftMessage {
                 group: 0,
                 from: 7,
@@ -1011,13 +1003,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(bad_cursor.code(), Code::InvalidArgument);
 
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.nodes[&0].grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut raft = RaftTransportClient::new(channel);
+    let mut raft = cluster.raft_client(0);
     let garbage = raft
         .append_entries(RaftMessage {
             group: 0,

@@ -40,25 +40,6 @@ pub enum Found {
     Recorded(Identity),
 }
 
-impl Found {
-    /// The member id the node runs as, when it has one.
-    pub fn member(&self, ordinal: u64) -> Option<u64> {
-        match self {
-            Found::Empty => None,
-            Found::Unrecorded => Some(ordinal),
-            Found::Recorded(identity) => Some(identity.member),
-        }
-    }
-
-    /// The cluster the data belongs to, when recorded.
-    pub fn cluster_id(&self) -> &str {
-        match self {
-            Found::Recorded(identity) => &identity.cluster_id,
-            _ => "",
-        }
-    }
-}
-
 /// A new cluster id: 32 hex digits from the clock, the process and `seed`.
 pub fn new_cluster_id(seed: &str) -> String {
     use sha2::{Digest, Sha256};

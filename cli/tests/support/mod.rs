@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sentinel_core::shard::shard_of;
 use sentinel_proto::leader_hint;
 use sentinel_proto::v1::node_client::NodeClient;
+use sentinel_proto::v1::raft_transport_client::RaftTransportClient;
 use sentinel_proto::v1::{
     ClusterStatusReply, ClusterStatusRequest, IngestReply, IngestRequest, InputEvent,
 };
@@ -272,6 +273,11 @@ impl Cluster {
     pub async fn client(&self, member: u64) -> NodeClient<Channel> {
         let ordinal = sentinel_node::registry::ordinal_of(member);
         client_over(&self.transport, &self.nodes[&ordinal].grpc)
+    }
+
+    /// A Raft transport client of node `ordinal`, for messages a test forges.
+    pub fn raft_client(&self, ordinal: u64) -> RaftTransportClient<Channel> {
+        RaftTransportClient::new(channel_over(&self.transport, &self.nodes[&ordinal].grpc))
     }
 
     /// Cluster status as any running node sees it.
@@ -699,14 +705,18 @@ pub async fn client(address: &str) -> NodeClient<Channel> {
 
 /// A client of the node at `address` over `transport`.
 pub fn client_over(transport: &ClusterTransport, address: &str) -> NodeClient<Channel> {
-    let channel = transport
+    NodeClient::new(channel_over(transport, address))
+}
+
+/// A channel to the node at `address` over `transport`.
+fn channel_over(transport: &ClusterTransport, address: &str) -> Channel {
+    transport
         .channel(address, |endpoint| {
             endpoint
                 .connect_timeout(Duration::from_millis(500))
                 .timeout(Duration::from_secs(10))
         })
-        .expect("address");
-    NodeClient::new(channel)
+        .expect("address")
 }
 
 /// Polls `check` until it answers `Some` or `timeout` passes.
