@@ -11,6 +11,7 @@ use sentinel_proto::v1::bootstrap_client::BootstrapClient;
 use sentinel_proto::v1::bootstrap_server::{Bootstrap, BootstrapServer};
 use sentinel_proto::v1::{IdentifyReply, IdentifyRequest, JoinRequest};
 use sentinel_tls::ClusterTransport;
+use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use crate::config::NodeConfig;
@@ -24,6 +25,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
 /// How long the starting node's server may take to close its connections.
 const SERVER_STOP: Duration = Duration::from_secs(5);
+/// How long an address in use is tried again when binding a listener.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// The bootstrap service of a node that has not decided yet.
 struct Undecided {
@@ -54,8 +57,8 @@ pub async fn settle(
     snapshot_bytes_sent: IntCounter,
 ) -> Result<Identity, NodeError> {
     let ordinal = config.node.id;
-    let grpc = crate::server::bind(config.node.listen, "gRPC").await?;
-    let http = crate::server::bind(config.http.listen, "HTTP").await?;
+    let grpc = bind(config.node.listen, "gRPC").await?;
+    let http = bind(config.http.listen, "HTTP").await?;
     // Stopped gracefully once decided: peers' connections to it close (GOAWAY), so their
     // Raft traffic reaches the node's real server rather than this one.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -163,4 +166,27 @@ async fn identify(peers: &Peers, address: &str) -> Option<Peer> {
         ordinal: reply.ordinal,
         cluster: (!reply.fresh).then_some(reply.cluster_id),
     })
+}
+
+/// A listener on `address`, for the `what` server. An address in use is tried again for
+/// up to [`RELEASE_WAIT`]: the server a starting node answers on while it decides whether
+/// to create or join the cluster releases its listeners as it stops.
+pub async fn bind(address: std::net::SocketAddr, what: &str) -> Result<TcpListener, NodeError> {
+    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match TcpListener::bind(address).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            bound => {
+                return bound.map_err(|source| NodeError::Io {
+                    what: format!("binding the {what} listener on {address}"),
+                    source,
+                })
+            }
+        }
+    }
 }

@@ -7,11 +7,10 @@ use std::time::Duration;
 use sentinel_proto::v1::bootstrap_server::BootstrapServer;
 use sentinel_proto::v1::node_server::NodeServer;
 use sentinel_proto::v1::raft_transport_server::RaftTransportServer;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::alerting::{AlertMetrics, Dispatcher};
-use crate::bootstrap;
+use crate::bootstrap::{self, bind};
 use crate::cluster::{self, Reconciler};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
@@ -28,34 +27,6 @@ use crate::transport::MAX_MESSAGE_BYTES;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the node looks for a Raft group that stopped on an error.
 const FAILURE_CHECK: Duration = Duration::from_millis(200);
-/// How long an address in use is tried again when binding a listener.
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
-
-/// A listener on `address`, for the `what` server. An address in use is tried again for
-/// up to [`RELEASE_WAIT`]: the server a starting node answers on while it decides whether
-/// to create or join the cluster releases its listeners as it stops.
-pub(crate) async fn bind(
-    address: std::net::SocketAddr,
-    what: &str,
-) -> Result<TcpListener, NodeError> {
-    let deadline = tokio::time::Instant::now() + RELEASE_WAIT;
-    loop {
-        match TcpListener::bind(address).await {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            bound => {
-                return bound.map_err(|source| NodeError::Io {
-                    what: format!("binding the {what} listener on {address}"),
-                    source,
-                })
-            }
-        }
-    }
-}
 
 /// Runs a node until `shutdown` resolves, then hands its leaderships over and stops.
 ///
