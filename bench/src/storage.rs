@@ -5,8 +5,8 @@ use sentinel_core::pricing::{extract_metrics, PriceTable};
 use sentinel_core::Event;
 use sentinel_storage_engine::{Command, IngestBatch, IngestEvent, SourcePartition};
 
-use crate::rng::Rng;
 use crate::stream::MODELS;
+use sentinel_local::rng::Rng;
 
 /// Start of the benchmark clock (2026-01-01T00:00:00Z).
 pub const T0: i64 = 1_767_225_600_000;

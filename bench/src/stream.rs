@@ -5,7 +5,7 @@ use sentinel_core::config::{CusumConfig, DetectionConfig, Direction, Scale, Thre
 use sentinel_core::pricing::{extract_metrics, PriceTable};
 use sentinel_core::{Event, ShardDetector};
 
-use crate::rng::Rng;
+use sentinel_local::rng::Rng;
 
 /// Services of the stream (× [`MODELS`] = 16 keys).
 pub const SERVICES: [&str; 4] = [

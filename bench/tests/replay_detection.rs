@@ -2,8 +2,8 @@
 //! incident on its key, quickly, and clean traffic stays (nearly) silent.
 
 use sentinel_bench::outcome::run;
-use sentinel_bench::replay::{IncidentKind, ReplayConfig};
 use sentinel_core::DetectionConfig;
+use sentinel_local::replay::{IncidentKind, ReplayConfig};
 
 /// Documented bound (docs/benchmarks.md): incidents opened by clean traffic in one replay.
 const MAX_FALSE_INCIDENTS: usize = 2;

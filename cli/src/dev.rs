@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sentinel_bench::cluster::{Layout, LocalCluster, LocalRouter};
-use sentinel_bench::outcome::{incident_line, incident_table, Scoreboard};
-use sentinel_bench::replay::{Incident, ReplayConfig, ReplayError};
 use sentinel_config::LogFormat;
 use sentinel_core::incident::{Change, IncidentStatus, NotificationKind};
 use sentinel_core::Anomaly;
+use sentinel_local::cluster::{Layout, LocalCluster, LocalRouter};
+use sentinel_local::replay::{Incident, ReplayConfig, ReplayError};
+use sentinel_local::scoreboard::{incident_line, incident_table, Scoreboard};
 use sentinel_router::kafka::KafkaSection;
 use tokio::sync::watch;
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sentinel_bench::replay::{Incident, Replay, ReplayConfig};
+use sentinel_local::replay::{Incident, Replay, ReplayConfig};
 use sentinel_router::kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use sentinel_router::kafka::rdkafka::util::Timeout;
 use sentinel_router::kafka::rdkafka::ClientConfig;

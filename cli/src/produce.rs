@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sentinel_bench::replay::ReplayConfig;
+use sentinel_local::replay::ReplayConfig;
 use tokio::sync::watch;
 
 use crate::feed::{replay_from, send_all, start_ending_now, Pace, Sender, Source, Tally, Target};

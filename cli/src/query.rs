@@ -4,10 +4,11 @@
 
 mod output;
 
+use sentinel_core::anomaly::now_ms;
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use sentinel_proto::v1::sentinel_client::SentinelClient;
@@ -22,7 +23,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use output::struct_json;
+use sentinel_proto::json::from_struct;
 
 /// How long connecting to the router may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -525,13 +526,6 @@ async fn execute(command: QueryCommand) -> Result<(), Failure> {
     }
 }
 
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The look-back in hours from `start_ms` to now, refusing a start in the future.
 fn hours_since(start_ms: i64) -> Result<f64, Failure> {
     let span = now_ms() - start_ms;
@@ -574,7 +568,7 @@ impl Page {
         Page {
             list,
             none,
-            items: reply.records.into_iter().map(struct_json).collect(),
+            items: reply.records.into_iter().map(from_struct).collect(),
             next: Some(reply.next_cursor).filter(|cursor| !cursor.is_empty()),
         }
     }
@@ -738,7 +732,7 @@ async fn cluster_status(args: ClientArgs) -> Result<(), Failure> {
         .cluster_status(client.request(ClusterStatusQuery {}))
         .await?
         .into_inner();
-    let status = struct_json(reply);
+    let status = from_struct(reply);
     match args.output {
         Output::Json => print(status),
         Output::Table => print(output::cluster_tables(&status)),

@@ -1,10 +1,6 @@
 //! A cluster of real `sentinel node` processes on loopback: formation, ingestion and
 //! queries, a leader killed under load, restarts, scale-out and decommission, bad input.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -14,7 +10,9 @@ use sentinel_proto::v1::{
     AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, DecommissionRequest,
     IngestRequest, InputEvent, Outcome, RaftMessage, SourcePartition, TelemetryRequest,
 };
-use support::{event, shard, t0, wait_for, Cluster};
+use sentinel_testkit::process::{event, shard, Cluster};
+use sentinel_testkit::{process, services};
+use sentinel_testkit::{t0, wait_for};
 use tonic::Code;
 
 const CONVERGE: Duration = Duration::from_secs(90);
@@ -118,7 +116,7 @@ async fn stored_ids(cluster: &Cluster, status: &ClusterStatusReply) -> BTreeSet<
 
 /// Waits until every replica of every shard reports the same digest.
 async fn assert_replicas_agree(cluster: &Cluster) -> BTreeMap<u32, String> {
-    support::assert_replicas_agree(cluster, CONVERGE).await
+    process::assert_replicas_agree(cluster, CONVERGE).await
 }
 
 /// The cap a call's latency must exceed to open an incident on its own, in the tests
@@ -239,7 +237,7 @@ async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
     let pid = cluster.pid(victim);
     let (more, ()) = tokio::join!(write(&cluster, 20..80), async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        support::sigkill(pid);
+        process::sigkill(pid);
     });
     acked.extend(more);
     cluster.kill(victim);
@@ -770,7 +768,7 @@ async fn scale_out_then_decommission_under_load() {
     })
     .await;
     if drained.is_none() {
-        let status = cluster.status(false).await.map(|s| support::summary(&s));
+        let status = cluster.status(false).await.map(|s| process::summary(&s));
         panic!(
             "node 1 not drained: {}\n{}",
             status.unwrap_or_default(),
@@ -799,7 +797,7 @@ async fn a_node_that_lost_its_data_directory_rejoins_as_a_new_member() {
         members,
         vec![(0, 0), (1, 1), (1002, 2)],
         "{}",
-        support::summary(&status)
+        process::summary(&status)
     );
     assert!(
         status.shards.iter().any(|s| s.desired.contains(&1002)),
@@ -845,7 +843,7 @@ async fn a_node_unreachable_past_the_down_time_is_replaced_and_takes_shards_agai
     let mut last = String::new();
     let replaced = wait_for(CONVERGE, async || {
         let status = cluster.status(false).await?;
-        last = support::summary(&status);
+        last = process::summary(&status);
         let down = status.nodes.iter().any(|n| n.id == 3 && n.state == "down");
         let moved = status.shards.iter().all(|s| {
             s.leader.is_some()
@@ -867,7 +865,7 @@ async fn a_node_unreachable_past_the_down_time_is_replaced_and_takes_shards_agai
     assert!(
         status.shards.iter().any(|s| s.desired.contains(&3)),
         "node 3 takes shards again: {}",
-        support::summary(&status)
+        process::summary(&status)
     );
     assert_eq!(stored_ids(&cluster, &status).await, acked);
     assert_replicas_agree(&cluster).await;
@@ -902,7 +900,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             events: vec![
                 InputEvent {
                     offset: None,
-                    json: b"{}".to_vec()
+                    event: b"{}".to_vec()
                 };
                 10_001
             ],
@@ -921,7 +919,7 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             }),
             events: vec![InputEvent {
                 offset: None,
-                json: b"{}".to_vec(),
+                event: b"{}".to_vec(),
             }],
         })
         .await
@@ -936,8 +934,11 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let (service, model) = ("chat", "gpt-4o");
     let home = shard(service, model, 4);
     let t0 = t0();
-    let mut missing = serde_json::json!({"service_name": service, "model_name": model});
-    missing["latency_ms"] = serde_json::json!("fast");
+    let mut out_of_bounds = event(service, model, t0, 100.0, "negative");
+    let mut negative: sentinel_core::Event =
+        sentinel_core::codec::decode(&out_of_bounds.event).expect("an event");
+    negative.latency_ms = -5.0;
+    out_of_bounds.event = sentinel_core::codec::encode(&negative);
     let reply = client
         .ingest(IngestRequest {
             shard: home,
@@ -945,12 +946,9 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
             events: vec![
                 InputEvent {
                     offset: None,
-                    json: b"not json".to_vec(),
+                    event: b"not json".to_vec(),
                 },
-                InputEvent {
-                    offset: None,
-                    json: missing.to_string().into_bytes(),
-                },
+                out_of_bounds,
                 event(service, model, t0, 100.0, "good-1"),
                 event(service, model, t0, 100.0, "good-1"),
                 event("other", "model", t0, 100.0, "elsewhere"),

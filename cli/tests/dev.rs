@@ -3,20 +3,15 @@
 //! client then finds; Ctrl-C (SIGINT) stops it cleanly. A short replay runs without the
 //! incidents; with `--kafka` and no replay, it reads the topics the original SDKs write.
 
-#[path = "support/kafka.rs"]
-mod broker;
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use sentinel_testkit::free_port;
+use sentinel_testkit::kafka;
 use serde_json::Value;
-use services::free_port;
 
 /// Bound on anything the test waits for (a 2-core CI machine running other tests).
 const PATIENCE: Duration = Duration::from_secs(240);
@@ -342,7 +337,7 @@ fn a_replay_too_short_for_the_incidents_runs_clean_traffic() {
 fn with_kafka_and_no_replay_it_reads_the_topic_the_python_sdk_writes_to() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let kafka = runtime.block_on(async {
-        let kafka = broker::Broker::start().await;
+        let kafka = kafka::Broker::start().await;
         for topic in ["llm.telemetry", "llm-telemetry"] {
             kafka.create_topic(topic, 1).await.expect("topic created");
         }
@@ -370,7 +365,7 @@ fn with_kafka_and_no_replay_it_reads_the_topic_the_python_sdk_writes_to() {
     // The nested shape the SDKs send, to the Python SDK's default topic.
     let event = serde_json::json!({
         "event_id": "5b0e6f8e-3f41-4b2a-9d3c-2f6f3c1d9a01",
-        "timestamp": support::rfc3339(support::t0()),
+        "timestamp": sentinel_testkit::rfc3339(sentinel_testkit::t0()),
         "service_name": "sdk-python",
         "model": "gpt-4o-mini",
         "prompt": {"text": "hello", "tokens": 12},
@@ -385,7 +380,7 @@ fn with_kafka_and_no_replay_it_reads_the_topic_the_python_sdk_writes_to() {
         ports.http
     );
     let found = runtime.block_on(async {
-        broker::produce(
+        kafka::produce(
             &kafka.producer(),
             "llm-telemetry",
             0,
@@ -394,7 +389,7 @@ fn with_kafka_and_no_replay_it_reads_the_topic_the_python_sdk_writes_to() {
             &[],
         )
         .await;
-        support::wait_for(PATIENCE, async || {
+        sentinel_testkit::wait_for(PATIENCE, async || {
             let answer: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
             (answer["count"] == 1).then_some(answer)
         })

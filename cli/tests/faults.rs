@@ -1,15 +1,12 @@
 //! Real `sentinel node` processes under faults an operator meets: a disk that fills up,
 //! and a process paused (SIGSTOP) long enough for its peers to move on without it.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use sentinel_proto::v1::{ClusterStatusReply, ClusterStatusRequest};
-use support::{event, shard, signal, wait_for, Cluster, Tmpfs};
+use sentinel_testkit::process::{event, shard, signal, Cluster, Tmpfs};
+use sentinel_testkit::wait_for;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 

@@ -6,10 +6,6 @@
 //! schemathesis is installed by `scripts/setup --tests` at [`DEFAULT_SCHEMATHESIS`];
 //! `TEST_SCHEMATHESIS_BIN` names another `schemathesis` executable.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,8 +16,9 @@ use sentinel_proto::v1::sentinel_client::SentinelClient;
 use sentinel_proto::v1::{
     AnomaliesQuery, BaselinesQuery, IngestEventsRequest, RecentAnomaliesQuery,
 };
+use sentinel_testkit::process::{event_json as flat, Cluster, RouterProcess};
+use sentinel_testkit::wait_for;
 use serde_json::{json, Value};
-use support::{event_json as flat, wait_for, Cluster, RouterProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;

@@ -6,20 +6,16 @@
 //! The events carry no `event_id`/`request_id`, so only the shards' per-partition offset
 //! check stands between a replay and a double count.
 
-#[path = "support/kafka.rs"]
-mod broker;
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use broker::{produce, Broker, Reader};
 use reqwest::StatusCode;
 use sentinel_router::kafka::rdkafka;
+use sentinel_testkit::kafka::{produce, Broker, Reader};
+use sentinel_testkit::process::{event_json, Cluster, RouterProcess};
+use sentinel_testkit::wait_for;
+use sentinel_testkit::{kafka, process};
 use serde_json::{json, Value};
-use support::{event_json, wait_for, Cluster, RouterProcess};
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
@@ -165,7 +161,7 @@ async fn router(
     group: &str,
     extra: &[(&str, &str)],
 ) -> RouterProcess {
-    let grpc = format!("127.0.0.1:{}", services::free_port());
+    let grpc = format!("127.0.0.1:{}", sentinel_testkit::free_port());
     let mut env = vec![
         ("SENTINEL_GRPC__LISTEN", grpc.as_str()),
         ("SENTINEL_KAFKA__BROKERS", broker.address.as_str()),
@@ -412,7 +408,7 @@ async fn two_routers_share_then_one_goes(broker: Broker, exit: Exit) {
     load.send(60).await;
     match exit {
         Exit::Terminate => {
-            broker::terminate(&mut a).await;
+            kafka::terminate(&mut a).await;
             let log = a.log();
             assert!(log.contains("Kafka consumer drained"), "{log}");
             assert!(log.contains("router stopped"), "{log}");
@@ -458,7 +454,7 @@ async fn events_are_applied_exactly_once_when_a_router_of_the_group_is_killed() 
 #[test]
 #[ignore = "runs as the mock Kafka cluster process of the tests that start one"]
 fn mock_kafka_cluster() {
-    broker::mock_cluster_main();
+    kafka::mock_cluster_main();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,10 +511,10 @@ async fn poison_messages_go_to_the_dead_letter_topic_and_the_partition_goes_on()
         }]})
         .to_string()
     };
-    let home = support::shard("checkout", "gpt-4o", SHARDS);
+    let home = process::shard("checkout", "gpt-4o", SHARDS);
     let second_model = (0..)
         .map(|i| format!("gpt-4o-{i}"))
-        .find(|m| support::shard("checkout", m, SHARDS) == home)
+        .find(|m| process::shard("checkout", m, SHARDS) == home)
         .expect("a model of the same shard");
     // Two calls of a burst sharing the id the original producer examples build (the
     // millisecond and four random digits): neither is poison, both are applied.

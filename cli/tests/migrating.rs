@@ -9,15 +9,11 @@
 //! order and no more; a string ending in `...` matches any string that starts with the
 //! rest; numbers match to 0.1 %.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use sentinel_testkit::process::{Cluster, RouterProcess};
 use serde_json::Value;
-use support::{Cluster, RouterProcess};
 
 /// The guide, relative to this crate.
 const GUIDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/migrating.md");
@@ -215,7 +211,7 @@ async fn the_migration_guide_examples_answer_as_documented_through_a_real_router
         // ingestion may see the cluster a moment behind, so it is asked until it agrees.
         let agreed = match example.method.as_str() {
             "POST" => check().await,
-            _ => support::wait_for(PATIENCE, check).await,
+            _ => sentinel_testkit::wait_for(PATIENCE, check).await,
         };
         assert!(
             agreed.is_some(),

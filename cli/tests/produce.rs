@@ -2,15 +2,12 @@
 //! real node: JSONL and CSV files with bad rows, the summary's counts and reasons, what
 //! reached the baselines, resending, the replay, and exit statuses.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use support::{event_json, sha256_hex, Cluster, RouterProcess};
+use sentinel_testkit::process::{event_json, Cluster, RouterProcess};
+use sentinel_testkit::sha256_hex;
 
 const PATIENCE: Duration = Duration::from_secs(90);
 const KEY: &str = "produce-test-key";
@@ -131,7 +128,7 @@ async fn produce_sends_files_and_the_replay_and_reports_what_was_acknowledged_an
     for n in 0..20 {
         csv.push_str(&format!(
             "{},csv,claude-3-5-sonnet,{},300,90,{}\n",
-            support::rfc3339(t0 + n * 1000),
+            sentinel_testkit::rfc3339(t0 + n * 1000),
             900 + n,
             1000 + n
         ));

@@ -1,10 +1,6 @@
 //! The query client (`sentinel anomalies|baselines|telemetry|cluster`) as a user runs it,
 //! against a keyed `sentinel router` in front of three real `sentinel node` processes.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -12,8 +8,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use sentinel_core::anomaly::now_ms;
+use sentinel_testkit::process::{event_json, Cluster, RouterProcess};
+use sentinel_testkit::{sha256_hex, wait_for};
 use serde_json::{json, Value};
-use support::{event_json, sha256_hex, wait_for, Cluster, RouterProcess};
 
 /// Generous bound for anything that waits on the cluster (2-core CI machines).
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -414,7 +412,7 @@ async fn the_query_client_prints_tables_json_and_exit_statuses_scripts_can_use()
     let (code, stderr) = failed(run(&["cluster", "decommission", "99"]));
     assert_eq!(code, 5, "{stderr}");
     assert!(stderr.contains("node 99 is not registered"), "{stderr}");
-    let nowhere = format!("http://{}", services::closed_port_addr());
+    let nowhere = format!("http://{}", sentinel_testkit::closed_port_addr());
     let (code, stderr) = failed(sentinel(&nowhere, Some(KEY), &["cluster", "status"]));
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("cannot reach the router"), "{stderr}");
@@ -603,12 +601,4 @@ async fn operators_list_acknowledge_resolve_incidents_and_silence_them_from_the_
     assert_eq!(all["count"], 1, "{all}");
     let (code, stderr) = failed(run(&["silence", "expire", "no-such-silence"]));
     assert_eq!(code, 5, "{stderr}");
-}
-
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
 }

@@ -1,16 +1,14 @@
 //! The router in front of a cluster of real processes: `sentinel node` ×3 and
 //! `sentinel router` on loopback, driven over HTTP as a user would.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::time::Duration;
 
 use prost::Message;
 use reqwest::StatusCode;
+use sentinel_core::anomaly::now_ms;
+use sentinel_proto::json::from_struct;
 use sentinel_proto::otlp::{
     any_value, AnyValue, ExportTraceServiceRequest, KeyValue, Resource, ResourceSpans, ScopeSpans,
     Span,
@@ -21,10 +19,12 @@ use sentinel_proto::v1::{
     IncidentsQuery, IngestEventsRequest, NewSilence, QueryReply, RecentAnomaliesQuery, SilenceRef,
     SilencesQuery, TelemetryQuery,
 };
-use serde_json::{json, Value};
-use support::{
-    assert_replicas_agree, event_json as flat, rfc3339, wait_for, Cluster, RouterProcess,
+use sentinel_testkit::process::{
+    assert_replicas_agree, event_json as flat, Cluster, RouterProcess,
 };
+use sentinel_testkit::services;
+use sentinel_testkit::{rfc3339, sha256_hex, wait_for};
+use serde_json::{json, Value};
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -680,7 +680,7 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
         .await
         .expect("the incident over gRPC")
         .into_inner();
-    assert_eq!(normalized(struct_json(&shown_over_grpc)), normalized(shown));
+    assert_eq!(normalized(from_struct(shown_over_grpc)), normalized(shown));
     let (status, none) = h.get("/api/v1/incidents?status=resolved&hours=2").await;
     assert_eq!(
         (status, &none["count"]),
@@ -785,7 +785,7 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
         .await
         .expect("a silence")
         .into_inner();
-    let silence = struct_json(&silence);
+    let silence = from_struct(silence);
     let silence_id = silence["silence_id"].as_str().expect("an id").to_owned();
     assert_eq!(silence_id.len(), 36, "a UUID: {silence_id}");
     assert_eq!(silence["service_name"], "payments");
@@ -891,7 +891,7 @@ async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_
         .await
         .expect("expired")
         .into_inner();
-    assert!(struct_json(&expired)["ends_at_ms"].as_f64().unwrap() <= now_ms() as f64);
+    assert!(from_struct(expired)["ends_at_ms"].as_f64().unwrap() <= now_ms() as f64);
     let (_, active) = h.get("/api/v1/silences?active=true").await;
     assert_eq!(active["count"], 1, "{active}");
     let (_, all) = h.get("/api/v1/silences").await;
@@ -926,26 +926,6 @@ fn normalized(value: Value) -> Value {
     }
 }
 
-fn struct_json(record: &prost_types::Struct) -> Value {
-    record
-        .fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_json(v)))
-        .collect()
-}
-
-fn value_json(value: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => json!(b),
-        Some(Kind::NumberValue(n)) => json!(n),
-        Some(Kind::StringValue(s)) => json!(s),
-        Some(Kind::ListValue(list)) => list.values.iter().map(value_json).collect(),
-        Some(Kind::StructValue(object)) => struct_json(object),
-    }
-}
-
 /// The records of a gRPC query answer, as the REST answer lists them under `list`.
 fn grpc_answer(reply: QueryReply, list: &str) -> Value {
     let next_cursor = match reply.next_cursor.as_str() {
@@ -954,7 +934,7 @@ fn grpc_answer(reply: QueryReply, list: &str) -> Value {
     };
     normalized(json!({
         "count": reply.count,
-        list: reply.records.iter().map(struct_json).collect::<Vec<_>>(),
+        list: reply.records.iter().map(|r| from_struct(r.clone())).collect::<Vec<_>>(),
         "next_cursor": next_cursor,
     }))
 }
@@ -1063,7 +1043,7 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
         .unwrap()
         .into_inner();
     assert_eq!(
-        normalized(struct_json(&layout))["shard_count"],
+        normalized(from_struct(layout))["shard_count"],
         json!(f64::from(SHARDS))
     );
 
@@ -1136,18 +1116,4 @@ async fn rest_and_grpc_answer_alike(h: &RouterProcess, severity: &str) {
     };
     let services: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(services.contains(&"sentinel.v1.Sentinel"), "{services:?}");
-}
-
-/// Hex SHA-256 of `text`.
-fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
-
-/// Now, in ms since the Unix epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }

@@ -3,10 +3,6 @@
 //! node's port, and certificates replaced on disk are used without a restart. The
 //! certificates are made by the test.
 
-#[path = "../../node/tests/services/mod.rs"]
-mod services;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +13,9 @@ use rcgen::{
 };
 use sentinel_proto::v1::sentinel_client::SentinelClient;
 use sentinel_proto::v1::{ClusterStatusQuery, ClusterStatusRequest, DecommissionRequest};
+use sentinel_testkit::process::{client_over, event_json, Cluster};
+use sentinel_testkit::wait_for;
 use sentinel_tls::{ClusterTransport, Credentials, Protocol, TlsFiles, RELOAD_CHECK};
-use support::{client_over, event_json, wait_for, Cluster};
 
 const CONVERGE: Duration = Duration::from_secs(90);
 

@@ -6,10 +6,10 @@ use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use crate::anomaly::{AnomalyType, Severity};
 use crate::config::DetectionConfig;
-use crate::engine::{Observation, ShardDetector};
 use crate::event::Event;
 use crate::incident::{Actor, IncidentStatus, NotificationKind, Resolution, Silence};
 use crate::metric::{Metric, MetricValues};
+use crate::shard_detector::{Observation, ShardDetector};
 
 /// What goes wrong with a call, if anything.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -74,6 +74,15 @@ impl Intake {
             .collect()
     }
 
+    /// An event a router already parsed, in the [`crate::codec`] encoding: decoded (no
+    /// JSON is parsed), redacted and validated with this intake's settings, or every
+    /// problem with it.
+    pub fn prepare_forwarded(&self, bytes: &[u8]) -> Result<Event, Vec<FieldError>> {
+        let event = crate::codec::decode(bytes)
+            .map_err(|e| vec![FieldError::new("event", e.to_string())])?;
+        self.admit(Ok(event))
+    }
+
     fn admit(&self, parsed: Result<Event, EventError>) -> Result<Event, Vec<FieldError>> {
         let mut event = parsed.map_err(refusal)?;
         self.redactor.redact_event(&mut event);
@@ -146,6 +155,32 @@ mod tests {
             .remove(0)
             .unwrap_err();
         assert!(refused.len() > 1, "{refused:?}");
+    }
+
+    #[test]
+    fn a_forwarded_event_is_decoded_redacted_and_bounded_without_parsing_json() {
+        let intake = intake();
+        let event = intake
+            .prepare(flat(120.0, "hello").to_string().as_bytes())
+            .unwrap();
+        let forwarded = intake
+            .prepare_forwarded(&crate::codec::encode(&event))
+            .unwrap();
+        assert_eq!(forwarded, event);
+        let mut unredacted = event.clone();
+        unredacted.prompt_text = Some("mail me at ann@example.com".into());
+        let redacted = intake
+            .prepare_forwarded(&crate::codec::encode(&unredacted))
+            .unwrap();
+        assert!(!redacted.prompt_text.unwrap().contains("ann@example.com"));
+        let mut out_of_bounds = event.clone();
+        out_of_bounds.latency_ms = -5.0;
+        let refused = intake
+            .prepare_forwarded(&crate::codec::encode(&out_of_bounds))
+            .unwrap_err();
+        assert_eq!(refused[0].field, "latency_ms");
+        let refused = intake.prepare_forwarded(b"{not json").unwrap_err();
+        assert_eq!(refused[0].field, "event");
     }
 
     #[test]

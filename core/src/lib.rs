@@ -6,11 +6,11 @@
 //! with a digest so replicas can prove they agree.
 
 pub mod anomaly;
+pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod detect;
 pub mod drift;
-pub mod engine;
 pub mod event;
 pub mod evidence;
 pub mod incident;
@@ -23,6 +23,7 @@ pub mod pricing;
 pub mod rate;
 pub mod redact;
 pub mod shard;
+pub mod shard_detector;
 pub mod validate;
 pub mod window;
 
@@ -31,7 +32,6 @@ mod incident_tests;
 
 pub use anomaly::{Anomaly, AnomalyType, Severity};
 pub use config::DetectionConfig;
-pub use engine::{Observation, ShardDetector};
 pub use event::Event;
 pub use incident::{Incident, Notification, NotificationKind, Silence};
 pub use intake::Intake;
@@ -39,5 +39,6 @@ pub use metric::{Metric, MetricValues};
 pub use parse::{parse_event, parse_otlp_traces, parse_value, EventError, FieldError};
 pub use pricing::{extract_metrics, Extraction, PriceTable};
 pub use redact::{RedactionConfig, Redactor};
+pub use shard_detector::{Observation, ShardDetector};
 pub use validate::{validate, ValidationBounds, ValidationError};
 pub use window::{Moments, Window, WindowStateError};

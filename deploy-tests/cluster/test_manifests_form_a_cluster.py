@@ -88,7 +88,7 @@ def rfc3339(seconds: float) -> str:
 
 
 def flat_event(event_id: str, key: tuple[str, str], at: float, n: int) -> dict:
-    """A flat-shape event (as cli/tests/support makes them) with its id for idempotency."""
+    """A flat-shape event (as the test kit, testkit/, makes them) with its id for idempotency."""
     service, model = key
     return {
         "timestamp": rfc3339(at),

@@ -129,7 +129,7 @@ async fn decide(config: &NodeConfig, peers: &Arc<Peers>) -> Identity {
                     fresh: true,
                     cluster_id: String::new(),
                 };
-                match crate::cluster::join(peers, &seeds, request).await {
+                match crate::membership::join(peers, &seeds, request).await {
                     Ok(reply) => {
                         return Identity {
                             cluster_id: reply.cluster_id,

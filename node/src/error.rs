@@ -58,6 +58,44 @@ pub enum NodeError {
     Identity(String),
 }
 
+impl NodeError {
+    /// openraft's `error` for `group`.
+    pub fn raft(group: u32, error: impl std::fmt::Display) -> NodeError {
+        NodeError::Raft {
+            group,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Why one step of a background round (a shard leader's work, reconciliation) failed;
+/// the round logs it and tries again on its next turn.
+#[derive(Debug, Error)]
+pub enum RoundError {
+    /// openraft refused a write or a membership change.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The shard's state machine rejected the command.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Reading the shard's storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sentinel_storage_engine::Error),
+    /// A peer, or the metadata group, refused or did not answer.
+    #[error("{}", .0.message())]
+    Peer(#[from] tonic::Status),
+    /// Exporting to InfluxDB failed.
+    #[error("export: {0}")]
+    Export(#[from] crate::export::ExportError),
+}
+
+impl RoundError {
+    /// openraft's `error`.
+    pub fn raft(error: impl std::fmt::Display) -> RoundError {
+        RoundError::Raft(error.to_string())
+    }
+}
+
 /// Every problem of the detection settings, each naming its key under `detection`.
 fn detection_problems(error: &sentinel_core::config::ConfigError) -> String {
     error

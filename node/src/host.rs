@@ -16,11 +16,11 @@ use sentinel_storage_engine::{
 use sentinel_tls::ClusterTransport;
 
 use crate::config::NodeConfig;
-use crate::elections::Steadiness;
 use crate::error::NodeError;
-use crate::intake::Intake;
+use crate::intake::ShardIntake;
 use crate::placement::Placement;
 use crate::registry::{MetaConfig, Registry, METADATA_GROUP};
+use crate::steadiness::Steadiness;
 use crate::transport::{GroupNetwork, Peers};
 
 /// openraft instance of a shard replica.
@@ -75,7 +75,7 @@ pub struct Host {
     /// The metadata group.
     pub meta: MetaRaft,
     /// Parsing, validation and redaction of incoming events.
-    pub intake: Intake,
+    pub intake: ShardIntake,
     registry: DocumentReader<Registry>,
     replicas: RwLock<BTreeMap<u32, Arc<Replica>>>,
     opening: tokio::sync::Mutex<()>,
@@ -133,11 +133,8 @@ impl Host {
             machine,
         )
         .await
-        .map_err(|e| NodeError::Raft {
-            group: METADATA_GROUP,
-            message: e.to_string(),
-        })?;
-        let intake = Intake::new(&config.ingest)?;
+        .map_err(|e| NodeError::raft(METADATA_GROUP, e))?;
+        let intake = ShardIntake::new(&config.ingest)?;
         let host = Arc::new(Host {
             id,
             config,
@@ -274,10 +271,7 @@ impl Host {
             machine,
         )
         .await
-        .map_err(|e| NodeError::Raft {
-            group: shard,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| NodeError::raft(shard, e))?;
         let replica = Arc::new(Replica {
             shard,
             raft,

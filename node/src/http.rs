@@ -81,7 +81,7 @@ pub fn not_ready(host: &Host) -> Option<String> {
             return Some(format!("shard {} has no leader", replica.shard));
         }
         let applied = metrics.last_applied.map_or(0, |l| l.index);
-        if metrics.last_log_index.unwrap_or(0) > applied + crate::cluster::CAUGHT_UP_ENTRIES {
+        if metrics.last_log_index.unwrap_or(0) > applied + crate::steps::CAUGHT_UP_ENTRIES {
             return Some(format!("shard {} is catching up", replica.shard));
         }
     }

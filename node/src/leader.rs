@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::alerting::{Dispatcher, Message};
+use crate::error::RoundError;
 use crate::export::Exporter;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
@@ -103,20 +104,20 @@ impl LeaderWork {
         }
     }
 
-    async fn propose(&self, replica: &Replica, command: Command) -> Result<Response, String> {
+    async fn propose(&self, replica: &Replica, command: Command) -> Result<Response, RoundError> {
         let written = replica
             .raft
             .client_write(command)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RoundError::raft)?;
         match written.data {
-            Response::Rejected(reason) => Err(reason),
+            Response::Rejected(reason) => Err(RoundError::Rejected(reason)),
             response => Ok(response),
         }
     }
 
     /// Replicates this node's shard settings when the shard's differ.
-    async fn configure(&self, replica: &Replica) -> Result<(), String> {
+    async fn configure(&self, replica: &Replica) -> Result<(), RoundError> {
         let settings = self.host.shard_settings();
         if replica.reader.settings() == settings {
             return Ok(());
@@ -127,11 +128,8 @@ impl LeaderWork {
     }
 
     /// Delivers pending notifications in outbox order, then acknowledges the delivered ones.
-    async fn deliver(&self, replica: &Replica) -> Result<(), String> {
-        let entries = replica
-            .reader
-            .outbox(None, OUTBOX_BATCH)
-            .map_err(|e| e.to_string())?;
+    async fn deliver(&self, replica: &Replica) -> Result<(), RoundError> {
+        let entries = replica.reader.outbox(None, OUTBOX_BATCH)?;
         let mut delivered = Vec::new();
         for entry in entries {
             let message = Message {
@@ -155,25 +153,22 @@ impl LeaderWork {
     }
 
     /// Exports the replicated export queue, then moves its cursor.
-    async fn export(&self, replica: &Replica) -> Result<(), String> {
+    async fn export(&self, replica: &Replica) -> Result<(), RoundError> {
         let Some(exporter) = &self.exporter else {
             return Ok(());
         };
-        let entries = replica
-            .reader
-            .export_queue(None, EXPORT_BATCH)
-            .map_err(|e| e.to_string())?;
+        let entries = replica.reader.export_queue(None, EXPORT_BATCH)?;
         let Some(last) = entries.last().map(|e| e.seq) else {
             return Ok(());
         };
-        exporter.export(&entries).await.map_err(|e| e.to_string())?;
+        exporter.export(&entries).await?;
         self.propose(replica, Command::Exported(last))
             .await
             .map(|_| ())
     }
 
     /// Proposes deleting rows older than the retention periods.
-    async fn purge(&self, replica: &Replica) -> Result<(), String> {
+    async fn purge(&self, replica: &Replica) -> Result<(), RoundError> {
         let retention = &self.host.config.retention;
         let now = crate::now_ms();
         let telemetry_before_ms = now - (retention.telemetry_hours * 3_600_000) as i64;

@@ -5,7 +5,7 @@
 
 pub mod alerting;
 pub mod bootstrap;
-pub mod cluster;
+pub mod calls;
 pub mod config;
 pub mod elections;
 pub mod error;
@@ -15,21 +15,21 @@ pub mod http;
 pub mod identity;
 pub mod intake;
 pub mod leader;
+pub mod membership;
 pub mod metrics;
 pub mod placement;
 pub mod process;
+pub mod reconciler;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod status;
+pub mod steadiness;
+pub mod steps;
 pub mod transport;
 
 pub use config::NodeConfig;
 pub use error::NodeError;
 pub use server::run;
 
-/// Wall-clock time in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use sentinel_core::anomaly::now_ms;

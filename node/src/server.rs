@@ -11,14 +11,15 @@ use tokio::sync::watch;
 
 use crate::alerting::{AlertMetrics, Dispatcher};
 use crate::bootstrap::{self, bind};
-use crate::cluster::{self, Reconciler};
 use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::export::{ExportMetrics, Exporter};
 use crate::host::Host;
 use crate::identity::{self, Found, Identity};
 use crate::leader::LeaderWork;
+use crate::membership;
 use crate::metrics::NodeMetrics;
+use crate::reconciler::{self, Reconciler};
 use crate::service::NodeService;
 use crate::transport::MAX_MESSAGE_BYTES;
 
@@ -124,7 +125,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tokio::pin!(failed);
     let mut failure = None;
     let formed = tokio::select! {
-        formed = cluster::form(&host, &identity) => Some(formed),
+        formed = membership::form(&host, &identity) => Some(formed),
         () = &mut shutdown => None,
         group = &mut failed => {
             failure = Some(group);
@@ -135,7 +136,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         formed?;
         tracing::info!(node = host.id, "node is a member of the cluster");
         if found == Found::Unrecorded {
-            loops.push(tokio::spawn(cluster::record_identity(
+            loops.push(tokio::spawn(membership::record_identity(
                 host.clone(),
                 identity,
                 stopped.clone(),
@@ -162,7 +163,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     }
     tracing::info!(node = host.id, "shutting down: handing leaderships over");
-    cluster::hand_over(&host).await;
+    reconciler::hand_over(&host).await;
     let _ = stop.send(true);
     let mut grpc_server = grpc_server;
     let mut http_server = http_server;

@@ -21,6 +21,7 @@ use sentinel_proto::v1::{
     JoinReply, JoinRequest, LocalStatusReply, LocalStatusRequest, Outcome, RaftMessage,
     SilencesReply, SilencesRequest, TelemetryReply, TelemetryRequest,
 };
+use sentinel_proto::ErrorCode;
 use sentinel_storage_engine::{
     Command, EventOutcome, IncidentQuery, IngestBatch, IngestEvent, Response as ShardResponse,
     SourcePartition, TelemetryQuery, TypeConfig,
@@ -29,11 +30,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::cluster;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
 use crate::registry::{MetaConfig, METADATA_GROUP};
 use crate::transport::{decode, encode};
+use crate::{membership, status};
 
 /// Most records one query answers.
 pub const MAX_QUERY_LIMIT: usize = 10_000;
@@ -55,7 +56,7 @@ impl NodeService {
     fn replica(&self, shard: u32) -> Result<Arc<Replica>, Status> {
         let shards = self.host.shard_count();
         if shard >= shards {
-            return Err(Status::invalid_argument(format!(
+            return Err(ErrorCode::InvalidParameters.status(format!(
                 "shard: {shard} does not exist (the cluster has {shards} shards)"
             )));
         }
@@ -78,7 +79,7 @@ impl NodeService {
     {
         match error.forward_to_leader::<openraft::BasicNode>() {
             Some(forward) => self.not_leader(shard, forward.leader_id),
-            None => Status::unavailable(format!("shard {shard}: {error}")),
+            None => ErrorCode::Unavailable.status(format!("shard {shard}: {error}")),
         }
     }
 
@@ -106,8 +107,8 @@ impl NodeService {
             ShardResponse::Incident(incident) => Ok(Some(to_json(&incident))),
             ShardResponse::Silence(silence) => Ok(Some(to_json(&silence))),
             ShardResponse::NotFound(_) => Ok(None),
-            ShardResponse::Rejected(reason) => Err(Status::invalid_argument(reason)),
-            other => Err(Status::internal(format!("unexpected answer {other:?}"))),
+            ShardResponse::Rejected(reason) => Err(ErrorCode::InvalidParameters.status(reason)),
+            other => Err(ErrorCode::Internal.status(format!("unexpected answer {other:?}"))),
         }
     }
 
@@ -128,14 +129,14 @@ impl NodeService {
     async fn raft_replica(&self, group: u32) -> Result<Arc<Replica>, Status> {
         let shards = self.host.shard_count();
         if shards != 0 && group >= shards {
-            return Err(Status::invalid_argument(format!(
-                "group: shard {group} does not exist"
-            )));
+            return Err(
+                ErrorCode::InvalidParameters.status(format!("group: shard {group} does not exist"))
+            );
         }
         self.host
             .ensure_replica(group)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))
+            .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))
     }
 
     fn raft_reply(&self, group: u32, payload: Vec<u8>) -> Response<RaftMessage> {
@@ -154,15 +155,17 @@ impl NodeService {
 fn addressed(request: Request<RaftMessage>, member: u64) -> Result<RaftMessage, Status> {
     let message = request.into_inner();
     match message.to {
-        Some(to) if to != member => Err(Status::failed_precondition(format!(
-            "to: this is member {member}, not member {to}"
-        ))),
+        Some(to) if to != member => {
+            Err(ErrorCode::WrongNode
+                .status(format!("to: this is member {member}, not member {to}")))
+        }
         _ => Ok(message),
     }
 }
 
 fn payload<T: DeserializeOwned>(message: &RaftMessage) -> Result<T, Status> {
-    decode(&message.payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+    decode(&message.payload)
+        .map_err(|e| ErrorCode::InvalidParameters.status(format!("payload: {e}")))
 }
 
 fn refused(errors: Vec<FieldError>) -> EventResult {
@@ -191,7 +194,7 @@ fn to_json<T: Serialize>(value: &T) -> String {
 }
 
 fn storage_error(e: sentinel_storage_engine::Error) -> Status {
-    Status::internal(format!("storage: {e}"))
+    ErrorCode::Internal.status(format!("storage: {e}"))
 }
 
 /// Refuses a request with `problems` (`field: problem` each), if any.
@@ -199,7 +202,7 @@ fn check_fields(problems: Vec<String>) -> Result<(), Status> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Status::invalid_argument(problems.join("; ")))
+        Err(ErrorCode::InvalidParameters.status(problems.join("; ")))
     }
 }
 
@@ -252,27 +255,27 @@ fn incident_command(request: ChangeIncidentRequest) -> Result<Command, Status> {
 /// The command a [`ChangeSilenceRequest`] asks for, or every problem with its fields.
 fn silence_command(request: ChangeSilenceRequest) -> Result<Command, Status> {
     if request.at_ms < 0 {
-        return Err(Status::invalid_argument(format!(
-            "at_ms: {} is negative",
-            request.at_ms
-        )));
+        return Err(
+            ErrorCode::InvalidParameters.status(format!("at_ms: {} is negative", request.at_ms))
+        );
     }
     match request.change {
-        None => Err(Status::invalid_argument(
-            "change: either add or expire is required",
-        )),
+        None => {
+            Err(ErrorCode::InvalidParameters.status("change: either add or expire is required"))
+        }
         Some(change_silence_request::Change::Add(json)) => {
-            let silence: Silence = serde_json::from_str(&json)
-                .map_err(|e| Status::invalid_argument(format!("add: not a silence: {e}")))?;
+            let silence: Silence = serde_json::from_str(&json).map_err(|e| {
+                ErrorCode::InvalidParameters.status(format!("add: not a silence: {e}"))
+            })?;
             let command = Command::AddSilence(silence);
             command
                 .check()
-                .map_err(|problem| Status::invalid_argument(format!("add.{problem}")))?;
+                .map_err(|problem| ErrorCode::InvalidParameters.status(format!("add.{problem}")))?;
             Ok(command)
         }
         Some(change_silence_request::Change::Expire(silence_id)) => {
             if silence_id.trim().is_empty() {
-                return Err(Status::invalid_argument("expire: must not be empty"));
+                return Err(ErrorCode::InvalidParameters.status("expire: must not be empty"));
             }
             Ok(Command::ExpireSilence {
                 silence_id,
@@ -288,7 +291,7 @@ fn silence_command(request: ChangeSilenceRequest) -> Result<Command, Status> {
 /// Checks the request as a whole: batch size, source and offsets.
 fn check_ingest(request: &IngestRequest, max_events: usize) -> Result<(), Status> {
     if request.events.len() > max_events {
-        return Err(Status::invalid_argument(format!(
+        return Err(ErrorCode::InvalidParameters.status(format!(
             "events: {} events in one batch, the most is {max_events}",
             request.events.len()
         )));
@@ -315,7 +318,7 @@ fn check_ingest(request: &IngestRequest, max_events: usize) -> Result<(), Status
             }
         }
         if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
+            return Err(ErrorCode::InvalidParameters.status(problems.join("; ")));
         }
     }
     Ok(())
@@ -337,7 +340,11 @@ impl Node for NodeService {
         let mut results = Vec::with_capacity(request.events.len());
         let mut accepted = Vec::new();
         for input in &request.events {
-            match self.host.intake.prepare(&input.json, request.shard, shards) {
+            match self
+                .host
+                .intake
+                .prepare(&input.event, request.shard, shards)
+            {
                 Ok((event, values)) => {
                     results.push(None);
                     accepted.push(IngestEvent {
@@ -373,8 +380,12 @@ impl Node for NodeService {
                 .observe(started.elapsed().as_secs_f64());
             let outcome = match written.data {
                 ShardResponse::Ingested(outcome) => outcome,
-                ShardResponse::Rejected(reason) => return Err(Status::invalid_argument(reason)),
-                other => return Err(Status::internal(format!("unexpected answer {other:?}"))),
+                ShardResponse::Rejected(reason) => {
+                    return Err(ErrorCode::InvalidParameters.status(reason))
+                }
+                other => {
+                    return Err(ErrorCode::Internal.status(format!("unexpected answer {other:?}")))
+                }
             };
             alerts_raised = outcome.alerts.len() as u32;
             let mut outcomes = outcome.events.into_iter();
@@ -396,7 +407,7 @@ impl Node for NodeService {
                         )]));
                         continue;
                     }
-                    None => return Err(Status::internal("fewer outcomes than events")),
+                    None => return Err(ErrorCode::Internal.status("fewer outcomes than events")),
                 };
                 self.metrics.count_outcome(outcome);
                 *slot = Some(EventResult {
@@ -425,7 +436,7 @@ impl Node for NodeService {
             problems.push("model: needs service");
         }
         if !problems.is_empty() {
-            return Err(Status::invalid_argument(problems.join("; ")));
+            return Err(ErrorCode::InvalidParameters.status(problems.join("; ")));
         }
         let replica = self.replica(request.shard)?;
         self.read_barrier(&replica, request.consistency).await?;
@@ -445,7 +456,7 @@ impl Node for NodeService {
             })
             .map_err(|e| match e {
                 sentinel_storage_engine::Error::InvalidCursor => {
-                    Status::invalid_argument(format!("cursor: {e}"))
+                    ErrorCode::InvalidParameters.status(format!("cursor: {e}"))
                 }
                 e => storage_error(e),
             })?;
@@ -465,7 +476,7 @@ impl Node for NodeService {
             name => Some(
                 serde_json::from_value::<Severity>(serde_json::Value::String(name.to_owned()))
                     .map_err(|_| {
-                        Status::invalid_argument(format!(
+                        ErrorCode::InvalidParameters.status(format!(
                             "severity: `{name}` is not one of low, medium, high, critical"
                         ))
                     })?,
@@ -518,7 +529,8 @@ impl Node for NodeService {
         request: Request<IncidentsRequest>,
     ) -> Result<Response<IncidentsReply>, Status> {
         let request = request.into_inner();
-        let status = incident_status(&request.status).map_err(Status::invalid_argument)?;
+        let status =
+            incident_status(&request.status).map_err(|e| ErrorCode::InvalidParameters.status(e))?;
         let replica = self.replica(request.shard)?;
         self.read_barrier(&replica, request.consistency).await?;
         let incidents = replica
@@ -585,7 +597,7 @@ impl Node for NodeService {
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusReply>, Status> {
         Ok(Response::new(
-            cluster::cluster_status(&self.host, request.into_inner().digests).await,
+            status::cluster_status(&self.host, request.into_inner().digests).await,
         ))
     }
 
@@ -593,7 +605,7 @@ impl Node for NodeService {
         &self,
         request: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusReply>, Status> {
-        cluster::local_status(&self.host, request.into_inner().digests)
+        status::local_status(&self.host, request.into_inner().digests)
             .await
             .map(Response::new)
             .map_err(storage_error)
@@ -602,19 +614,19 @@ impl Node for NodeService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let request = request.into_inner();
         if request.address.is_empty() || !request.address.contains(':') {
-            return Err(Status::invalid_argument(format!(
-                "address: `{}` is not host:port",
-                request.address
-            )));
+            return Err(ErrorCode::InvalidParameters
+                .status(format!("address: `{}` is not host:port", request.address)));
         }
-        cluster::admit(&self.host, request).await.map(Response::new)
+        membership::admit(&self.host, request)
+            .await
+            .map(Response::new)
     }
 
     async fn decommission(
         &self,
         request: Request<DecommissionRequest>,
     ) -> Result<Response<DecommissionReply>, Status> {
-        cluster::decommission(&self.host, request.into_inner().node_id)
+        membership::decommission(&self.host, request.into_inner().node_id)
             .await
             .map(Response::new)
     }
@@ -628,14 +640,14 @@ impl Node for NodeService {
         if !request.hand_over {
             self.host
                 .may_take_leadership()
-                .map_err(|why| Status::failed_precondition(format!("not standing yet: {why}")))?;
+                .map_err(|why| ErrorCode::Conflict.status(format!("not standing yet: {why}")))?;
         }
         replica
             .raft
             .trigger()
             .elect()
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))?;
         Ok(Response::new(CampaignReply {}))
     }
 }

@@ -1,7 +1,5 @@
 //! Alert delivery against a real RabbitMQ and real HTTP receivers.
 
-mod services;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,7 +17,8 @@ use sentinel_node::alerting::{
     sign, AlertMetrics, AlertingConfig, AlertingError, Dispatcher, Message, SinkError,
     ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
-use services::{AlertQueue, Replies, TcpProxy, WebhookReceiver};
+use sentinel_testkit::services;
+use sentinel_testkit::services::{AlertQueue, Replies, TcpProxy, WebhookReceiver};
 use tempfile::NamedTempFile;
 
 const SECRET: &[u8] = b"whsec_test_0123456789";
@@ -269,7 +268,7 @@ async fn rabbitmq_delivery_reconnects_after_the_connection_is_lost() {
 
 #[tokio::test]
 async fn unreachable_rabbitmq_fails_deliveries_but_not_startup_and_is_counted() {
-    let closed = services::closed_port_addr();
+    let closed = sentinel_testkit::closed_port_addr();
     let (dispatcher, registry) = dispatcher(&config(&format!(
         "rabbitmq: {{url: 'amqp://guest:guest@{closed}/%2f', timeout_ms: 2000}}\n{}",
         fast_retry(2)

@@ -2,8 +2,6 @@
 //! VictoriaMetrics (Debian package `victoria-metrics`, installed by `scripts/setup`), started
 //! on an ephemeral port with its own data directory and read back through its export API.
 
-mod services;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -12,7 +10,8 @@ use sentinel_core::{Anomaly, AnomalyType, Event, MetricValues, Severity};
 use sentinel_node::alerting::RetryConfig;
 use sentinel_node::export::{ExportConfig, ExportError, ExportMetrics, Exporter};
 use sentinel_storage_engine::{ExportEntry, ExportItem, TelemetryRecord};
-use services::{closed_port_addr, Series, VictoriaMetrics};
+use sentinel_testkit::closed_port_addr;
+use sentinel_testkit::services::{Series, VictoriaMetrics};
 use tempfile::TempDir;
 
 /// 2025-01-01T00:00:00Z; the server keeps 100 years, so these points are in its retention.

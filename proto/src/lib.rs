@@ -10,6 +10,11 @@ pub mod otlp {
     tonic::include_proto!("sentinel.otlp");
 }
 
+pub mod error;
+pub mod json;
+
+pub use error::ErrorCode;
+
 /// The encoded descriptors of every `sentinel.v1` file and its imports, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sentinel");
 
@@ -21,10 +26,8 @@ pub const LEADER_TRAILER: &str = "sentinel-leader";
 
 /// The status answering a call that needs a shard's leader on a replica that is not it.
 pub fn not_leader(group: u32, leader: Option<(u64, &str)>) -> Status {
-    let mut status = Status::new(
-        Code::FailedPrecondition,
-        format!("this node is not the leader of shard {group}"),
-    );
+    let mut status =
+        ErrorCode::WrongNode.status(format!("this node is not the leader of shard {group}"));
     if let Some((id, address)) = leader {
         if let Ok(value) = MetadataValue::try_from(format!("{id}@{address}")) {
             status.metadata_mut().insert(LEADER_TRAILER, value);

@@ -1,6 +1,7 @@
-//! The REST API (axum): ingestion, queries fanned out across shards, cluster status,
-//! health and metrics. Errors are JSON `{code, message, details}`.
+//! The REST API (axum): routes, middleware, ingestion, queries fanned out across shards,
+//! cluster status, health and metrics. Errors are JSON `{code, message, details}`.
 
+use sentinel_core::anomaly::now_ms;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,78 +16,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use futures::StreamExt;
-use sentinel_core::{FieldError, Intake};
+use sentinel_core::FieldError;
 use sentinel_proto::v1::{
-    AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, IncidentsRequest,
-    TelemetryRequest,
+    AnomaliesRequest, BaselinesRequest, ClusterStatusReply, IncidentsRequest, TelemetryRequest,
 };
+use sentinel_proto::ErrorCode;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
-use crate::auth::{presented_key, ApiKeys, Verdict};
+use crate::auth::presented_key;
 use crate::body::{self, BodyError};
-use crate::cache::QueryCache;
-use crate::config::HttpSection;
 use crate::control::{self, ActorInput, Change};
-use crate::error::CallError;
-use crate::forward::Forwarder;
-use crate::ingest::{self, Admission, Admitted, EventIds, EventReport, RequestLimits};
-use crate::metrics::RouterMetrics;
+use crate::ingest::{self, Admission, Admitted, EventReport};
 use crate::otlp::{self, OtlpError};
 use crate::query::{
     self, merge_baselines, merge_newest, merge_telemetry, AnomaliesParams, BaselinesParams,
     IncidentsParams, Query, ShardPage, SilencesParams, TelemetryParams, ANOMALY_ORDER,
     INCIDENT_ORDER,
 };
-use crate::routing::RoutingTable;
-
-/// What the handlers share.
-pub struct ApiState {
-    /// The API keys callers must present.
-    pub keys: ApiKeys,
-    /// The cache of query answers.
-    pub cache: QueryCache,
-    /// Ids for events that arrive without one.
-    pub ids: EventIds,
-    /// The routing table.
-    pub table: Arc<RoutingTable>,
-    /// The forwarder of ingested events.
-    pub forwarder: Forwarder,
-    /// Parsing, redaction and validation of ingested events.
-    pub intake: Arc<Intake>,
-    /// The router's metrics.
-    pub metrics: RouterMetrics,
-    /// The HTTP settings.
-    pub http: HttpSection,
-    /// How much one ingestion request may hold.
-    pub limits: RequestLimits,
-}
+use crate::service::{fan_out, on_shard, records, shard_count, ApiError, ApiState};
 
 type Shared = State<Arc<ApiState>>;
-
-impl ApiState {
-    /// Admits a call that presented `key`, or refuses it with 401 (and counts it).
-    pub fn authorize(&self, key: Option<&str>) -> Result<(), ApiError> {
-        let (reason, message) = match self.keys.check(key) {
-            Verdict::Allowed => return Ok(()),
-            Verdict::Missing => (
-                "missing",
-                "an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-            ),
-            Verdict::Wrong => ("wrong", "the API key is not valid"),
-        };
-        self.metrics
-            .auth_refusals
-            .with_label_values(&[reason])
-            .inc();
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            message,
-        ))
-    }
-}
 
 /// Whether a route needs an API key (when keys are configured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,119 +110,6 @@ pub fn routes() -> Vec<(&'static str, Method, Access, MethodRouter<Arc<ApiState>
     ]
 }
 
-/// An error answer: a status and `{code, message, details}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-    pub(crate) details: Vec<Value>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            details: Vec::new(),
-        }
-    }
-
-    /// 400 listing every bad parameter as `{field, problem}`.
-    pub(crate) fn parameters(problems: Vec<FieldError>) -> ApiError {
-        ApiError {
-            details: problems.iter().map(|p| json!(p)).collect(),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameters",
-                format!(
-                    "{} invalid query parameter{}",
-                    problems.len(),
-                    if problems.len() == 1 { "" } else { "s" }
-                ),
-            )
-        }
-    }
-
-    /// 400 listing every bad field of a request (body or path) as `{field, problem}`.
-    pub(crate) fn fields(problems: Vec<FieldError>) -> ApiError {
-        ApiError {
-            details: problems.iter().map(|p| json!(p)).collect(),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_fields",
-                format!(
-                    "{} invalid field{}",
-                    problems.len(),
-                    if problems.len() == 1 { "" } else { "s" }
-                ),
-            )
-        }
-    }
-
-    /// 400: the body is not what the route takes.
-    pub(crate) fn invalid_body(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", message)
-    }
-
-    /// 404: no such incident or silence.
-    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    /// 502: a node answered something unusable.
-    pub(crate) fn node_error(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_GATEWAY, "node_error", message)
-    }
-
-    fn not_ready(reason: String) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
-    }
-}
-
-impl From<CallError> for ApiError {
-    fn from(error: CallError) -> ApiError {
-        let message = error.to_string();
-        match error {
-            CallError::NotReady => ApiError::not_ready(message),
-            CallError::Unreachable { .. } | CallError::Unavailable { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-            }
-            CallError::Refused {
-                code: tonic::Code::InvalidArgument,
-                ..
-            } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameters", message),
-            CallError::Refused { .. } => ApiError::node_error(message),
-        }
-    }
-}
-
-impl From<BodyError> for ApiError {
-    fn from(error: BodyError) -> ApiError {
-        let (status, code) = match error {
-            BodyError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            BodyError::UnsupportedEncoding(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_encoding")
-            }
-            BodyError::Gzip(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
-            BodyError::Empty => (StatusCode::BAD_REQUEST, "invalid_events"),
-            BodyError::TooManyEvents { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
-        };
-        ApiError::new(status, code, error.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"code": self.code, "message": self.message, "details": self.details})),
-        )
-            .into_response()
-    }
-}
-
 /// The routes of the REST API with their middleware.
 pub fn router(state: Arc<ApiState>) -> Router {
     let (mut open, mut keyed) = (Router::new(), Router::new());
@@ -287,15 +124,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(open)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
+                ErrorCode::NotFound,
                 format!("no route {method} {}", uri.path()),
             )
         })
         .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 format!("{} does not take {method}", uri.path()),
             )
         })
@@ -333,8 +168,7 @@ async fn timeout(State(api): Shared, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
+            ErrorCode::Timeout,
             format!(
                 "the request took longer than {limit:?}; events carrying an event_id may be sent again safely"
             ),
@@ -389,32 +223,14 @@ async fn cors(State(api): Shared, request: Request, next: Next) -> Response {
 async fn ready(State(api): Shared) -> Response {
     match api.table.not_ready() {
         None => Json(json!({"status": "ready"})).into_response(),
-        Some(reason) => ApiError::not_ready(reason).into_response(),
+        Some(reason) => ApiError::new(ErrorCode::NotReady, reason).into_response(),
     }
 }
 
 async fn render_metrics(State(api): Shared) -> Response {
     match api.metrics.render() {
         Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            .into_response(),
-    }
-}
-
-/// Wall-clock time in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The shard count of the loaded routing table.
-pub fn shard_count(api: &ApiState) -> Result<u32, ApiError> {
-    match api.table.layout() {
-        Some(layout) if layout.shard_count > 0 => Ok(layout.shard_count),
-        _ => Err(ApiError::not_ready(
-            "the routing table is not loaded yet".into(),
-        )),
+        Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()).into_response(),
     }
 }
 
@@ -423,8 +239,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
+        let chunk = chunk.map_err(|e| ApiError::invalid_body(e.to_string()))?;
         if bytes.len() + chunk.len() > limit {
             return Err(BodyError::TooLarge { limit }.into());
         }
@@ -463,13 +278,11 @@ async fn ingest(
         let mut admission = Admission::new(&state.intake, &state.ids, shards, state.limits);
         if protobuf {
             let events = otlp::prepare(&state.intake, &decoded).map_err(|e| {
-                let (status, code) = match e {
-                    OtlpError::Decode(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
-                    OtlpError::Sprawling { .. } => {
-                        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                    }
+                let code = match e {
+                    OtlpError::Decode(_) => ErrorCode::InvalidBody,
+                    OtlpError::Sprawling { .. } => ErrorCode::PayloadTooLarge,
                 };
-                ApiError::new(status, code, e.to_string())
+                ApiError::new(code, e.to_string())
             })?;
             admission.events(events)?;
         } else {
@@ -482,7 +295,7 @@ async fn ingest(
         Ok::<_, ApiError>(Some(admission.finish()))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     let Some(admitted) = admitted? else {
         return Ok(nothing_to_ingest(BodyError::Empty.to_string()));
     };
@@ -500,7 +313,7 @@ fn ingest_answer(admitted: &Admitted, max_details: usize) -> Response {
     let verdict = ingest::verdict(admitted, max_details);
     let (applied, duplicates) = (admitted.tally("applied"), admitted.tally("duplicate"));
     let (code, message, details) = match verdict.error {
-        Some((code, message, details)) => (Some(code), Some(message), Some(details)),
+        Some((code, message, details)) => (Some(code.name()), Some(message), Some(details)),
         None => (None, None, None),
     };
     let answer = IngestAnswer {
@@ -526,13 +339,17 @@ fn nothing_to_ingest(message: String) -> Response {
         duplicates: 0,
         rejected: 0,
         failed: 0,
-        code: Some("invalid_events"),
+        code: Some(ErrorCode::InvalidEvents.name()),
         message: Some(message),
         details: Some(Vec::new()),
         omitted_problems: 0,
         results: &[],
     };
-    (StatusCode::BAD_REQUEST, Json(answer)).into_response()
+    (
+        StatusCode::from_u16(ErrorCode::InvalidEvents.http_status()).expect("a valid status"),
+        Json(answer),
+    )
+        .into_response()
 }
 
 /// The JSON answer of an ingestion request (`IngestAnswer` of the OpenAPI document).
@@ -551,59 +368,6 @@ struct IngestAnswer<'a> {
     details: Option<Vec<ingest::Detail<'a>>>,
     omitted_problems: usize,
     results: &'a [EventReport],
-}
-
-/// Calls one shard: any replica for stale reads, else the leader.
-async fn on_shard<T, F, Fut>(
-    api: &ApiState,
-    shard: u32,
-    consistency: Consistency,
-    call: F,
-) -> Result<T, CallError>
-where
-    F: FnMut(sentinel_proto::v1::node_client::NodeClient<Channel>) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
-    match consistency {
-        Consistency::StaleOk => api.table.call_replica(shard, call).await,
-        Consistency::Linearizable => api.table.call_leader(shard, call).await,
-    }
-}
-
-/// Asks every shard of `shards` at once (`call` with the shard's `request`) for records
-/// answered as JSON text, and parses them.
-pub(crate) async fn fan_out<R, F, Fut>(
-    api: &ApiState,
-    shards: impl IntoIterator<Item = u32>,
-    consistency: Consistency,
-    request: impl Fn(u32) -> R,
-    call: F,
-) -> Result<Vec<Vec<Value>>, ApiError>
-where
-    R: Clone,
-    F: Fn(sentinel_proto::v1::node_client::NodeClient<Channel>, R) -> Fut + Copy,
-    Fut: std::future::Future<Output = Result<tonic::Response<Vec<String>>, tonic::Status>>,
-{
-    let calls = shards.into_iter().map(|shard| {
-        let request = request(shard);
-        async move {
-            let texts = on_shard(api, shard, consistency, |client| {
-                call(client, request.clone())
-            })
-            .await?;
-            records(texts)
-        }
-    });
-    futures::future::try_join_all(calls).await
-}
-
-/// Parses records a node answered as JSON text.
-fn records(texts: Vec<String>) -> Result<Vec<Value>, ApiError> {
-    texts
-        .iter()
-        .map(|text| serde_json::from_str(text))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::node_error(e.to_string()))
 }
 
 /// A query route: the REST and gRPC query operations.

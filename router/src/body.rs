@@ -49,7 +49,7 @@ pub enum Layout {
 }
 
 /// One document of a body: a JSON value, or why its text is not JSON.
-pub type Document = Result<Value, String>;
+pub type JsonDocument = Result<Value, String>;
 
 /// The body decoded as `encoding` (a `Content-Encoding` value) says, at most `limit` bytes.
 pub fn decode<'a>(
@@ -82,7 +82,7 @@ pub fn decode<'a>(
 pub fn for_each_document(
     body: &[u8],
     ndjson: bool,
-    mut visit: impl FnMut(Document) -> Result<(), BodyError>,
+    mut visit: impl FnMut(JsonDocument) -> Result<(), BodyError>,
 ) -> Result<Layout, BodyError> {
     let mut lines = non_empty_lines(body);
     let Some(first) = lines.next() else {
@@ -124,11 +124,11 @@ fn non_empty_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// `visit` as soon as it is parsed.
 fn for_each_element(
     body: &[u8],
-    visit: &mut dyn FnMut(Document) -> Result<(), BodyError>,
+    visit: &mut dyn FnMut(JsonDocument) -> Result<(), BodyError>,
 ) -> Result<(), BodyError> {
     /// Parses elements one by one, keeping why `visit` stopped the walk.
     struct Elements<'v> {
-        visit: &'v mut dyn FnMut(Document) -> Result<(), BodyError>,
+        visit: &'v mut dyn FnMut(JsonDocument) -> Result<(), BodyError>,
         stopped: Option<BodyError>,
     }
     impl<'de> Visitor<'de> for &mut Elements<'_> {
@@ -170,7 +170,7 @@ mod tests {
     use std::io::Write;
 
     /// Every document of a body, with its layout.
-    fn split(body: &[u8], ndjson: bool) -> Result<(Layout, Vec<Document>), BodyError> {
+    fn split(body: &[u8], ndjson: bool) -> Result<(Layout, Vec<JsonDocument>), BodyError> {
         let mut documents = Vec::new();
         let layout = for_each_document(body, ndjson, |document| {
             documents.push(document);

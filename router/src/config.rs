@@ -44,7 +44,7 @@ pub struct RouterConfig {
     pub cache: CacheSection,
     /// Kafka ingestion (off unless `kafka.brokers` is set).
     #[serde(default)]
-    pub kafka: crate::kafka::KafkaSection,
+    pub kafka: crate::kafka::config::KafkaSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(config.ingest.validation.max_tokens, 100_000);
         assert_eq!(config.ingest.redaction.extra_patterns.len(), 1);
         assert_eq!(config.log.format, LogFormat::Text);
-        assert_eq!(config.kafka, crate::kafka::KafkaSection::default());
+        assert_eq!(config.kafka, crate::kafka::config::KafkaSection::default());
         sentinel_core::Intake::new(config.ingest.validation, &config.ingest.redaction).unwrap();
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use sentinel_core::anomaly::now_ms;
 use sentinel_core::incident::{Actor, Silence};
 use sentinel_core::validate::is_unprintable;
 use sentinel_core::{AnomalyType, FieldError};
@@ -14,9 +15,9 @@ use sentinel_proto::v1::{
 use serde_json::{json, Map, Value};
 use tonic::transport::Channel;
 
-use crate::api::{fan_out, now_ms, shard_count, ApiError, ApiState};
 use crate::error::CallError;
 use crate::query::SilencesParams;
+use crate::service::{fan_out, shard_count, ApiError, ApiState};
 
 /// Longest id, name or `by` taken.
 const MAX_NAME_CHARS: usize = 256;
@@ -554,6 +555,7 @@ pub async fn silences_answer(api: &ApiState, params: SilencesParams) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sentinel_proto::ErrorCode;
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -640,7 +642,10 @@ mod tests {
         assert_eq!(fields(error), ["colour", "by"]);
         assert_eq!(fields(ActorInput::from_body(b"{}").unwrap_err()), ["by"]);
         for bad in [&b"[]"[..], b"nope", b""] {
-            assert_eq!(ActorInput::from_body(bad).unwrap_err().code, "invalid_body");
+            assert_eq!(
+                ActorInput::from_body(bad).unwrap_err().code,
+                ErrorCode::InvalidBody
+            );
         }
         let silence = silence_from_body(
             br#"{"service": "chat", "duration_s": 60, "created_by": "alice", "model": null}"#,

@@ -39,8 +39,19 @@ pub struct Outgoing {
     pub shard: u32,
     /// Offset in the submission's source partition (required with a source, increasing).
     pub offset: Option<u64>,
-    /// The event as JSON.
-    pub json: Vec<u8>,
+    /// The normalised event in [`sentinel_core::codec`]'s encoding.
+    pub event: Vec<u8>,
+}
+
+impl Outgoing {
+    /// `event` for its shard of `shards`, at `offset` of the source partition, if any.
+    pub fn new(event: &sentinel_core::Event, shards: u32, offset: Option<u64>) -> Outgoing {
+        Outgoing {
+            shard: sentinel_core::shard::shard_of(&event.service, &event.model, shards),
+            offset,
+            event: sentinel_core::codec::encode(event),
+        }
+    }
 }
 
 /// What became of one forwarded event.
@@ -119,7 +130,7 @@ impl Ticket {
 struct Item {
     source: Option<Arc<SourcePartition>>,
     offset: Option<u64>,
-    json: Vec<u8>,
+    event: Vec<u8>,
     ticket: Arc<Ticket>,
     index: usize,
     queued: Instant,
@@ -174,7 +185,7 @@ impl Forwarder {
         if events.is_empty() {
             return Receipt(Err(Vec::new()));
         }
-        let bytes: usize = events.iter().map(|e| e.json.len().max(1)).sum();
+        let bytes: usize = events.iter().map(|e| e.event.len().max(1)).sum();
         let permits = bytes.clamp(1, self.budget_bytes) as u32;
         let permit = self
             .budget
@@ -203,7 +214,7 @@ impl Forwarder {
             let item = Item {
                 source: source.clone(),
                 offset: event.offset,
-                json: event.json,
+                event: event.event,
                 ticket: ticket.clone(),
                 index,
                 queued,
@@ -277,11 +288,11 @@ fn take_batch(queue: &mut VecDeque<Item>, max_events: usize, max_bytes: usize) -
             && item.source == source
             && (batch.is_empty()
                 || (batch.len() < max_events
-                    && bytes + item.json.len() <= max_bytes
+                    && bytes + item.event.len() <= max_bytes
                     && (source.is_none()
                         || item.offset > batch.last().and_then(|last| last.offset))));
         if fits {
-            bytes += item.json.len();
+            bytes += item.event.len();
             batch.push(item);
         } else {
             if item.source == source {
@@ -303,7 +314,7 @@ async fn send(shard: u32, batch: Vec<Item>, shared: &Shared) {
             .iter()
             .map(|item| InputEvent {
                 offset: item.offset,
-                json: item.json.clone(),
+                event: item.event.clone(),
             })
             .collect(),
     };
@@ -418,7 +429,7 @@ mod tests {
         Item {
             source: source.cloned(),
             offset,
-            json: vec![b'x'; bytes],
+            event: vec![b'x'; bytes],
             ticket: Arc::new(Ticket {
                 state: Mutex::new(TicketState {
                     outcomes: vec![None],
@@ -499,7 +510,7 @@ mod tests {
         let event = |offset| Outgoing {
             shard: 0,
             offset,
-            json: b"{}".to_vec(),
+            event: b"{}".to_vec(),
         };
         let source = || {
             Some(SourcePartition {

@@ -1,11 +1,11 @@
 //! The public gRPC API (`sentinel.v1.Sentinel`): the REST API's ingestion and queries
 //! with the same parameters and answers, records as `google.protobuf.Struct`.
 
+use sentinel_core::anomaly::now_ms;
 use std::sync::Arc;
 
-use axum::http::StatusCode;
-use prost_types::value::Kind;
-use prost_types::{ListValue, Struct};
+use prost_types::Struct;
+use sentinel_proto::json::to_struct;
 use sentinel_proto::leader_hint;
 use sentinel_proto::v1::sentinel_server::Sentinel;
 use sentinel_proto::v1::{
@@ -18,13 +18,12 @@ use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::api::{
-    cluster_status_answer, now_ms, query_answer, shard_count, ApiError, ApiState, QueryRoute,
-};
+use crate::api::{cluster_status_answer, query_answer, QueryRoute};
 use crate::body::BodyError;
 use crate::control::{self, ActorInput, Change};
 use crate::ingest::Admission;
 use crate::query::{self, Query};
+use crate::service::{shard_count, ApiError, ApiState};
 
 /// Trailer listing every bad parameter or event as a JSON array.
 pub const DETAILS_TRAILER: &str = "sentinel-details";
@@ -230,15 +229,7 @@ impl Pairs {
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
-        let code = match error.status {
-            StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
-            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            StatusCode::NOT_FOUND => tonic::Code::NotFound,
-            StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            StatusCode::GATEWAY_TIMEOUT => tonic::Code::DeadlineExceeded,
-            _ => tonic::Code::Internal,
-        };
+        let code = error.code.grpc_code();
         let mut message = error.message;
         for detail in &error.details {
             if let (Some(field), Some(problem)) =
@@ -255,30 +246,6 @@ impl From<ApiError> for Status {
         }
         status
     }
-}
-
-/// A JSON object as a `Struct` (anything else becomes an empty one).
-pub fn to_struct(value: Value) -> Struct {
-    match value {
-        Value::Object(map) => Struct {
-            fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
-        },
-        _ => Struct::default(),
-    }
-}
-
-fn to_value(value: Value) -> prost_types::Value {
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(items) => Kind::ListValue(ListValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
-        object @ Value::Object(_) => Kind::StructValue(to_struct(object)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// A REST query answer as a [`QueryReply`]: its count, the records under `list`, and
@@ -464,6 +431,7 @@ impl Sentinel for PublicApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost_types::value::Kind;
     use serde_json::json;
 
     #[test]

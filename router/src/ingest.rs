@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::StatusCode;
 use sentinel_core::{Event, FieldError, Intake};
+use sentinel_proto::ErrorCode;
 use serde::Serialize;
 
-use crate::body::{BodyError, Document};
+use crate::body::{BodyError, JsonDocument};
 use crate::forward::{Delivery, Forwarder, Outgoing};
 
 /// One parsed event, or every problem with it.
-pub type Prepared = Result<Event, Vec<FieldError>>;
+pub type EventResult = Result<Event, Vec<FieldError>>;
 
 /// How much one ingestion request may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,23 +29,23 @@ pub struct RequestLimits {
 
 /// Event ids for events that arrive without one: a prefix random to this router process
 /// and a counter, so no two routers, nor two runs of one, hand out the same id.
-pub struct EventIds {
+pub struct IdGenerator {
     prefix: String,
     next: AtomicU64,
 }
 
-impl Default for EventIds {
+impl Default for IdGenerator {
     fn default() -> Self {
         use std::hash::{BuildHasher, RandomState};
         let seed = (std::process::id(), std::time::SystemTime::now());
-        EventIds {
+        IdGenerator {
             prefix: format!("rt-{:016x}", RandomState::new().hash_one(seed)),
             next: AtomicU64::new(0),
         }
     }
 }
 
-impl EventIds {
+impl IdGenerator {
     /// A fresh id.
     pub fn next(&self) -> String {
         format!(
@@ -112,7 +113,7 @@ impl ProblemBudget {
 /// The events of one request as they are read: what to forward, and a report per event.
 pub struct Admission<'a> {
     intake: &'a Intake,
-    ids: &'a EventIds,
+    ids: &'a IdGenerator,
     shards: u32,
     max_events: usize,
     admitted: Admitted,
@@ -132,7 +133,7 @@ impl<'a> Admission<'a> {
     /// An empty request of a cluster of `shards` shards, checked by `intake`.
     pub fn new(
         intake: &'a Intake,
-        ids: &'a EventIds,
+        ids: &'a IdGenerator,
         shards: u32,
         limits: RequestLimits,
     ) -> Admission<'a> {
@@ -151,7 +152,7 @@ impl<'a> Admission<'a> {
 
     /// Admits the events of one document, or notes why it is not JSON; refuses the
     /// request once it holds more than the most events one request may.
-    pub fn document(&mut self, document: Document) -> Result<(), BodyError> {
+    pub fn document(&mut self, document: JsonDocument) -> Result<(), BodyError> {
         let events = match document {
             Ok(value) => self.intake.prepare_document(&value),
             Err(problem) => vec![Err(vec![FieldError::new("", problem)])],
@@ -161,7 +162,7 @@ impl<'a> Admission<'a> {
 
     /// Admits parsed events, refusing the request once it holds more than the most
     /// events one request may.
-    pub fn events(&mut self, events: Vec<Prepared>) -> Result<(), BodyError> {
+    pub fn events(&mut self, events: Vec<EventResult>) -> Result<(), BodyError> {
         if self.admitted.reports.len() + events.len() > self.max_events {
             return Err(BodyError::TooManyEvents {
                 limit: self.max_events,
@@ -173,21 +174,15 @@ impl<'a> Admission<'a> {
         Ok(())
     }
 
-    fn event(&mut self, event: Prepared) {
+    fn event(&mut self, event: EventResult) {
         let index = self.admitted.reports.len();
         let report = match event {
             Ok(mut event) => {
                 // An id of the router's own makes a retried batch idempotent on the shard.
                 event.event_id.get_or_insert_with(|| self.ids.next());
-                self.admitted.outgoing.push(Outgoing {
-                    shard: sentinel_core::shard::shard_of(
-                        &event.service,
-                        &event.model,
-                        self.shards,
-                    ),
-                    offset: None,
-                    json: serde_json::to_vec(&event.to_nested_json()).expect("events serialize"),
-                });
+                self.admitted
+                    .outgoing
+                    .push(Outgoing::new(&event, self.shards, None));
                 EventReport {
                     index,
                     event_id: event.event_id,
@@ -266,7 +261,7 @@ pub struct Verdict<'a> {
     /// 200, 400 (some rejected) or 503 (some failed).
     pub status: StatusCode,
     /// `{code, message, details}` of an answer that is not 200.
-    pub error: Option<(&'static str, String, Vec<Detail<'a>>)>,
+    pub error: Option<(ErrorCode, String, Vec<Detail<'a>>)>,
 }
 
 /// The status and error of the answer to `admitted` (forwarded): 503 when some events got
@@ -295,7 +290,7 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
         );
         return Verdict {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            error: Some(("unavailable", message, details)),
+            error: Some((ErrorCode::Unavailable, message, details)),
         };
     }
     if rejected > 0 {
@@ -319,7 +314,7 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
         }
         return Verdict {
             status: StatusCode::BAD_REQUEST,
-            error: Some(("invalid_events", message, details)),
+            error: Some((ErrorCode::InvalidEvents, message, details)),
         };
     }
     Verdict {
@@ -362,7 +357,7 @@ mod tests {
 
     /// The admitted events of a body read as `ndjson` says.
     fn admit(body: &[u8], ndjson: bool, limits: RequestLimits) -> Result<Admitted, BodyError> {
-        let (intake, ids) = (intake(), EventIds::default());
+        let (intake, ids) = (intake(), IdGenerator::default());
         let mut admission = Admission::new(&intake, &ids, 8, limits);
         body::for_each_document(body, ndjson, |document| admission.document(document))?;
         Ok(admission.finish())
@@ -370,7 +365,7 @@ mod tests {
 
     #[test]
     fn generated_event_ids_never_repeat_within_or_across_routers() {
-        let (a, b) = (EventIds::default(), EventIds::default());
+        let (a, b) = (IdGenerator::default(), IdGenerator::default());
         let ids: std::collections::BTreeSet<String> =
             (0..100).flat_map(|_| [a.next(), b.next()]).collect();
         assert_eq!(ids.len(), 200);
@@ -427,7 +422,7 @@ mod tests {
         let verdict = verdict(&admitted, 5);
         assert_eq!(verdict.status, StatusCode::BAD_REQUEST);
         let (code, message, details) = verdict.error.unwrap();
-        assert_eq!(code, "invalid_events");
+        assert_eq!(code, ErrorCode::InvalidEvents);
         assert_eq!(details.len(), 5);
         assert!(
             message.ends_with(&format!(

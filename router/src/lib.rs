@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod query;
 pub mod routing;
 pub mod server;
+pub mod service;
 
 pub use config::RouterConfig;
 pub use error::RouterError;

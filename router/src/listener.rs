@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum::serve::Listener;
+use sentinel_proto::ErrorCode;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -114,15 +115,15 @@ pub fn json_refusal(written: &[u8]) -> Option<Vec<u8>> {
     let status_line = lines.next()?;
     let (code, message) = match status_line.get(9..12)? {
         "400" => (
-            "invalid_request",
+            ErrorCode::InvalidRequest.name(),
             "the request line or a header is malformed",
         ),
         "414" => (
-            "uri_too_long",
+            ErrorCode::UriTooLong.name(),
             "the request URI is longer than 65534 bytes",
         ),
         "431" => (
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge.name(),
             "the request head is too large (more than 100 headers, or larger than the server's buffer)",
         ),
         _ => return None,

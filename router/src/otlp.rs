@@ -19,7 +19,7 @@ use sentinel_proto::otlp::{
 };
 use thiserror::Error;
 
-use crate::ingest::Prepared;
+use crate::ingest::EventResult;
 
 /// Most bytes a request may take decoded, per byte of its encoding.
 pub const MAX_DECODED_PER_BYTE: usize = 8;
@@ -159,7 +159,7 @@ pub fn is_protobuf(content_type: &str) -> bool {
 
 /// The events of the GenAI spans of an encoded `ExportTraceServiceRequest`, unless it
 /// would take more than [`MAX_DECODED_PER_BYTE`] times its size decoded.
-pub fn prepare(intake: &Intake, body: &[u8]) -> Result<Vec<Prepared>, OtlpError> {
+pub fn prepare(intake: &Intake, body: &[u8]) -> Result<Vec<EventResult>, OtlpError> {
     let limit = body
         .len()
         .saturating_mul(MAX_DECODED_PER_BYTE)

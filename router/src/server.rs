@@ -17,17 +17,18 @@ use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api::{self, ApiState};
+use crate::api;
 use crate::auth::{presented_key, ApiKeys};
 use crate::cache::QueryCache;
 use crate::config::RouterConfig;
 use crate::error::RouterError;
 use crate::forward::Forwarder;
 use crate::grpc::PublicApi;
-use crate::ingest::{EventIds, RequestLimits};
+use crate::ingest::{IdGenerator, RequestLimits};
 use crate::listener::JsonRefusals;
 use crate::metrics::RouterMetrics;
 use crate::routing::RoutingTable;
+use crate::service::ApiState;
 
 /// Runs a router until `shutdown` resolves and the requests in flight are answered.
 pub async fn run(
@@ -71,7 +72,7 @@ pub async fn run(
     let state = Arc::new(ApiState {
         keys: ApiKeys::new(&config.auth.api_keys)?,
         cache: QueryCache::new(&config.cache, metrics.clone())?,
-        ids: EventIds::default(),
+        ids: IdGenerator::default(),
         forwarder: Forwarder::new(table.clone(), config.ingest.batch.clone(), metrics.clone()),
         table,
         intake,

@@ -20,7 +20,7 @@ use rocksdb::WriteBatch;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
+use crate::backend::Backend;
 use crate::error::{decode, encode, read_err, write_err, Error};
 use crate::keys;
 use crate::log::LogConfig;
@@ -63,14 +63,14 @@ pub struct Applied<S> {
 type Built = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
 
 struct DocumentStore<S> {
-    engine: Arc<Engine>,
+    backend: Arc<Backend>,
     group: u32,
     applied: RwLock<Applied<S>>,
 }
 
 impl<S> Drop for DocumentStore<S> {
     fn drop(&mut self) {
-        self.engine.release(self.group);
+        self.backend.release(self.group);
     }
 }
 
@@ -96,15 +96,15 @@ impl<S: Document> DocumentReader<S> {
 impl<C: DocumentConfig<S>, S: Document> DocumentMachine<C, S> {
     /// Opens the group's stored document (empty when there is none).
     pub(crate) fn open(
-        engine: Arc<Engine>,
+        backend: Arc<Backend>,
         group: u32,
     ) -> Result<(DocumentMachine<C, S>, DocumentReader<S>), Error> {
-        let applied = match engine.db.get_pinned(keys::kind(group, keys::META))? {
+        let applied = match backend.db.get_pinned(keys::kind(group, keys::META))? {
             Some(bytes) => decode("document", &bytes)?,
             None => Applied::default(),
         };
         let store = Arc::new(DocumentStore {
-            engine,
+            backend,
             group,
             applied: RwLock::new(applied),
         });
@@ -120,13 +120,13 @@ impl<C: DocumentConfig<S>, S: Document> DocumentMachine<C, S> {
     fn persist(&self, applied: &Applied<S>, sync: bool) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         batch.put(keys::kind(self.store.group, keys::META), encode(applied));
-        self.store.engine.write(batch, sync)
+        self.store.backend.write(batch, sync)
     }
 
     fn built(&self) -> Result<Option<Built>, Error> {
         match self
             .store
-            .engine
+            .backend
             .db
             .get_pinned(keys::kind(self.store.group, keys::SNAPSHOT))?
         {
@@ -163,7 +163,7 @@ impl<C: DocumentConfig<S>, S: Document> RaftSnapshotBuilder<C> for DocumentMachi
             keys::kind(self.store.group, keys::SNAPSHOT),
             encode(&(&meta, &bytes)),
         );
-        self.store.engine.write(batch, false).map_err(write_err)?;
+        self.store.backend.write(batch, false).map_err(write_err)?;
         Ok(Self::snapshot(meta, bytes))
     }
 }
@@ -232,7 +232,7 @@ impl<C: DocumentConfig<S>, S: Document> RaftStateMachine<C> for DocumentMachine<
             encode(&(meta, &bytes)),
         );
         batch.put(keys::kind(self.store.group, keys::META), encode(&installed));
-        self.store.engine.write(batch, true).map_err(write_err)?;
+        self.store.backend.write(batch, true).map_err(write_err)?;
         *self.store.applied.write().expect("document lock") = installed;
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! writes telemetry, anomalies, the alert outbox and the telemetry export queue
 //! ([`ShardStateMachine`]); queries read through a [`ShardReader`].
 
+mod backend;
 mod command;
 mod document;
 mod engine;
@@ -19,12 +20,13 @@ mod reader;
 mod snapshot;
 mod state;
 
+pub use backend::{EngineOptions, EngineStats};
 pub use command::{
     Command, EventOutcome, IngestBatch, IngestEvent, IngestOutcome, KeyLimit, KeyLimits, Response,
     Retention, ShardSettings, SourcePartition,
 };
 pub use document::{Applied, Document, DocumentConfig, DocumentMachine, DocumentReader};
-pub use engine::{Engine, EngineOptions, EngineStats, RocksDbStats, VolumeStats};
+pub use engine::{Engine, RocksDbStats, VolumeStats};
 pub use error::Error;
 pub use log::{LogConfig, ShardLog};
 pub use machine::{ShardSnapshotBuilder, ShardStateMachine};

@@ -15,7 +15,7 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{Entry, LogId, LogState, RaftLogReader, RaftTypeConfig, StorageError, Vote};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use crate::engine::Engine;
+use crate::backend::Backend;
 use crate::error::{decode, encode, read_err, write_err, Error};
 use crate::keys;
 use crate::TypeConfig;
@@ -24,7 +24,7 @@ use crate::TypeConfig;
 /// metadata group.
 #[derive(Debug, Clone)]
 pub struct ShardLog<C = TypeConfig> {
-    engine: Arc<Engine>,
+    backend: Arc<Backend>,
     shard: u32,
     config: PhantomData<C>,
 }
@@ -35,9 +35,9 @@ pub trait LogConfig: RaftTypeConfig<NodeId = u64, Entry = Entry<Self>> {}
 impl<C: RaftTypeConfig<NodeId = u64, Entry = Entry<C>>> LogConfig for C {}
 
 impl<C: LogConfig> ShardLog<C> {
-    pub(crate) fn new(engine: Arc<Engine>, shard: u32) -> Self {
+    pub(crate) fn new(backend: Arc<Backend>, shard: u32) -> Self {
         ShardLog {
-            engine,
+            backend,
             shard,
             config: PhantomData,
         }
@@ -48,7 +48,7 @@ impl<C: LogConfig> ShardLog<C> {
         kind: u8,
         what: &'static str,
     ) -> Result<Option<T>, Error> {
-        match self.engine.db.get_pinned(keys::kind(self.shard, kind))? {
+        match self.backend.db.get_pinned(keys::kind(self.shard, kind))? {
             Some(bytes) => Ok(Some(decode(what, &bytes)?)),
             None => Ok(None),
         }
@@ -57,7 +57,7 @@ impl<C: LogConfig> ShardLog<C> {
     fn put<T: serde::Serialize>(&self, kind: u8, value: &T, sync: bool) -> Result<(), Error> {
         let mut batch = WriteBatch::default();
         batch.put(keys::kind(self.shard, kind), encode(value));
-        self.engine.write(batch, sync)
+        self.backend.write(batch, sync)
     }
 
     /// Entries with index in `[start, end)`, in order.
@@ -70,7 +70,7 @@ impl<C: LogConfig> ShardLog<C> {
         options.set_iterate_upper_bound(keys::log(self.shard, end));
         let from = keys::log(self.shard, start);
         for item in self
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::From(&from, Direction::Forward), options)
         {
@@ -84,7 +84,7 @@ impl<C: LogConfig> ShardLog<C> {
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(keys::log(self.shard, 0));
         options.set_iterate_upper_bound(keys::kind_end(self.shard, keys::LOG));
-        let mut iter = self.engine.db.iterator_opt(IteratorMode::End, options);
+        let mut iter = self.backend.db.iterator_opt(IteratorMode::End, options);
         match iter.next() {
             Some(item) => {
                 let (key, value) = item?;
@@ -152,7 +152,7 @@ impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
     ) -> Result<(), StorageError<u64>> {
         self.put(keys::COMMITTED, &committed, false)
             .map_err(write_err)?;
-        self.engine.request_sync();
+        self.backend.request_sync();
         Ok(())
     }
 
@@ -179,12 +179,12 @@ impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
             bytes += value.len() as u64;
             batch.put(keys::log(self.shard, entry.log_id.index), value);
         }
-        self.engine.write(batch, false).map_err(write_err)?;
-        self.engine
-            .stats()
+        self.backend.write(batch, false).map_err(write_err)?;
+        self.backend
+            .stats
             .log_bytes
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        self.engine.after_sync(callback);
+        self.backend.after_sync(callback);
         Ok(())
     }
 
@@ -194,7 +194,7 @@ impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
             keys::log(self.shard, log_id.index),
             keys::kind_end(self.shard, keys::LOG),
         );
-        self.engine.write(batch, false).map_err(write_err)
+        self.backend.write(batch, false).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -204,6 +204,6 @@ impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
             keys::log(self.shard, 0),
             keys::log(self.shard, log_id.index.saturating_add(1)),
         );
-        self.engine.write(batch, false).map_err(write_err)
+        self.backend.write(batch, false).map_err(write_err)
     }
 }

@@ -20,12 +20,12 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::backend::Backend;
 use crate::command::{Command, Response};
-use crate::engine::Engine;
 use crate::error::{decode, encode, read_err, write_err, Error};
 use crate::keys;
 use crate::snapshot::{SnapshotReader, SnapshotWriter};
-use crate::state::{CoreState, RowWriter};
+use crate::state::{RowWriter, ShardState};
 use crate::TypeConfig;
 
 /// Core state is stored in values of at most this size.
@@ -47,7 +47,7 @@ struct CheckpointMeta {
 
 /// The applied state of a shard replica.
 pub(crate) struct Applied {
-    pub(crate) core: CoreState,
+    pub(crate) core: ShardState,
     pub(crate) last_applied: Option<LogId<u64>>,
     pub(crate) membership: Membership,
     /// Rows live under this generation; installing a snapshot moves to the next one.
@@ -58,7 +58,7 @@ pub(crate) struct Applied {
 
 /// Everything of one shard replica shared by its state machine and readers.
 pub(crate) struct ShardStore {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) backend: Arc<Backend>,
     pub(crate) shard: u32,
     pub(crate) state: RwLock<Applied>,
     current_snapshot: Mutex<Option<Meta>>,
@@ -66,15 +66,15 @@ pub(crate) struct ShardStore {
 
 impl ShardStore {
     /// Loads a shard's last checkpoint and clears leftovers of an interrupted snapshot install.
-    pub(crate) fn open(engine: Arc<Engine>, shard: u32) -> Result<Self, Error> {
+    pub(crate) fn open(backend: Arc<Backend>, shard: u32) -> Result<Self, Error> {
         let meta: Option<CheckpointMeta> =
-            match engine.db.get_pinned(keys::kind(shard, keys::META))? {
+            match backend.db.get_pinned(keys::kind(shard, keys::META))? {
                 Some(bytes) => Some(decode("checkpoint meta", &bytes)?),
                 None => None,
             };
         let applied = match meta {
             None => Applied {
-                core: CoreState::new(shard, engine.options.shard_settings.clone())
+                core: ShardState::new(shard, backend.options.shard_settings.clone())
                     .map_err(|e| Error::corrupt("shard settings", e))?,
                 last_applied: None,
                 membership: Membership::default(),
@@ -85,7 +85,7 @@ impl ShardStore {
             Some(meta) => {
                 let mut bytes = Vec::new();
                 for chunk in 0..meta.core_chunks {
-                    let part = engine
+                    let part = backend
                         .db
                         .get_pinned(keys::core_chunk(shard, chunk))?
                         .ok_or_else(|| {
@@ -94,7 +94,7 @@ impl ShardStore {
                     bytes.extend_from_slice(&part);
                 }
                 Applied {
-                    core: CoreState::from_bytes(&bytes)?,
+                    core: ShardState::from_bytes(&bytes)?,
                     last_applied: meta.last_applied,
                     membership: meta.membership,
                     generation: meta.generation,
@@ -109,13 +109,13 @@ impl ShardStore {
             keys::rows_end(shard, applied.generation),
             keys::kind_end(shard, keys::ROWS),
         );
-        engine.write(stale, false)?;
+        backend.write(stale, false)?;
         let current_snapshot: Option<Meta> =
-            match engine.db.get_pinned(keys::kind(shard, keys::SNAPSHOT))? {
+            match backend.db.get_pinned(keys::kind(shard, keys::SNAPSHOT))? {
                 Some(bytes) => Some(decode("snapshot meta", &bytes)?),
                 None => None,
             };
-        let dir = engine.snapshot_dir(shard);
+        let dir = backend.snapshot_dir(shard);
         if dir.exists() {
             let keep = current_snapshot
                 .as_ref()
@@ -128,7 +128,7 @@ impl ShardStore {
             }
         }
         Ok(ShardStore {
-            engine,
+            backend,
             shard,
             state: RwLock::new(applied),
             current_snapshot: Mutex::new(current_snapshot),
@@ -170,11 +170,11 @@ impl ShardStore {
         let core = applied.core.to_bytes();
         let mut batch = WriteBatch::default();
         self.checkpoint_into(&mut applied, &core, &mut batch);
-        self.engine.write(batch, true)
+        self.backend.write(batch, true)
     }
 
     fn snapshot_path(&self, id: &str) -> PathBuf {
-        self.engine
+        self.backend
             .snapshot_dir(self.shard)
             .join(snapshot_file_name(id))
     }
@@ -188,7 +188,7 @@ impl ShardStore {
         let stale = if newer {
             let mut batch = WriteBatch::default();
             batch.put(keys::kind(self.shard, keys::SNAPSHOT), encode(meta));
-            self.engine.write(batch, false)?;
+            self.backend.write(batch, false)?;
             current.replace(meta.clone())
         } else {
             Some(meta.clone())
@@ -210,7 +210,7 @@ impl ShardStore {
 
 impl Drop for ShardStore {
     fn drop(&mut self) {
-        self.engine.release(self.shard);
+        self.backend.release(self.shard);
     }
 }
 
@@ -266,10 +266,7 @@ impl ShardStateMachine {
                     let started = std::time::Instant::now();
                     let response = applied.core.apply(command, entry.log_id.index, &mut rows);
                     if let Response::Ingested(outcome) = &response {
-                        store
-                            .engine
-                            .stats()
-                            .count_ingest(started.elapsed(), outcome);
+                        store.backend.stats.count_ingest(started.elapsed(), outcome);
                     }
                     response
                 }
@@ -286,11 +283,11 @@ impl ShardStateMachine {
             };
             responses.push(response);
         }
-        if applied.since_checkpoint >= store.engine.options.checkpoint_events {
+        if applied.since_checkpoint >= store.backend.options.checkpoint_events {
             let core = applied.core.to_bytes();
             store.checkpoint_into(&mut applied, &core, &mut batch);
         }
-        store.engine.write(batch, false)?;
+        store.backend.write(batch, false)?;
         Ok(responses)
     }
 
@@ -300,10 +297,10 @@ impl ShardStateMachine {
         meta: &Meta,
         file: std::fs::File,
         generation: u32,
-    ) -> Result<CoreState, Error> {
+    ) -> Result<ShardState, Error> {
         let (mut reader, core_bytes) = SnapshotReader::open(file)?;
-        let core = CoreState::from_bytes(&core_bytes)?;
-        let dir = store.engine.snapshot_dir(store.shard);
+        let core = ShardState::from_bytes(&core_bytes)?;
+        let dir = store.backend.snapshot_dir(store.shard);
         std::fs::create_dir_all(&dir)?;
         let part = dir.join(format!("{}.part", snapshot_file_name(&meta.snapshot_id)));
         let mut copy = SnapshotWriter::create(&part, &core_bytes)?;
@@ -316,11 +313,11 @@ impl ShardStateMachine {
             full.extend_from_slice(&key);
             batch.put(full, &value);
             if batch.size_in_bytes() >= INSTALL_BATCH {
-                store.engine.write(std::mem::take(&mut batch), false)?;
+                store.backend.write(std::mem::take(&mut batch), false)?;
             }
         }
         reader.verify()?;
-        store.engine.write(batch, false)?;
+        store.backend.write(batch, false)?;
         copy.finish(&store.snapshot_path(&meta.snapshot_id))?;
         Ok(core)
     }
@@ -351,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
-        let dir = self.store.engine.snapshot_dir(self.store.shard);
+        let dir = self.store.backend.snapshot_dir(self.store.shard);
         let receive = || -> Result<std::fs::File, Error> {
             std::fs::create_dir_all(&dir)?;
             let nanos = SystemTime::now()
@@ -408,10 +405,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 keys::rows(store.shard, old),
                 keys::rows_end(store.shard, old),
             );
-            store.engine.write(batch, true).map_err(install_err)?;
+            store.backend.write(batch, true).map_err(install_err)?;
         }
         store.set_current_snapshot(meta).map_err(install_err)?;
-        let dir = store.engine.snapshot_dir(store.shard);
+        let dir = store.backend.snapshot_dir(store.shard);
         for entry in std::fs::read_dir(&dir).map_err(|e| install_err(e.into()))? {
             let path = entry.map_err(|e| install_err(e.into()))?.path();
             if path
@@ -481,7 +478,7 @@ impl ShardSnapshotBuilder {
             };
             let mut batch = WriteBatch::default();
             store.checkpoint_into(&mut applied, &core, &mut batch);
-            match store.engine.write(batch, false) {
+            match store.backend.write(batch, false) {
                 Err(e) => {
                     let _ = written_tx.send(Err(e));
                     let _ = taken_tx.send(());
@@ -493,7 +490,7 @@ impl ShardSnapshotBuilder {
                         applied.generation,
                     );
                     std::thread::spawn(move || {
-                        let pinned = store.engine.db.snapshot();
+                        let pinned = store.backend.db.snapshot();
                         let _ = taken_tx.send(());
                         let written =
                             write_snapshot_file(&store, &pinned, generation, &core, &path);
@@ -521,7 +518,7 @@ fn write_snapshot_file(
     core: &[u8],
     path: &std::path::Path,
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(store.engine.snapshot_dir(store.shard))?;
+    std::fs::create_dir_all(store.backend.snapshot_dir(store.shard))?;
     let mut writer = SnapshotWriter::create(&path.with_extension("part"), core)?;
     let prefix = keys::rows(store.shard, generation);
     let mut options = ReadOptions::default();

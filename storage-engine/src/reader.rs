@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use openraft::{BasicNode, LogId, StoredMembership};
 use rocksdb::{Direction, IteratorMode, ReadOptions};
-use sentinel_core::engine::KeyBaseline;
 use sentinel_core::incident::{IncidentStatus, Silence};
+use sentinel_core::shard_detector::KeyBaseline;
 use sentinel_core::{Anomaly, Incident, NotificationKind, Severity};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -183,7 +183,7 @@ impl ShardReader {
         let mut last_key = None;
         for item in self
             .store
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::From(&start, Direction::Forward), options)
         {
@@ -248,7 +248,7 @@ impl ShardReader {
         let mut out = Vec::new();
         for item in self
             .store
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::End, options)
         {
@@ -296,7 +296,7 @@ impl ShardReader {
         let mut out = Vec::new();
         for item in self
             .store
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::End, options)
         {
@@ -400,7 +400,7 @@ impl ShardReader {
         let mut out = Vec::new();
         for item in self
             .store
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::From(&from, Direction::Forward), options)
             .take(limit)
@@ -483,7 +483,7 @@ impl ShardReader {
         options.set_iterate_upper_bound(keys::rows_end(self.store.shard, applied.generation));
         for item in self
             .store
-            .engine
+            .backend
             .db
             .iterator_opt(IteratorMode::From(&prefix, Direction::Forward), options)
         {

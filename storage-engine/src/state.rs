@@ -24,18 +24,18 @@ use crate::keys;
 
 /// The decision-making state of one shard.
 #[derive(Debug, Clone)]
-pub(crate) struct CoreState {
+pub(crate) struct ShardState {
     pub(crate) detector: ShardDetector,
-    pub(crate) rest: CoreRest,
+    pub(crate) rest: Bookkeeping,
 }
 
 /// The core state besides detection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CoreRest {
+pub(crate) struct Bookkeeping {
     pub(crate) event_id_horizon_ms: i64,
     /// Highest applied offset per source partition.
     pub(crate) offsets: BTreeMap<SourcePartition, u64>,
-    pub(crate) event_ids: EventIds,
+    pub(crate) event_ids: SeenEventIds,
     /// Sequence number of the next outbox entry.
     pub(crate) outbox_next: u64,
     /// Outbox entries not yet acknowledged.
@@ -114,7 +114,7 @@ pub(crate) const EXPORT_ANOMALY: u8 = b'a';
 /// the event applied under each, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "VecDeque<SeenId>", into = "VecDeque<SeenId>")]
-pub(crate) struct EventIds {
+pub(crate) struct SeenEventIds {
     order: VecDeque<SeenId>,
     /// The content digest applied under each id (`None`: unknown, see [`SeenId`]).
     seen: HashMap<u128, Option<u64>>,
@@ -160,15 +160,15 @@ impl<'de> Deserialize<'de> for SeenId {
     }
 }
 
-impl From<VecDeque<SeenId>> for EventIds {
+impl From<VecDeque<SeenId>> for SeenEventIds {
     fn from(order: VecDeque<SeenId>) -> Self {
         let seen = order.iter().map(|s| (s.id, s.content)).collect();
-        EventIds { order, seen }
+        SeenEventIds { order, seen }
     }
 }
 
-impl From<EventIds> for VecDeque<SeenId> {
-    fn from(ids: EventIds) -> Self {
+impl From<SeenEventIds> for VecDeque<SeenId> {
+    fn from(ids: SeenEventIds) -> Self {
         ids.order
     }
 }
@@ -184,7 +184,7 @@ enum IdCheck {
     Conflict,
 }
 
-impl EventIds {
+impl SeenEventIds {
     fn check(&self, hash: u128, content: u64) -> IdCheck {
         match self.seen.get(&hash) {
             None => IdCheck::New,
@@ -309,17 +309,17 @@ pub(crate) fn severity_byte(s: sentinel_core::Severity) -> u8 {
     }
 }
 
-impl CoreState {
+impl ShardState {
     /// The state of a shard that has applied nothing.
     pub(crate) fn new(shard: u32, settings: ShardSettings) -> Result<Self, String> {
         settings.check()?;
         let detector = ShardDetector::new(shard, settings.detection).map_err(|e| e.to_string())?;
-        Ok(CoreState {
+        Ok(ShardState {
             detector,
-            rest: CoreRest {
+            rest: Bookkeeping {
                 event_id_horizon_ms: settings.event_id_horizon_ms,
                 offsets: BTreeMap::new(),
-                event_ids: EventIds::default(),
+                event_ids: SeenEventIds::default(),
                 outbox_next: 0,
                 outbox: BTreeSet::new(),
                 clock_ms: i64::MIN,
@@ -346,7 +346,7 @@ impl CoreState {
         out
     }
 
-    /// Restores [`CoreState::to_bytes`].
+    /// Restores [`ShardState::to_bytes`].
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
         let len = bytes
             .get(..8)
@@ -356,7 +356,7 @@ impl CoreState {
         let detector = ShardDetector::from_bytes(&bytes[8..8 + len])
             .map_err(|e| Error::corrupt("detection state", e))?;
         let rest = decode("core state", &bytes[8 + len..])?;
-        Ok(CoreState { detector, rest })
+        Ok(ShardState { detector, rest })
     }
 
     /// Applies one command of log entry `index`.
@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn event_ids_expire_oldest_first_and_round_trip() {
-        let mut ids = EventIds::default();
+        let mut ids = SeenEventIds::default();
         ids.insert(10, 1, 100);
         ids.insert(20, 2, 200);
         ids.insert(30, 3, 300);
@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(ids.check(1, 100), IdCheck::New);
         assert_eq!(ids.check(2, 200), IdCheck::Duplicate);
         assert_eq!(ids.check(3, 301), IdCheck::Conflict);
-        let back: EventIds = decode("ids", &encode(&ids)).unwrap();
+        let back: SeenEventIds = decode("ids", &encode(&ids)).unwrap();
         assert_eq!(back, ids);
         assert_eq!(back.check(2, 200), IdCheck::Duplicate);
     }
@@ -620,7 +620,7 @@ mod tests {
     #[test]
     fn ids_remembered_without_a_digest_by_an_earlier_version_stay_duplicates() {
         let earlier: VecDeque<(i64, u128)> = [(10, 1), (20, 2)].into();
-        let ids: EventIds = decode("ids", &encode(&earlier)).unwrap();
+        let ids: SeenEventIds = decode("ids", &encode(&earlier)).unwrap();
         assert_eq!(ids.check(1, 7), IdCheck::Duplicate);
         assert_eq!(ids.check(3, 7), IdCheck::New);
     }
@@ -635,9 +635,9 @@ mod tests {
             .detection
             .metrics
             .insert(sentinel_core::Metric::LatencyMs, metric);
-        let state = CoreState::new(4, settings).unwrap();
-        let back = CoreState::from_bytes(&state.to_bytes()).unwrap();
+        let state = ShardState::new(4, settings).unwrap();
+        let back = ShardState::from_bytes(&state.to_bytes()).unwrap();
         assert_eq!(back.to_bytes(), state.to_bytes());
-        assert!(CoreState::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 99]).is_err());
+        assert!(ShardState::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 99]).is_err());
     }
 }

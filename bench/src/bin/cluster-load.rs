@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sentinel_bench::cluster::{client, LocalCluster};
-use sentinel_bench::replay::{Replay, ReplayConfig};
 use sentinel_core::shard::shard_of;
 use sentinel_core::Event;
+use sentinel_local::cluster::{client, LocalCluster};
+use sentinel_local::replay::{Replay, ReplayConfig};
 use sentinel_proto::leader_hint;
 use sentinel_proto::v1::{IngestRequest, InputEvent};
 use tokio::sync::Mutex;
@@ -138,7 +138,7 @@ fn batch_of(
             event.event_id = Some(format!("load-{worker}-{ids}"));
             InputEvent {
                 offset: None,
-                json: event.to_nested_json().to_string().into_bytes(),
+                event: sentinel_core::codec::encode(&event),
             }
         })
         .collect()

@@ -1,9 +1,9 @@
 //! Fits the replay generator's parameters from the public LLM traces and prints them
-//! as the Rust source of `bench/src/replay/params.rs`:
+//! as the Rust source of `local/src/replay/params.rs`:
 //!
 //! ```text
-//! cargo run -p sentinel-bench --bin fit-replay > bench/src/replay/params.rs
-//! cargo run -p sentinel-bench --bin fit-replay -- --output bench/src/replay/params.rs
+//! cargo run -p sentinel-bench --bin fit-replay > local/src/replay/params.rs
+//! cargo run -p sentinel-bench --bin fit-replay -- --output local/src/replay/params.rs
 //! ```
 //!
 //! The second form replaces the file only after a successful fit; a failed fit after `>`
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Parser;
-use sentinel_bench::replay::{fit_traces, FittedParams};
+use sentinel_local::replay::{fit_traces, FittedParams};
 
 /// Fit the replay generator's parameters from the llm-traces datasets.
 #[derive(Debug, Parser)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sentinel_bench::cluster::{free_port, LocalCluster};
+use sentinel_local::cluster::{free_port, LocalCluster};
 use sentinel_router::kafka::rdkafka;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

@@ -4,11 +4,10 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use sentinel_bench::outcome::{
-    alert_line, incident_line, incident_table, run, Raised, ReplayOutcome,
-};
-use sentinel_bench::replay::{Incident, ReplayConfig};
+use sentinel_bench::outcome::{run, Raised, ReplayOutcome};
 use sentinel_core::DetectionConfig;
+use sentinel_local::replay::{Incident, ReplayConfig};
+use sentinel_local::scoreboard::{alert_line, incident_line, incident_table};
 
 /// Sentinel's detection on a replay of realistic LLM traffic with injected incidents.
 ///

@@ -8,7 +8,9 @@ use sentinel_proto::v1::{
 use sentinel_router::query::MAX_INCIDENTS_LIMIT;
 use serde_json::Value;
 
-use super::output::{self, struct_json};
+use sentinel_proto::json::from_struct;
+
+use super::output;
 use super::{
     flag_value, now_ms, parse_duration, print, Client, ClientArgs, Consistency, Failure, Output,
     Page,
@@ -207,7 +209,7 @@ pub async fn incidents(args: IncidentsArgs) -> Result<(), Failure> {
             client.api.resolve_incident(request).await?
         }
     };
-    let incident = struct_json(incident.into_inner());
+    let incident = from_struct(incident.into_inner());
     match format {
         Output::Json => print(incident),
         Output::Table => print(output::incident_details(&incident)),
@@ -265,7 +267,7 @@ pub async fn silence(command: SilenceCommand) -> Result<(), Failure> {
             (reply.into_inner(), args.output)
         }
     };
-    let silence: Value = struct_json(silence);
+    let silence: Value = from_struct(silence);
     match format {
         Output::Json => print(silence),
         Output::Table => print(output::silences_table(&[silence], now_ms())),

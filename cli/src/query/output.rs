@@ -1,12 +1,10 @@
-//! What the query commands print for people: aligned tables of the router's answers, and
-//! the conversion of `google.protobuf.Struct` records back to JSON.
+//! What the query commands print for people: aligned tables of the router's answers.
 
 use std::fmt;
 
-use prost_types::value::Kind;
-use prost_types::Struct;
 use sentinel_core::validate::is_unprintable;
-use serde_json::{Map, Value};
+use sentinel_proto::json::EXACT_INTEGERS;
+use serde_json::Value;
 
 /// Columns of `anomalies`.
 const ANOMALY_COLUMNS: [&str; 8] = [
@@ -15,38 +13,6 @@ const ANOMALY_COLUMNS: [&str; 8] = [
 /// Widths of the `anomalies --follow` columns, fixed as rows come one at a time (a longer
 /// cell pushes the rest of its row right).
 const FOLLOW_WIDTHS: [usize; 8] = [24, 8, 22, 14, 14, 17, 10, 10];
-/// Largest magnitude an `f64` holds every integer up to (2^53).
-const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
-
-/// A record as JSON: the reverse of the router's `to_struct` (whole numbers become JSON
-/// integers again, non-finite ones null).
-pub fn struct_json(record: Struct) -> Value {
-    Value::Object(
-        record
-            .fields
-            .into_iter()
-            .map(|(name, value)| (name, value_json(value)))
-            .collect::<Map<_, _>>(),
-    )
-}
-
-fn value_json(value: prost_types::Value) -> Value {
-    match value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= EXACT_INTEGERS => {
-            Value::from(n as i64)
-        }
-        Some(Kind::NumberValue(n)) => {
-            serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
-        }
-        Some(Kind::StringValue(s)) => Value::String(s),
-        Some(Kind::ListValue(list)) => {
-            Value::Array(list.values.into_iter().map(value_json).collect())
-        }
-        Some(Kind::StructValue(object)) => struct_json(object),
-    }
-}
 
 /// Columns of text aligned under their headers.
 pub struct Table {
@@ -448,30 +414,6 @@ pub fn cluster_tables(status: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn records_come_back_as_the_json_the_router_sent() {
-        let original = json!({
-            "alert_id": "a-1", "confidence": 0.875, "count": 41, "negative": -3,
-            "details": {"metric": "latency_ms", "value": 40000, "extra": {}},
-            "remediation": ["scale", 2.5, null, true], "root_cause": null,
-        });
-        let record = sentinel_router::grpc::to_struct(original.clone());
-        assert_eq!(struct_json(record), original);
-        let odd = Struct {
-            fields: [
-                (
-                    "nan".to_owned(),
-                    prost_types::Value {
-                        kind: Some(Kind::NumberValue(f64::NAN)),
-                    },
-                ),
-                ("unset".to_owned(), prost_types::Value { kind: None }),
-            ]
-            .into(),
-        };
-        assert_eq!(struct_json(odd), json!({"nan": null, "unset": null}));
-    }
 
     #[test]
     fn tables_align_columns_under_their_headers() {

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::config::KafkaSection;
 use super::dead_letter::{DeadLetters, Letter};
-use super::message::{self, Prepared, Reason};
+use super::message::{self, Decoded, Reason};
 use super::tracker::{PartitionKey, Tracker};
 use crate::forward::{Delivery, Forwarder, Outgoing};
 use crate::metrics::KafkaMetrics;
@@ -354,12 +354,12 @@ impl KafkaConsumer {
             errors,
         };
         let event = match message::prepare(&self.intake, message.payload()) {
-            Prepared::Event(event) => event,
-            Prepared::Nothing => {
+            Decoded::Event(event) => event,
+            Decoded::Nothing => {
                 lock(&self.tracker).settle(&key, generation, offset);
                 return true;
             }
-            Prepared::Poison(reason, errors) => {
+            Decoded::Poison(reason, errors) => {
                 let letter = letter(reason, errors);
                 let dead_letters = self.dead_letters.clone();
                 in_flight.push(
@@ -372,11 +372,7 @@ impl KafkaConsumer {
                 return true;
             }
         };
-        let outgoing = Outgoing {
-            shard: sentinel_core::shard::shard_of(&event.service, &event.model, shards),
-            offset: Some(offset as u64),
-            json: serde_json::to_vec(&event.to_nested_json()).expect("events serialize"),
-        };
+        let outgoing = Outgoing::new(&event, shards, Some(offset as u64));
         let source = SourcePartition {
             topic: key.0.clone(),
             partition: key.1,

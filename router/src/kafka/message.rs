@@ -41,7 +41,7 @@ impl Reason {
 
 /// What a message turned into.
 #[derive(Debug)]
-pub enum Prepared {
+pub enum Decoded {
     /// One event, ready for its shard.
     Event(Box<Event>),
     /// An OTLP request without GenAI spans: nothing to ingest.
@@ -51,9 +51,9 @@ pub enum Prepared {
 }
 
 /// Parses, redacts and validates the payload of one message.
-pub fn prepare(intake: &Intake, payload: Option<&[u8]>) -> Prepared {
+pub fn prepare(intake: &Intake, payload: Option<&[u8]>) -> Decoded {
     let Some(payload) = payload.filter(|p| !p.trim_ascii().is_empty()) else {
-        return Prepared::Poison(
+        return Decoded::Poison(
             Reason::NotJson,
             vec![FieldError::new("", "the message is empty")],
         );
@@ -61,7 +61,7 @@ pub fn prepare(intake: &Intake, payload: Option<&[u8]>) -> Prepared {
     let document: Value = match serde_json::from_slice(payload) {
         Ok(document) => document,
         Err(e) => {
-            return Prepared::Poison(
+            return Decoded::Poison(
                 Reason::NotJson,
                 vec![FieldError::new("", format!("malformed JSON: {e}"))],
             )
@@ -69,12 +69,12 @@ pub fn prepare(intake: &Intake, payload: Option<&[u8]>) -> Prepared {
     };
     let mut events = intake.prepare_document(&document);
     match events.len() {
-        0 => Prepared::Nothing,
+        0 => Decoded::Nothing,
         1 => match events.pop().expect("one event") {
-            Ok(event) => Prepared::Event(Box::new(event)),
-            Err(problems) => Prepared::Poison(shape_or_validation(&document), problems),
+            Ok(event) => Decoded::Event(Box::new(event)),
+            Err(problems) => Decoded::Poison(shape_or_validation(&document), problems),
         },
-        n => Prepared::Poison(
+        n => Decoded::Poison(
             Reason::SeveralEvents,
             vec![FieldError::new(
                 "resourceSpans",
@@ -150,9 +150,9 @@ mod tests {
         }]})
     }
 
-    fn reason(prepared: Prepared) -> Reason {
+    fn reason(prepared: Decoded) -> Reason {
         match prepared {
-            Prepared::Poison(reason, problems) => {
+            Decoded::Poison(reason, problems) => {
                 assert!(!problems.is_empty());
                 reason
             }
@@ -163,7 +163,7 @@ mod tests {
     #[test]
     fn a_good_event_is_redacted_and_kept() {
         let bytes = flat(120.0).to_string();
-        let Prepared::Event(event) = prepare(&intake(), Some(bytes.as_bytes())) else {
+        let Decoded::Event(event) = prepare(&intake(), Some(bytes.as_bytes())) else {
             panic!("refused")
         };
         assert_eq!(event.model, "gpt-4o");
@@ -171,12 +171,12 @@ mod tests {
         let bytes = otlp(&["gpt-4o"]).to_string();
         assert!(matches!(
             prepare(&intake(), Some(bytes.as_bytes())),
-            Prepared::Event(_)
+            Decoded::Event(_)
         ));
         let bytes = otlp(&[]).to_string();
         assert!(matches!(
             prepare(&intake(), Some(bytes.as_bytes())),
-            Prepared::Nothing
+            Decoded::Nothing
         ));
     }
 

@@ -14,7 +14,6 @@
 //! (a tracing filter such as `info`) makes the broker log what it does. A failing test
 //! keeps the broker's log and prints where. (Not `SENTINEL_*`: the node and router
 //! processes a test starts inherit its environment and would read those as settings.)
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -33,7 +32,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use tempfile::TempDir;
 
-use crate::services::free_port;
+use crate::free_port;
 
 /// Where `scripts/setup` installs the broker.
 pub const DEFAULT_BROKER_BIN: &str = "/var/cache/sentinel/tools/bin/tansu";
@@ -284,7 +283,7 @@ pub fn pid_listening_on(address: &str) -> Option<u32> {
 }
 
 /// Stops a router gracefully with SIGTERM and waits until its process has ended.
-pub async fn terminate(router: &mut crate::support::RouterProcess) {
+pub async fn terminate(router: &mut crate::process::RouterProcess) {
     let address = router.http.clone();
     let pid =
         pid_listening_on(&address).unwrap_or_else(|| panic!("no process listens on {address}"));
@@ -293,7 +292,7 @@ pub async fn terminate(router: &mut crate::support::RouterProcess) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "SIGTERM {pid}");
-    let ended = crate::support::wait_for(Duration::from_secs(60), async || {
+    let ended = crate::wait_for(Duration::from_secs(60), async || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat
             .rsplit(')')

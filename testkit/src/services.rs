@@ -1,7 +1,6 @@
 //! Real services for integration tests: RabbitMQ, a signature-checking webhook receiver, a
 //! TCP proxy whose connections can be cut, VictoriaMetrics (the InfluxDB v2 write API) and
 //! a Prometheus server. Each test file uses the parts it needs.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -24,6 +23,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sentinel_node::alerting::{verify, ALERT_ID_HEADER, SIGNATURE_HEADER};
+
+use crate::{closed_port_addr, free_port};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -249,38 +250,6 @@ impl AlertQueue {
             }
         }
     }
-}
-
-/// Ports each test process may hand out, and where the blocks start.
-const PORTS_PER_PROCESS: u16 = 25;
-const FIRST_PORT: u16 = 20_000;
-const PORT_BLOCKS: u16 = 480;
-
-/// A 127.0.0.1 port nothing listens on, for a server a test starts later.
-///
-/// The port lies below the kernel's ephemeral range (32768 and up), so no outgoing
-/// connection can take it before the server binds it, and in a block of its own for this
-/// test process (by process id), so tests running beside it do not hand it out either.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let block =
-        FIRST_PORT + (std::process::id() % u32::from(PORT_BLOCKS)) as u16 * PORTS_PER_PROCESS;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(
-            n < usize::from(PORTS_PER_PROCESS),
-            "a test process uses at most {PORTS_PER_PROCESS} ports"
-        );
-        let port = block + n as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A local address on which nothing listens.
-pub fn closed_port_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// How a [`WebhookReceiver`] answers requests that carry a valid signature.

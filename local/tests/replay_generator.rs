@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use sentinel_core::PriceTable;
 
-use sentinel_bench::replay::catalog;
-use sentinel_bench::replay::params::LATENCY_PROFILES;
-use sentinel_bench::replay::profile::{LatencyProfile, TokenMix};
-use sentinel_bench::replay::{
+use sentinel_local::replay::catalog;
+use sentinel_local::replay::params::LATENCY_PROFILES;
+use sentinel_local::replay::profile::{LatencyProfile, TokenMix};
+use sentinel_local::replay::{
     fit_traces, model_traits, params, FittedParams, Incident, IncidentId, IncidentKind,
     LabeledEvent, ModelTraits, Replay, ReplayConfig, ReplayError, Workload,
 };
@@ -673,7 +673,7 @@ fn committed_params_are_a_fresh_fit_of_the_traces() {
     let fresh = fit_traces(&dir).expect("traces fit");
     assert!(
         fresh == FittedParams::committed(),
-        "params.rs is stale: run `cargo run -p sentinel-bench --bin fit-replay > bench/src/replay/params.rs`"
+        "params.rs is stale: run `cargo run -p sentinel-bench --bin fit-replay > local/src/replay/params.rs`"
     );
     assert_eq!(
         fresh.to_rust_source(),

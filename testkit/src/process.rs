@@ -1,10 +1,9 @@
 //! A cluster of real `sentinel node` processes on loopback, and what tests do with it.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sentinel_core::shard::shard_of;
 use sentinel_proto::leader_hint;
@@ -18,16 +17,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-use crate::services::free_port;
-
-/// Start of the test clock: the wall clock, to the minute, so retention keeps the events.
-pub fn t0() -> i64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
-    now - now % 60_000
-}
+use crate::{free_port, rfc3339, t0, wait_for};
 
 /// One node process and its addresses.
 pub struct NodeProcess {
@@ -394,7 +384,7 @@ fn launch(command: &str, env: &[(String, String)], log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_sentinel"))
+    Command::new(crate::sentinel_bin())
         .arg(command)
         .env("SENTINEL_LOG__LEVEL", "info,openraft=warn")
         .envs(env.iter().cloned())
@@ -719,30 +709,14 @@ fn channel_over(transport: &ClusterTransport, address: &str) -> Channel {
         .expect("address")
 }
 
-/// Polls `check` until it answers `Some` or `timeout` passes.
-pub async fn wait_for<T>(
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A flat-shape event of `service`/`model` at `t` with id `id`, for the gRPC API.
+/// A flat-shape event of `service`/`model` at `t` with id `id`, as a router forwards it
+/// to a node.
 pub fn event(service: &str, model: &str, t: i64, latency_ms: f64, id: &str) -> InputEvent {
+    let event = sentinel_core::parse_value(&event_json(service, model, t, latency_ms, id))
+        .expect("a well-formed event");
     InputEvent {
         offset: None,
-        json: event_json(service, model, t, latency_ms, id)
-            .to_string()
-            .into_bytes(),
+        event: sentinel_core::codec::encode(&event),
     }
 }
 
@@ -761,20 +735,7 @@ pub fn event_json(service: &str, model: &str, t: i64, latency_ms: f64, id: &str)
     })
 }
 
-/// RFC 3339 (UTC, milliseconds) of a Unix-ms time.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .expect("time in range")
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 /// The shard of (service, model) in a cluster of `shards`.
 pub fn shard(service: &str, model: &str, shards: u32) -> u32 {
     shard_of(service, model, shards)
-}
-
-/// Hex SHA-256 of `text`.
-pub fn sha256_hex(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }

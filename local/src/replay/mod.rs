@@ -34,6 +34,19 @@ pub use profile::FittedParams;
 use profile::{ArrivalFit, LatencyProfile, TokenMix};
 use text::Failure;
 
+impl FittedParams {
+    /// The parameters committed in `params.rs`.
+    pub fn committed() -> Self {
+        FittedParams {
+            latency_profiles: params::LATENCY_PROFILES.to_vec(),
+            token_mixes: params::TOKEN_MIXES.to_vec(),
+            arrivals: params::ARRIVALS.to_vec(),
+            diurnal: params::DIURNAL,
+            diurnal_clients: params::DIURNAL_CLIENTS,
+        }
+    }
+}
+
 /// Default start of event time: Monday 2026-01-05 09:00 UTC.
 pub const DEFAULT_START: &str = "2026-01-05T09:00:00Z";
 /// Pause between consecutive incidents, seconds.

@@ -1,0 +1,362 @@
+//! The reconciler: every `raft.reconcile_ms`, moves shard replicas and leaderships to
+//! where placement wants them, keeps the metadata group's members and voters in line with
+//! the registry, and marks long-silent nodes down. What to do is decided by `steps`; this
+//! module carries it out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
+use sentinel_proto::v1::{CampaignRequest, LocalStatusRequest};
+
+use crate::calls::{change, client, meta_metrics, propose, STATUS_TIMEOUT};
+use crate::error::RoundError;
+use crate::host::{Host, Replica};
+use crate::metrics::NodeMetrics;
+use crate::placement::Placement;
+use crate::registry::{NodeState, Registry, RegistryCommand};
+use crate::status::{cluster_status, shards_on};
+use crate::steps::{
+    holds_all, next_metadata_step, next_shard_step, overdue, GroupView, MetadataStep, ShardStep,
+};
+
+/// Moves replicas and leaderships toward placement, one step per group per round.
+pub struct Reconciler {
+    host: Arc<Host>,
+    metrics: NodeMetrics,
+    last_campaign: HashMap<u32, Instant>,
+    strays: HashMap<u32, u32>,
+    /// Nodes that did not answer the metadata leader, since when.
+    silent_since: HashMap<u64, Instant>,
+    /// When the metadata leader last asked every node.
+    probed: Option<Instant>,
+}
+
+/// Rounds a replica must look stray before it is dropped.
+const STRAY_ROUNDS: u32 = 3;
+/// How often the metadata leader asks every node whether it is up.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+impl Reconciler {
+    /// A reconciler for `host`.
+    pub fn new(host: Arc<Host>, metrics: NodeMetrics) -> Reconciler {
+        Reconciler {
+            host,
+            metrics,
+            last_campaign: HashMap::new(),
+            strays: HashMap::new(),
+            silent_since: HashMap::new(),
+            probed: None,
+        }
+    }
+
+    /// Runs one round over the metadata group and every local replica.
+    pub async fn round(&mut self) {
+        let registry = self.host.registry();
+        if registry.shards == 0 {
+            return;
+        }
+        let placement = Placement::compute(&registry);
+        if meta_metrics(&self.host).current_leader == Some(self.host.id) {
+            if let Err(e) = self.metadata().await {
+                tracing::info!(error = %e, "metadata reconciliation step failed");
+            }
+        }
+        for replica in self.host.replicas() {
+            let metrics = replica.metrics();
+            let result = if metrics.current_leader == Some(self.host.id) {
+                self.strays.remove(&replica.shard);
+                self.lead(&replica, &metrics, &placement).await
+            } else if !placement.holds(replica.shard, self.host.id) {
+                self.maybe_drop(&replica, &metrics, &placement).await
+            } else {
+                self.strays.remove(&replica.shard);
+                Ok(())
+            };
+            if let Err(e) = result {
+                tracing::info!(shard = replica.shard, error = %e, "reconciliation step failed");
+            }
+        }
+    }
+
+    fn action(&self, action: &str) {
+        self.metrics
+            .rebalance_actions
+            .with_label_values(&[action])
+            .inc();
+    }
+
+    /// The metadata leader's round: every registered node a member, the right voters, and
+    /// drained nodes removed.
+    async fn metadata(&mut self) -> Result<(), RoundError> {
+        let registry = self.host.registry();
+        self.watch_nodes(&registry).await?;
+        let host = &self.host;
+        let view = GroupView::of(&meta_metrics(host));
+        let Some(step) = next_metadata_step(&registry, &view) else {
+            return Ok(());
+        };
+        match step {
+            MetadataStep::NameCluster => {
+                self.action("name_cluster");
+                let cluster_id = crate::identity::new_cluster_id(&host.config.node.advertised());
+                Ok(propose(host, RegistryCommand::Name { cluster_id }).await?)
+            }
+            MetadataStep::AddLearners(missing) => {
+                self.action("metadata_add_learner");
+                let nodes = missing
+                    .into_iter()
+                    .map(|(id, address)| (id, BasicNode::new(address)))
+                    .collect();
+                change(&host.meta, ChangeMembers::AddNodes(nodes), true).await
+            }
+            MetadataStep::ReplaceVoters(voters) => {
+                self.action("metadata_voters");
+                change(&host.meta, ChangeMembers::ReplaceAllVoters(voters), true).await
+            }
+            MetadataStep::RemoveMembers(gone) => {
+                self.action("metadata_remove");
+                change(&host.meta, ChangeMembers::RemoveNodes(gone), true).await
+            }
+            MetadataStep::RemoveDrained(draining) => {
+                let status = cluster_status(host, false).await;
+                for id in draining {
+                    if shards_on(&status, id) == 0 {
+                        self.action("remove_node");
+                        propose(host, RegistryCommand::Remove { id }).await?;
+                        tracing::info!(node = id, "decommissioned node removed");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The metadata leader asks every node now and then whether it is up: a node down
+    /// that answers again is active again; an active node silent for
+    /// `cluster.node_down_after_s` is marked down, so its shards re-replicate.
+    async fn watch_nodes(&mut self, registry: &Registry) -> Result<(), RoundError> {
+        let now = Instant::now();
+        if self
+            .probed
+            .is_some_and(|at| now.duration_since(at) < PROBE_EVERY)
+        {
+            return Ok(());
+        }
+        self.probed = Some(now);
+        let host = &self.host;
+        let calls =
+            registry
+                .nodes
+                .iter()
+                .filter(|(&id, _)| id != host.id)
+                .map(|(&id, node)| async move {
+                    let mut request = tonic::Request::new(LocalStatusRequest { digests: false });
+                    request.set_timeout(STATUS_TIMEOUT);
+                    let answered = match client(host, &node.address) {
+                        Ok(mut peer) => peer.local_status(request).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    (id, answered)
+                });
+        let answers = futures::future::join_all(calls).await;
+        self.silent_since
+            .retain(|id, _| registry.nodes.contains_key(id));
+        for (id, answered) in answers {
+            if answered {
+                self.silent_since.remove(&id);
+                let node = &registry.nodes[&id];
+                if node.state == NodeState::Down {
+                    self.action("node_up");
+                    tracing::info!(node = id, "a node marked down answers again");
+                    let address = node.address.clone();
+                    propose(host, RegistryCommand::Register { id, address }).await?;
+                }
+            } else {
+                self.silent_since.entry(id).or_insert(now);
+            }
+        }
+        let down_after = Duration::from_secs(host.config.cluster.node_down_after_s);
+        let active = registry.active();
+        if let Some(id) = overdue(
+            &active,
+            host.id,
+            &self.silent_since,
+            now,
+            down_after,
+            registry.replicas,
+        ) {
+            self.action("mark_down");
+            tracing::warn!(
+                node = id,
+                after_s = down_after.as_secs(),
+                "a node stayed unreachable: marking it down, its shards move to the others"
+            );
+            propose(host, RegistryCommand::MarkDown { id }).await?;
+        }
+        Ok(())
+    }
+
+    /// A shard leader's round: add learners, promote caught-up ones, remove replicas
+    /// placement no longer wants, hand leadership to the preferred replica.
+    async fn lead(
+        &mut self,
+        replica: &Replica,
+        metrics: &RaftMetrics<u64, BasicNode>,
+        placement: &Placement,
+    ) -> Result<(), RoundError> {
+        let shard = replica.shard;
+        let view = GroupView::of(metrics);
+        let addressable = |node| self.host.address(node).is_some();
+        let Some(step) =
+            next_shard_step(self.host.id, placement.replicas(shard), &view, addressable)
+        else {
+            return Ok(());
+        };
+        let raft = &replica.raft;
+        match step {
+            ShardStep::AddLearner(node) => {
+                let Some(address) = self.host.address(node) else {
+                    return Ok(());
+                };
+                self.action("add_learner");
+                raft.add_learner(node, BasicNode::new(address), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(RoundError::raft)
+            }
+            ShardStep::Promote(learners) => {
+                self.action("promote");
+                change(raft, ChangeMembers::AddVoterIds(learners), false).await
+            }
+            ShardStep::RemoveVoters(extra) => {
+                self.action("remove_voter");
+                change(raft, ChangeMembers::RemoveVoters(extra), false).await
+            }
+            ShardStep::RemoveLearners(stray) => {
+                self.action("remove_learner");
+                change(raft, ChangeMembers::RemoveNodes(stray), false).await
+            }
+            ShardStep::Campaign(target) => self.campaign(shard, target).await,
+        }
+    }
+
+    /// Asks `target`, which holds every entry (a voter grants its vote only to a log at
+    /// least as long as its own), to stand for election; at most every few election
+    /// timeouts per shard.
+    async fn campaign(&mut self, shard: u32, target: u64) -> Result<(), RoundError> {
+        let pause = Duration::from_millis(self.host.config.raft.election_timeout_max_ms * 2);
+        if self
+            .last_campaign
+            .get(&shard)
+            .is_some_and(|at| at.elapsed() < pause)
+        {
+            return Ok(());
+        }
+        self.last_campaign.insert(shard, Instant::now());
+        let Some(address) = self.host.address(target) else {
+            return Ok(());
+        };
+        self.action("transfer_leader");
+        client(&self.host, &address)?
+            .campaign(CampaignRequest {
+                group: shard,
+                hand_over: false,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a replica placement no longer wants once the group no longer counts it: as
+    /// its leader reports, or — when this replica knows no leader (a member removed
+    /// before it heard of it stands for election alone) — as the replica placement
+    /// prefers for the shard reports.
+    async fn maybe_drop(
+        &mut self,
+        replica: &Replica,
+        metrics: &RaftMetrics<u64, BasicNode>,
+        placement: &Placement,
+    ) -> Result<(), RoundError> {
+        let shard = replica.shard;
+        let known = metrics.current_leader.filter(|&l| l != self.host.id);
+        let Some(asked) = known.or_else(|| {
+            placement
+                .replicas(shard)
+                .iter()
+                .copied()
+                .find(|&n| n != self.host.id)
+        }) else {
+            return Ok(());
+        };
+        let Some(address) = self.host.address(asked) else {
+            return Ok(());
+        };
+        let report = client(&self.host, &address)?
+            .local_status(LocalStatusRequest { digests: false })
+            .await?
+            .into_inner();
+        let counted = report
+            .replicas
+            .iter()
+            .find(|r| {
+                r.group == shard && r.leader.is_some() && (known.is_none() || r.leader == known)
+            })
+            .map(|r| r.voters.contains(&self.host.id) || r.learners.contains(&self.host.id));
+        if counted != Some(false) {
+            self.strays.remove(&shard);
+            return Ok(());
+        }
+        let strikes = self.strays.entry(shard).or_default();
+        *strikes += 1;
+        if *strikes >= STRAY_ROUNDS {
+            self.strays.remove(&shard);
+            self.action("drop_replica");
+            self.host.drop_replica(shard).await;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the leaderships held here to other caught-up voters before this node stops.
+pub async fn hand_over(host: &Host) {
+    let deadline =
+        Instant::now() + Duration::from_millis(host.config.raft.election_timeout_max_ms * 2);
+    for replica in host.replicas() {
+        let metrics = replica.metrics();
+        if !crate::host::leads(&metrics, host.id) {
+            continue;
+        }
+        let successor = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .find(|&n| n != host.id && holds_all(&metrics, n));
+        let Some(address) = successor.and_then(|n| host.address(n)) else {
+            continue;
+        };
+        if let Ok(mut peer) = client(host, &address) {
+            let mut request = tonic::Request::new(CampaignRequest {
+                group: replica.shard,
+                hand_over: true,
+            });
+            request.set_timeout(STATUS_TIMEOUT);
+            if let Err(status) = peer.campaign(request).await {
+                tracing::info!(shard = replica.shard, %status, "leadership hand-over refused");
+            }
+        }
+    }
+    while Instant::now() < deadline
+        && host.replicas().iter().any(|r| {
+            crate::host::leads(&r.metrics(), host.id)
+                && r.metrics()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count()
+                    > 1
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
