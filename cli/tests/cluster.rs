@@ -381,23 +381,11 @@ async fn alerts_left_undelivered_by_a_killed_leader_are_delivered_by_the_next() 
     .await;
     let mut env = variables(&[
         LATENCY_CAP,
-        ("HOOK_SECRET", "hook-secret"),
         ("SENTINEL_ALERTING__RETRY__INITIAL_BACKOFF_MS", "20"),
         ("SENTINEL_ALERTING__BREAKER__OPEN_MS", "200"),
     ]);
-    env.extend([
-        (
-            "SENTINEL_ALERTING__RABBITMQ".to_owned(),
-            format!("{{url: '{}'}}", services::RABBITMQ_URL),
-        ),
-        (
-            "SENTINEL_ALERTING__WEBHOOKS".to_owned(),
-            format!(
-                "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
-                hook.url()
-            ),
-        ),
-    ]);
+    env.extend(hook.node_env());
+    env.push(services::rabbitmq_env());
     let mut cluster = Cluster::start_with(3, 8, 3, env);
     let status = cluster.wait_converged(CONVERGE).await;
     write(&cluster, 0..40).await;
@@ -482,21 +470,9 @@ async fn an_incident_opens_and_resolves_with_one_notification_each_on_every_sink
         LATENCY_CAP,
         ("SENTINEL_DETECTION__INCIDENTS__RESOLVE_AFTER_MS", "2000"),
         ("SENTINEL_DETECTION__INCIDENTS__RESOLVE_MIN_CALLS", "3"),
-        ("HOOK_SECRET", "hook-secret"),
     ]);
-    env.extend([
-        (
-            "SENTINEL_ALERTING__RABBITMQ".to_owned(),
-            format!("{{url: '{}'}}", services::RABBITMQ_URL),
-        ),
-        (
-            "SENTINEL_ALERTING__WEBHOOKS".to_owned(),
-            format!(
-                "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
-                hook.url()
-            ),
-        ),
-    ]);
+    env.extend(hook.node_env());
+    env.push(services::rabbitmq_env());
     let cluster = Cluster::start_with(3, 4, 3, env);
     cluster.wait_converged(CONVERGE).await;
     let key = ("billing".to_owned(), "gpt-4o-mini".to_owned());

@@ -614,21 +614,7 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incidents_are_acknowledged_and_resolved_by_hand_and_silences_survive_a_killed_leader() {
     let hook = services::WebhookReceiver::start(b"hook-secret", services::Replies::Accept).await;
-    let mut cluster = Cluster::start_with(
-        3,
-        SHARDS,
-        3,
-        vec![
-            ("HOOK_SECRET".into(), "hook-secret".into()),
-            (
-                "SENTINEL_ALERTING__WEBHOOKS".into(),
-                format!(
-                    "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
-                    hook.url()
-                ),
-            ),
-        ],
-    );
+    let mut cluster = Cluster::start_with(3, SHARDS, 3, hook.node_env());
     cluster.wait_converged(PATIENCE).await;
     let h = cluster.router(&[]).await;
     let mut grpc = SentinelClient::connect(format!("http://{}", h.grpc))

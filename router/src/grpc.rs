@@ -18,7 +18,7 @@ use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::api::{cluster_status_answer, query_answer, QueryRoute};
+use crate::answers::{cluster_status_answer, query_answer, QueryRoute};
 use crate::body::BodyError;
 use crate::control::{self, ActorInput, Change};
 use crate::ingest::Admission;

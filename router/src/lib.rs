@@ -6,6 +6,7 @@
 //! API uses it without a source; a Kafka consumer submits events with their partition
 //! and offsets and commits once their receipt resolves.
 
+pub mod answers;
 pub mod api;
 pub mod auth;
 pub mod body;

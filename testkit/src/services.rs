@@ -37,6 +37,14 @@ pub const RABBITMQ_ADDR: &str = "127.0.0.1:5672";
 /// AMQP URL of the test broker (default vhost, guest/guest).
 pub const RABBITMQ_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The environment of a node publishing its notifications to the test RabbitMQ.
+pub fn rabbitmq_env() -> (String, String) {
+    (
+        "SENTINEL_ALERTING__RABBITMQ".into(),
+        format!("{{url: '{RABBITMQ_URL}'}}"),
+    )
+}
+
 /// How long a broker that is being started may take to answer.
 const RABBITMQ_START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -360,6 +368,22 @@ impl WebhookReceiver {
     /// The URL to configure as the webhook.
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
+    }
+
+    /// The environment of a node sending its notifications here, signed with the
+    /// receiver's secret (read from `HOOK_SECRET`).
+    pub fn node_env(&self) -> Vec<(String, String)> {
+        let secret = String::from_utf8(lock(&self.state).secret.clone()).expect("a text secret");
+        vec![
+            ("HOOK_SECRET".into(), secret),
+            (
+                "SENTINEL_ALERTING__WEBHOOKS".into(),
+                format!(
+                    "[{{name: test, url: '{}', secret_env: HOOK_SECRET}}]",
+                    self.url()
+                ),
+            ),
+        ]
     }
 
     /// Every request received so far, oldest first.
