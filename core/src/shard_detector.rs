@@ -49,7 +49,7 @@ pub enum IncidentError {
 pub enum StateError {
     /// The bytes are not a detection state of this version.
     #[error("detection state is corrupt or of another version: {0}")]
-    Decode(#[from] bincode::Error),
+    Decode(#[from] crate::codec::CodecError),
     /// The state decoded but carries an unusable configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -522,12 +522,17 @@ impl ShardDetector {
 
     /// The state as canonical bytes (same events in the same order give the same bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("serialising in-memory detection state cannot fail")
+        crate::codec::encode(self)
     }
 
-    /// Restores a state written by [`ShardDetector::to_bytes`].
+    /// Restores a state written by [`ShardDetector::to_bytes`], or by an earlier version
+    /// (bincode, before the format byte; its first byte may be anything, so it is tried
+    /// when the current encoding does not decode).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
-        let mut state: ShardDetector = bincode::deserialize(bytes)?;
+        let mut state: ShardDetector = match crate::codec::decode(bytes) {
+            Ok(state) => state,
+            Err(current) => bincode::deserialize(bytes).map_err(|_| current)?,
+        };
         state.config.check()?;
         state.metric_configs = resolve(&state.config);
         Ok(state)
@@ -543,7 +548,8 @@ impl ShardDetector {
 }
 
 /// The configuration travels as JSON text inside the binary state: it holds internally
-/// tagged enums, which a non-self-describing format such as bincode cannot decode.
+/// tagged enums, which bincode (the state's encoding before the format byte) cannot
+/// decode, and checkpoints of that encoding must still restore.
 mod config_as_json {
     use serde::de::Error as _;
     use serde::ser::Error as _;
@@ -1214,6 +1220,18 @@ mod tests {
             restored.config().metric(Metric::LatencyMs).scale,
             Scale::Log { offset: 2.5 }
         );
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_earlier_encoding_restores_to_the_same_state() {
+        let mut a = detector();
+        run(&mut a, &mut Traffic::new(), 300, 1.0);
+        let earlier = bincode::serialize(&a).unwrap();
+        assert_ne!(earlier[0], crate::codec::FORMAT);
+        let restored = ShardDetector::from_bytes(&earlier).unwrap();
+        assert_eq!(restored, a);
+        assert_eq!(restored.digest(), a.digest());
+        assert_eq!(a.to_bytes()[0], crate::codec::FORMAT);
     }
 
     #[test]

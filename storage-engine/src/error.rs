@@ -1,6 +1,7 @@
 //! Errors of the storage engine.
 
 use openraft::{AnyError, StorageError, StorageIOError};
+use sentinel_core::codec;
 
 /// What can go wrong storing or reading shard data.
 #[derive(Debug, thiserror::Error)]
@@ -36,17 +37,38 @@ impl Error {
     }
 }
 
-/// Encodes a value as MessagePack (self-describing, so JSON values in events survive).
+/// Encodes a value in Sentinel's binary encoding (`sentinel_core::codec`: a format byte,
+/// then MessagePack, self-describing, so JSON values in events survive).
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    rmp_serde::to_vec(value).expect("in-memory values always encode as MessagePack")
+    codec::encode(value)
 }
 
-/// Decodes a MessagePack value.
+/// Decodes a value written by [`encode`], or by an earlier version as bare MessagePack
+/// (no valid MessagePack value starts with the format byte, so the two cannot be
+/// mistaken for each other).
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, Error> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::corrupt(what, e))
+    let decoded = if codec::is_current(bytes) {
+        codec::decode(bytes)
+    } else {
+        codec::decode_body(bytes)
+    };
+    decoded.map_err(|e| Error::corrupt(what, e))
+}
+
+/// The bytes of a value [`encode`] wrote, or an earlier version wrote bare, as [`encode`]
+/// writes them now: what a digest hashes, so replicas agree whichever version wrote a row.
+pub(crate) fn current_form(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if codec::is_current(bytes) {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        let mut current = Vec::with_capacity(bytes.len() + 1);
+        current.push(codec::FORMAT);
+        current.extend_from_slice(bytes);
+        std::borrow::Cow::Owned(current)
+    }
 }
 
 /// Converts to openraft's error for a read of `subject`.

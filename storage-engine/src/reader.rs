@@ -1,5 +1,6 @@
 //! Queries a node answers from a shard replica's state.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::command::{ShardSettings, SourcePartition};
-use crate::error::{decode, Error};
+use crate::error::{current_form, decode, Error};
 use crate::keys;
 use crate::machine::ShardStore;
 use crate::state::{severity_byte, TelemetryRecord, EXPORT_ANOMALY, EXPORT_TELEMETRY};
@@ -489,6 +490,7 @@ impl ShardReader {
         {
             let (key, value) = item?;
             let key = &key[prefix.len()..];
+            let value = row_in_current_form(key, &value);
             hash.update((key.len() as u32).to_be_bytes());
             hash.update(key);
             hash.update((value.len() as u32).to_be_bytes());
@@ -520,6 +522,21 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 1]
 }
 
+/// A row (`key` after the rows prefix: table byte first) as this version writes it: the
+/// MessagePack rows (telemetry, and telemetry in the export queue) of an earlier version
+/// gain the format byte, the JSON rows are as they are.
+fn row_in_current_form<'v>(key: &[u8], value: &'v [u8]) -> Cow<'v, [u8]> {
+    match (key.first(), value.split_first()) {
+        (Some(&keys::TELEMETRY), _) => current_form(value),
+        (Some(&keys::EXPORT), Some((&EXPORT_TELEMETRY, record))) => {
+            let mut row = vec![EXPORT_TELEMETRY];
+            row.extend_from_slice(&current_form(record));
+            Cow::Owned(row)
+        }
+        _ => Cow::Borrowed(value),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -537,6 +554,30 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_of_the_earlier_encoding_hash_as_rows_written_now() {
+        let earlier = rmp_serde::to_vec(&(1u32, "x")).unwrap();
+        let now = crate::error::encode(&(1u32, "x"));
+        assert_eq!(
+            row_in_current_form(&[keys::TELEMETRY, 0], &earlier)[..],
+            now[..]
+        );
+        assert_eq!(
+            row_in_current_form(&[keys::TELEMETRY, 0], &now)[..],
+            now[..]
+        );
+        let queued = |record: &[u8]| [&[EXPORT_TELEMETRY][..], record].concat();
+        assert_eq!(
+            row_in_current_form(&[keys::EXPORT, 0], &queued(&earlier))[..],
+            queued(&now)[..]
+        );
+        let json = br#"{"alert_id":"a"}"#;
+        assert_eq!(
+            row_in_current_form(&[keys::ANOMALIES, 0], json)[..],
+            json[..]
+        );
+    }
 
     #[test]
     fn prefix_end_is_the_next_prefix() {

@@ -596,6 +596,28 @@ mod tests {
     }
 
     #[test]
+    fn rows_written_before_the_format_byte_still_decode() {
+        let event = Event {
+            service: "chat".into(),
+            latency_ms: 120.0,
+            ..Event::default()
+        };
+        let values = MetricValues([Some(120.0), None, None, None, None, None]);
+        // The earlier encoding: bare MessagePack, structs as arrays.
+        let earlier = rmp_serde::to_vec(&(&event, &values)).unwrap();
+        let now = encode_record(&event, &values);
+        assert_eq!(now[0], sentinel_core::codec::FORMAT);
+        assert_eq!(now[1..], earlier[..], "the body is unchanged");
+        let record: TelemetryRecord = decode("row", &earlier).unwrap();
+        assert_eq!(record, TelemetryRecord { event, values });
+        assert_eq!(crate::error::current_form(&earlier)[..], now[..]);
+        let rest = ShardState::new(3, ShardSettings::default()).unwrap().rest;
+        let bookkeeping: Bookkeeping =
+            decode("core state", &rmp_serde::to_vec(&rest).unwrap()).unwrap();
+        assert_eq!(bookkeeping, rest);
+    }
+
+    #[test]
     fn id_hash_is_pinned() {
         assert_eq!(id_hash(""), 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d);
         assert_ne!(id_hash("evt-1"), id_hash("evt-2"));
