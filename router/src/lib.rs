@@ -7,7 +7,6 @@
 //! and offsets and commits once their receipt resolves.
 
 pub mod answers;
-pub mod api;
 pub mod auth;
 pub mod body;
 pub mod cache;
@@ -22,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod otlp;
 pub mod query;
+pub mod rest;
 pub mod routing;
 pub mod server;
 pub mod service;

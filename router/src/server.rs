@@ -17,7 +17,6 @@ use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 
-use crate::api;
 use crate::auth::{presented_key, ApiKeys};
 use crate::cache::QueryCache;
 use crate::config::RouterConfig;
@@ -27,6 +26,7 @@ use crate::grpc::PublicApi;
 use crate::ingest::{IdGenerator, RequestLimits};
 use crate::listener::JsonRefusals;
 use crate::metrics::RouterMetrics;
+use crate::rest;
 use crate::routing::RoutingTable;
 use crate::service::ApiState;
 
@@ -90,7 +90,7 @@ pub async fn run(
         stopped,
     ));
     tracing::info!(http = %config.http.listen, grpc = %config.grpc.listen, seeds = ?config.router.seeds, "router started");
-    let served = axum::serve(JsonRefusals(listener), api::router(state))
+    let served = axum::serve(JsonRefusals(listener), rest::router(state))
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = kafka_stop.send(true);
