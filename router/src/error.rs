@@ -73,3 +73,9 @@ pub enum CallError {
         message: String,
     },
 }
+
+/// The HTTP status answering `code`.
+pub fn http_status(code: sentinel_proto::ErrorCode) -> axum::http::StatusCode {
+    axum::http::StatusCode::from_u16(code.http_status())
+        .expect("every error code's status is a valid HTTP status")
+}

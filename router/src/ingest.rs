@@ -13,6 +13,7 @@ use sentinel_proto::ErrorCode;
 use serde::Serialize;
 
 use crate::body::{BodyError, JsonDocument};
+use crate::error::http_status;
 use crate::forward::{Delivery, Forwarder, Outgoing};
 
 /// One parsed event, or every problem with it.
@@ -255,13 +256,20 @@ pub struct Detail<'a> {
     pub problem: &'a str,
 }
 
-/// The verdict of an ingestion answer: its HTTP status and, unless every event was
-/// accepted, the error code, message and details.
+/// The verdict of an ingestion answer: unless every event was accepted, the error code,
+/// message and details.
 pub struct Verdict<'a> {
-    /// 200, 400 (some rejected) or 503 (some failed).
-    pub status: StatusCode,
     /// `{code, message, details}` of an answer that is not 200.
     pub error: Option<(ErrorCode, String, Vec<Detail<'a>>)>,
+}
+
+impl Verdict<'_> {
+    /// 200, 400 (some rejected) or 503 (some failed): the status of the error's code.
+    pub fn status(&self) -> StatusCode {
+        self.error
+            .as_ref()
+            .map_or(StatusCode::OK, |(code, _, _)| http_status(*code))
+    }
 }
 
 /// The status and error of the answer to `admitted` (forwarded): 503 when some events got
@@ -289,7 +297,6 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
             "{failed} of {total} events got no acknowledgement (their shard is unavailable); send them again"
         );
         return Verdict {
-            status: StatusCode::SERVICE_UNAVAILABLE,
             error: Some((ErrorCode::Unavailable, message, details)),
         };
     }
@@ -313,14 +320,10 @@ pub fn verdict(admitted: &Admitted, max_details: usize) -> Verdict<'_> {
             };
         }
         return Verdict {
-            status: StatusCode::BAD_REQUEST,
             error: Some((ErrorCode::InvalidEvents, message, details)),
         };
     }
-    Verdict {
-        status: StatusCode::OK,
-        error: None,
-    }
+    Verdict { error: None }
 }
 
 /// What the answer says of `rejected` events of `total`: no "others" when there are none,
@@ -420,7 +423,7 @@ mod tests {
             "every event still has its report"
         );
         let verdict = verdict(&admitted, 5);
-        assert_eq!(verdict.status, StatusCode::BAD_REQUEST);
+        assert_eq!(verdict.status(), StatusCode::BAD_REQUEST);
         let (code, message, details) = verdict.error.unwrap();
         assert_eq!(code, ErrorCode::InvalidEvents);
         assert_eq!(details.len(), 5);
@@ -453,7 +456,7 @@ mod tests {
                 reports: vec![report(0, statuses[0]), report(1, statuses[1])],
                 problems: ProblemBudget::new(10),
             };
-            verdict(&admitted, 10).status
+            verdict(&admitted, 10).status()
         };
         assert_eq!(status(["applied", "duplicate"]), StatusCode::OK);
         assert_eq!(status(["applied", "rejected"]), StatusCode::BAD_REQUEST);

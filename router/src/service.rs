@@ -16,7 +16,7 @@ use crate::auth::{ApiKeys, Verdict};
 use crate::body::BodyError;
 use crate::cache::QueryCache;
 use crate::config::HttpSection;
-use crate::error::CallError;
+use crate::error::{http_status, CallError};
 use crate::forward::Forwarder;
 use crate::ingest::{IdGenerator, RequestLimits};
 use crate::metrics::RouterMetrics;
@@ -124,7 +124,7 @@ impl ApiError {
 
     /// The HTTP status answering it.
     pub(crate) fn status(&self) -> StatusCode {
-        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        http_status(self.code)
     }
 }
 

@@ -6,13 +6,13 @@ use std::borrow::Cow;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header::{self, HeaderMap};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sentinel_proto::ErrorCode;
 use serde::Serialize;
 
 use crate::body::{self, BodyError};
+use crate::error::http_status;
 use crate::ingest::{self, Admission, Admitted, EventReport};
 use crate::otlp::{self, OtlpError};
 use crate::service::{shard_count, ApiError};
@@ -82,6 +82,7 @@ pub(super) async fn ingest(
 /// and every event's report.
 fn ingest_answer(admitted: &Admitted, max_details: usize) -> Response {
     let verdict = ingest::verdict(admitted, max_details);
+    let status = verdict.status();
     let (applied, duplicates) = (admitted.tally("applied"), admitted.tally("duplicate"));
     let (code, message, details) = match verdict.error {
         Some((code, message, details)) => (Some(code.name()), Some(message), Some(details)),
@@ -99,7 +100,7 @@ fn ingest_answer(admitted: &Admitted, max_details: usize) -> Response {
         omitted_problems: admitted.problems.omitted(),
         results: &admitted.reports,
     };
-    (verdict.status, Json(answer)).into_response()
+    (status, Json(answer)).into_response()
 }
 
 /// The answer to a body that holds no events: 400 with zero counts.
@@ -116,11 +117,7 @@ fn nothing_to_ingest(message: String) -> Response {
         omitted_problems: 0,
         results: &[],
     };
-    (
-        StatusCode::from_u16(ErrorCode::InvalidEvents.http_status()).expect("a valid status"),
-        Json(answer),
-    )
-        .into_response()
+    (http_status(ErrorCode::InvalidEvents), Json(answer)).into_response()
 }
 
 /// The JSON answer of an ingestion request (`IngestAnswer` of the OpenAPI document).
