@@ -571,7 +571,7 @@ async fn a_keyed_router_refuses_strangers_and_follows_a_killed_shard_leader() {
     assert_eq!(status, StatusCode::OK, "{first}");
     let stored_key = wait_for(PATIENCE, async || {
         let keys = redis.command(&["KEYS", "sentinel:answer:*"])?;
-        keys.contains("/api/v1/baselines?model=gpt-4o&service=svc-1")
+        keys.contains("/api/v1/baselines?service=svc-1&model=gpt-4o")
             .then_some(keys)
     })
     .await;

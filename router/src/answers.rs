@@ -1,95 +1,143 @@
 //! The query operations the REST and gRPC APIs both answer (telemetry, anomalies,
-//! baselines, incidents, silences, cluster status): parameters checked by one parser,
+//! baselines, incidents, silences, cluster status): typed query fields checked once,
 //! shards asked and their pages merged, the answer as JSON, through the answer cache.
 
 use axum::body::Bytes;
 use sentinel_core::anomaly::now_ms;
+use sentinel_core::FieldError;
 use sentinel_proto::v1::{
-    AnomaliesRequest, BaselinesRequest, ClusterStatusReply, IncidentsRequest, TelemetryRequest,
+    AnomaliesQuery, AnomaliesRequest, BaselinesQuery, BaselinesRequest, ClusterStatusReply,
+    IncidentsQuery, IncidentsRequest, RecentAnomaliesQuery, SilencesQuery, TelemetryQuery,
+    TelemetryRequest,
 };
 use serde_json::{json, Value};
 
+use crate::cache::cache_key;
 use crate::control;
 use crate::query::{
     merge_baselines, merge_newest, merge_telemetry, AnomaliesParams, BaselinesParams,
-    IncidentsParams, Query, ShardPage, SilencesParams, TelemetryParams, ANOMALY_ORDER,
-    INCIDENT_ORDER,
+    IncidentsParams, ShardPage, SilencesParams, TelemetryParams, ANOMALY_ORDER, INCIDENT_ORDER,
 };
 use crate::service::{fan_out, on_shard, records, shard_count, ApiError, ApiState};
 
-/// A query route: the REST and gRPC query operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueryRoute {
+/// A list query as either API asks it: its typed fields (the REST query string read into
+/// the message gRPC callers send).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryInput {
     /// `GET /api/v1/telemetry`.
-    Telemetry,
+    Telemetry(TelemetryQuery),
     /// `GET /api/v1/anomalies`.
-    Anomalies,
+    Anomalies(AnomaliesQuery),
     /// `GET /api/v1/anomalies/recent`.
-    RecentAnomalies,
+    RecentAnomalies(RecentAnomaliesQuery),
     /// `GET /api/v1/baselines`.
-    Baselines,
+    Baselines(BaselinesQuery),
     /// `GET /api/v1/incidents`.
-    Incidents,
+    Incidents(IncidentsQuery),
     /// `GET /api/v1/silences`.
-    Silences,
+    Silences(SilencesQuery),
 }
 
-impl QueryRoute {
+impl QueryInput {
     /// The gRPC method of `sentinel.v1.Sentinel`.
-    pub fn rpc(self) -> &'static str {
+    pub fn rpc(&self) -> &'static str {
         match self {
-            QueryRoute::Telemetry => "Telemetry",
-            QueryRoute::Anomalies => "Anomalies",
-            QueryRoute::RecentAnomalies => "RecentAnomalies",
-            QueryRoute::Baselines => "Baselines",
-            QueryRoute::Incidents => "Incidents",
-            QueryRoute::Silences => "Silences",
+            QueryInput::Telemetry(_) => "Telemetry",
+            QueryInput::Anomalies(_) => "Anomalies",
+            QueryInput::RecentAnomalies(_) => "RecentAnomalies",
+            QueryInput::Baselines(_) => "Baselines",
+            QueryInput::Incidents(_) => "Incidents",
+            QueryInput::Silences(_) => "Silences",
         }
     }
 
-    /// The REST path.
-    pub fn path(self) -> &'static str {
+    /// The answer's list of records (`records`, `anomalies`, ...).
+    pub fn list(&self) -> &'static str {
         match self {
-            QueryRoute::Telemetry => "/api/v1/telemetry",
-            QueryRoute::Anomalies => "/api/v1/anomalies",
-            QueryRoute::RecentAnomalies => "/api/v1/anomalies/recent",
-            QueryRoute::Baselines => "/api/v1/baselines",
-            QueryRoute::Incidents => "/api/v1/incidents",
-            QueryRoute::Silences => "/api/v1/silences",
+            QueryInput::Telemetry(_) => "records",
+            QueryInput::Anomalies(_) | QueryInput::RecentAnomalies(_) => "anomalies",
+            QueryInput::Baselines(_) => "baselines",
+            QueryInput::Incidents(_) => "incidents",
+            QueryInput::Silences(_) => "silences",
         }
+    }
+
+    /// The key its answer is cached under, if it may be (see [`cache_key`]).
+    fn cache_key(&self) -> Option<String> {
+        match self {
+            QueryInput::Telemetry(q) => cache_key("/api/v1/telemetry", q, &q.consistency),
+            QueryInput::Anomalies(q) => cache_key("/api/v1/anomalies", q, &q.consistency),
+            QueryInput::RecentAnomalies(q) => {
+                cache_key("/api/v1/anomalies/recent", q, &q.consistency)
+            }
+            QueryInput::Baselines(q) => cache_key("/api/v1/baselines", q, &q.consistency),
+            QueryInput::Incidents(q) => cache_key("/api/v1/incidents", q, &q.consistency),
+            QueryInput::Silences(q) => cache_key("/api/v1/silences", q, &q.consistency),
+        }
+    }
+
+    /// Its checked parameters (`problems`: those its REST text had), at `now_ms` on a
+    /// cluster of `shards`.
+    fn check(
+        &self,
+        problems: Vec<FieldError>,
+        now_ms: i64,
+        shards: u32,
+    ) -> Result<Checked, Vec<FieldError>> {
+        Ok(match self {
+            QueryInput::Telemetry(q) => {
+                Checked::Telemetry(TelemetryParams::check(q, problems, now_ms, shards)?)
+            }
+            QueryInput::Anomalies(q) => {
+                Checked::Anomalies(AnomaliesParams::check(q, problems, now_ms)?)
+            }
+            QueryInput::RecentAnomalies(q) => {
+                Checked::Anomalies(AnomaliesParams::check_recent(q, problems)?)
+            }
+            QueryInput::Baselines(q) => Checked::Baselines(BaselinesParams::check(q, problems)?),
+            QueryInput::Incidents(q) => {
+                Checked::Incidents(IncidentsParams::check(q, problems, now_ms)?)
+            }
+            QueryInput::Silences(q) => Checked::Silences(SilencesParams::check(q, problems)?),
+        })
     }
 }
 
-/// The JSON answer of `query` on `route`, from the cache when it holds one.
+/// A list query's checked parameters.
+enum Checked {
+    Telemetry(TelemetryParams),
+    Anomalies(AnomaliesParams),
+    Baselines(BaselinesParams),
+    Incidents(IncidentsParams),
+    Silences(SilencesParams),
+}
+
+/// The JSON answer of `input` (whose REST text had `problems`), from the cache when it
+/// holds one. Parameters are checked first, so a bad query is refused even when a good
+/// one of the same typed fields is cached.
 pub async fn query_answer(
     api: &ApiState,
-    route: QueryRoute,
-    query: Query,
+    input: &QueryInput,
+    problems: Vec<FieldError>,
 ) -> Result<Bytes, ApiError> {
+    let shards = shard_count(api)?;
+    let checked = input
+        .check(problems, now_ms(), shards)
+        .map_err(ApiError::parameters)?;
     let compute = async {
-        match route {
-            QueryRoute::Telemetry => telemetry_answer(api, query.clone()).await,
-            QueryRoute::Anomalies => {
-                anomalies_answer(api, anomalies_params(query.clone(), false)?).await
-            }
-            QueryRoute::RecentAnomalies => {
-                anomalies_answer(api, anomalies_params(query.clone(), true)?).await
-            }
-            QueryRoute::Baselines => baselines_answer(api, query.clone()).await,
-            QueryRoute::Incidents => incidents_answer(api, query.clone()).await,
-            QueryRoute::Silences => {
-                let params = SilencesParams::parse(query.clone()).map_err(ApiError::parameters)?;
-                control::silences_answer(api, params).await
-            }
+        match checked {
+            Checked::Telemetry(params) => telemetry_answer(api, params).await,
+            Checked::Anomalies(params) => anomalies_answer(api, params, shards).await,
+            Checked::Baselines(params) => baselines_answer(api, params, shards).await,
+            Checked::Incidents(params) => incidents_answer(api, params, shards).await,
+            Checked::Silences(params) => control::silences_answer(api, params).await,
         }
     };
-    api.cache.answer(route.path(), &query, compute).await
+    api.cache.answer(input.cache_key(), compute).await
 }
 
 /// `{count, records, next_cursor}`: one page of telemetry, merged across shards.
-async fn telemetry_answer(api: &ApiState, query: Query) -> Result<Value, ApiError> {
-    let shards = shard_count(api)?;
-    let params = TelemetryParams::parse(query, now_ms(), shards).map_err(ApiError::parameters)?;
+async fn telemetry_answer(api: &ApiState, params: TelemetryParams) -> Result<Value, ApiError> {
     let from_ms = params.cursor.from_ms;
     let calls = params.cursor.positions.iter().map(|position| {
         let request = TelemetryRequest {
@@ -126,8 +174,11 @@ async fn telemetry_answer(api: &ApiState, query: Query) -> Result<Value, ApiErro
 
 /// `{count, anomalies, next_cursor}`: one page of the newest anomalies matching
 /// `params`, merged across shards.
-async fn anomalies_answer(api: &ApiState, params: AnomaliesParams) -> Result<Value, ApiError> {
-    let shards = shard_count(api)?;
+async fn anomalies_answer(
+    api: &ApiState,
+    params: AnomaliesParams,
+    shards: u32,
+) -> Result<Value, ApiError> {
     let request = |shard| AnomaliesRequest {
         shard,
         severity: params.severity.clone().unwrap_or_default(),
@@ -161,20 +212,12 @@ async fn anomalies_answer(api: &ApiState, params: AnomaliesParams) -> Result<Val
     }))
 }
 
-/// The parameters of `/api/v1/anomalies` (`recent`: of `/api/v1/anomalies/recent`).
-fn anomalies_params(query: Query, recent: bool) -> Result<AnomaliesParams, ApiError> {
-    let params = if recent {
-        AnomaliesParams::parse_recent(query)
-    } else {
-        AnomaliesParams::parse(query, now_ms())
-    };
-    params.map_err(ApiError::parameters)
-}
-
 /// `{count, baselines, next_cursor}`: one page of the baselines of one key or of every key.
-async fn baselines_answer(api: &ApiState, query: Query) -> Result<Value, ApiError> {
-    let params = BaselinesParams::parse(query).map_err(ApiError::parameters)?;
-    let shards = shard_count(api)?;
+async fn baselines_answer(
+    api: &ApiState,
+    params: BaselinesParams,
+    shards: u32,
+) -> Result<Value, ApiError> {
     let targets: Vec<u32> = match (&params.service, &params.model) {
         (Some(service), Some(model)) => {
             vec![sentinel_core::shard::shard_of(service, model, shards)]
@@ -215,9 +258,11 @@ async fn baselines_answer(api: &ApiState, query: Query) -> Result<Value, ApiErro
 
 /// `{count, incidents, next_cursor}`: one page of incidents, newest opening first, merged
 /// across shards.
-async fn incidents_answer(api: &ApiState, query: Query) -> Result<Value, ApiError> {
-    let params = IncidentsParams::parse(query, now_ms()).map_err(ApiError::parameters)?;
-    let shards = shard_count(api)?;
+async fn incidents_answer(
+    api: &ApiState,
+    params: IncidentsParams,
+    shards: u32,
+) -> Result<Value, ApiError> {
     let request = |shard| IncidentsRequest {
         shard,
         status: params.status.clone().unwrap_or_default(),

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::metrics::RouterMetrics;
-use crate::query::Query;
+use crate::query::{explicitly_linearizable, QueryFields};
 
 /// Where cached answers live and for how long.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,20 +97,18 @@ impl QueryCache {
         })
     }
 
-    /// The answer of `query` on `route` as JSON: from the cache when it holds one,
-    /// otherwise from `compute` (then cached when it succeeded).
+    /// An answer as JSON: from the cache under `key` when it holds one, otherwise from
+    /// `compute` (then cached when it succeeded). No key: computed, never cached.
     pub async fn answer<E>(
         &self,
-        route: &str,
-        query: &Query,
+        key: Option<String>,
         compute: impl Future<Output = Result<Value, E>>,
     ) -> Result<Bytes, E> {
         let encode =
             |answer: Value| Bytes::from(serde_json::to_vec(&answer).expect("answers serialize"));
-        let Some(redis) = self.redis.clone().filter(|_| cacheable(query)) else {
+        let (Some(redis), Some(key)) = (self.redis.clone(), key) else {
             return compute.await.map(encode);
         };
-        let key = cache_key(route, query);
         if let Some(answer) = self.remembered(&key) {
             self.count("local_hit");
             return Ok(answer);
@@ -205,65 +203,58 @@ impl QueryCache {
     }
 }
 
-/// Whether an answer to `query` may come from the cache.
-fn cacheable(query: &Query) -> bool {
-    !query
-        .0
-        .iter()
-        .any(|(name, value)| name == "consistency" && value.trim() == "linearizable")
-}
-
-/// The cache key of `query` on `route`: the same for the same parameters in any order.
-fn cache_key(route: &str, query: &Query) -> String {
-    let mut pairs = query.0.clone();
-    pairs.sort();
-    let encoded = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish();
-    format!("{KEY_PREFIX}{route}?{encoded}")
+/// The cache key of a query on `route` given its typed fields (the same for the same
+/// parameters in any order, through either API); none when its `consistency` asks
+/// explicitly for linearizable reads, which always bypass the cache.
+pub fn cache_key(route: &str, fields: &impl QueryFields, consistency: &str) -> Option<String> {
+    let query = fields.canonical();
+    (!explicitly_linearizable(consistency)).then(|| format!("{KEY_PREFIX}{route}?{query}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn query(pairs: &[(&str, &str)]) -> Query {
-        Query(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+    use crate::query::fields_of;
+    use sentinel_proto::v1::{AnomaliesQuery, BaselinesQuery};
+
+    fn anomalies(query: &str) -> AnomaliesQuery {
+        let (fields, problems) = fields_of(Some(query));
+        assert!(problems.is_empty(), "{problems:?}");
+        fields
     }
 
     #[test]
     fn keys_ignore_parameter_order_and_keep_values_apart() {
-        let a = cache_key(
-            "/api/v1/anomalies",
-            &query(&[("limit", "5"), ("severity", "high")]),
+        let key = |route, query: &str| cache_key(route, &anomalies(query), "");
+        let a = key("/api/v1/anomalies", "limit=5&severity=high");
+        assert_eq!(a, key("/api/v1/anomalies", "severity=high&limit=5"));
+        assert_eq!(
+            a.as_deref(),
+            Some("sentinel:answer:/api/v1/anomalies?severity=high&limit=5")
         );
-        let b = cache_key(
-            "/api/v1/anomalies",
-            &query(&[("severity", "high"), ("limit", "5")]),
-        );
-        assert_eq!(a, b);
-        assert_eq!(a, "sentinel:answer:/api/v1/anomalies?limit=5&severity=high");
-        let c = cache_key("/api/v1/anomalies", &query(&[("severity", "high&limit=5")]));
-        assert_ne!(a, c);
-        assert_ne!(
+        assert_eq!(a, key("/api/v1/anomalies", "limit=05&severity=high&hours="));
+        assert_ne!(a, key("/api/v1/anomalies", "severity=high%26limit%3D5"));
+        assert_ne!(a, key("/api/v1/anomalies", "severity=high&limit=6"));
+        assert_ne!(a, key("/api/v1/baselines", "limit=5&severity=high"));
+        let typed = AnomaliesQuery {
+            severity: "high".into(),
+            limit: Some(5),
+            ..AnomaliesQuery::default()
+        };
+        assert_eq!(
             a,
-            cache_key(
-                "/api/v1/baselines",
-                &query(&[("limit", "5"), ("severity", "high")])
-            )
+            cache_key("/api/v1/anomalies", &typed, ""),
+            "as gRPC asks"
         );
     }
 
     #[test]
     fn only_explicitly_linearizable_queries_bypass_the_cache() {
-        assert!(cacheable(&query(&[])));
-        assert!(cacheable(&query(&[("consistency", "stale")])));
-        assert!(!cacheable(&query(&[("consistency", "linearizable")])));
+        let fields = BaselinesQuery::default();
+        assert!(cache_key("/api/v1/baselines", &fields, "").is_some());
+        assert!(cache_key("/api/v1/baselines", &fields, "stale").is_some());
+        assert!(cache_key("/api/v1/baselines", &fields, "linearizable").is_none());
     }
 
     #[tokio::test]
@@ -273,7 +264,7 @@ mod tests {
         let mut computed = 0;
         for _ in 0..2 {
             let answer: Result<Bytes, ()> = cache
-                .answer("/api/v1/baselines", &query(&[]), async {
+                .answer(Some("sentinel:answer:/api/v1/baselines?".into()), async {
                     computed += 1;
                     Ok(Value::Null)
                 })

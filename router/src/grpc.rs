@@ -18,11 +18,11 @@ use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::answers::{cluster_status_answer, query_answer, QueryRoute};
+use crate::answers::{cluster_status_answer, query_answer, QueryInput};
 use crate::body::BodyError;
 use crate::control::{self, ActorInput, Change};
 use crate::ingest::Admission;
-use crate::query::{self, Query};
+use crate::query;
 use crate::service::{shard_count, ApiError, ApiState};
 
 /// Trailer listing every bad parameter or event as a JSON array.
@@ -41,20 +41,15 @@ impl PublicApi {
         PublicApi { api }
     }
 
-    /// The answer of `query` on `route`, its records taken from `list`.
-    async fn reply(
-        &self,
-        route: QueryRoute,
-        query: Query,
-        list: &str,
-    ) -> Result<Response<QueryReply>, Status> {
+    /// The answer of `input`, its records taken from its list.
+    async fn reply(&self, input: QueryInput) -> Result<Response<QueryReply>, Status> {
         let answered = async {
-            let json = query_answer(&self.api, route, query).await?;
+            let json = query_answer(&self.api, &input, Vec::new()).await?;
             let answer =
                 serde_json::from_slice(&json).map_err(|e| Status::internal(e.to_string()))?;
-            Ok(Response::new(query_reply(answer, list)))
+            Ok(Response::new(query_reply(answer, input.list())))
         };
-        self.counted(route.rpc(), answered.await)
+        self.counted(input.rpc(), answered.await)
     }
 
     /// Counts a finished call in `sentinel_router_requests_total` as
@@ -203,30 +198,6 @@ impl PublicApi {
     }
 }
 
-/// The (name, value) pairs of the fields a request set, as a REST query would give them.
-#[derive(Default)]
-struct Pairs(Vec<(String, String)>);
-
-impl Pairs {
-    fn text(mut self, name: &str, value: &str) -> Pairs {
-        if !value.is_empty() {
-            self.0.push((name.to_owned(), value.to_owned()));
-        }
-        self
-    }
-
-    fn number(mut self, name: &str, value: Option<impl ToString>) -> Pairs {
-        if let Some(value) = value {
-            self.0.push((name.to_owned(), value.to_string()));
-        }
-        self
-    }
-
-    fn query(self) -> Query {
-        Query(self.0)
-    }
-}
-
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let code = error.code.grpc_code();
@@ -276,44 +247,23 @@ impl Sentinel for PublicApi {
         &self,
         request: Request<TelemetryQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .text("service", &q.service)
-            .text("model", &q.model)
-            .number("hours", q.hours)
-            .number("limit", q.limit)
-            .text("cursor", &q.cursor)
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::Telemetry, query, "records").await
+        self.reply(QueryInput::Telemetry(request.into_inner()))
+            .await
     }
 
     async fn anomalies(
         &self,
         request: Request<AnomaliesQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .text("severity", &q.severity)
-            .number("hours", q.hours)
-            .number("limit", q.limit)
-            .text("cursor", &q.cursor)
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::Anomalies, query, "anomalies").await
+        self.reply(QueryInput::Anomalies(request.into_inner()))
+            .await
     }
 
     async fn recent_anomalies(
         &self,
         request: Request<RecentAnomaliesQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .number("limit", q.limit)
-            .text("cursor", &q.cursor)
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::RecentAnomalies, query, "anomalies")
+        self.reply(QueryInput::RecentAnomalies(request.into_inner()))
             .await
     }
 
@@ -321,15 +271,8 @@ impl Sentinel for PublicApi {
         &self,
         request: Request<BaselinesQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .text("service", &q.service)
-            .text("model", &q.model)
-            .number("limit", q.limit)
-            .text("cursor", &q.cursor)
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::Baselines, query, "baselines").await
+        self.reply(QueryInput::Baselines(request.into_inner()))
+            .await
     }
 
     async fn cluster_status(
@@ -344,17 +287,8 @@ impl Sentinel for PublicApi {
         &self,
         request: Request<IncidentsQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .text("status", &q.status)
-            .text("service", &q.service)
-            .text("model", &q.model)
-            .number("hours", q.hours)
-            .number("limit", q.limit)
-            .text("cursor", &q.cursor)
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::Incidents, query, "incidents").await
+        self.reply(QueryInput::Incidents(request.into_inner()))
+            .await
     }
 
     async fn get_incident(
@@ -362,9 +296,9 @@ impl Sentinel for PublicApi {
         request: Request<IncidentRef>,
     ) -> Result<Response<Struct>, Status> {
         let q = request.into_inner();
-        let query = Pairs::default().text("consistency", &q.consistency).query();
         let answer = async {
-            let consistency = query::incident_consistency(query).map_err(ApiError::parameters)?;
+            let consistency =
+                query::incident_consistency(&q, Vec::new()).map_err(ApiError::parameters)?;
             control::incident(&self.api, &q.incident_id, consistency).await
         };
         self.object("GetIncident", answer.await)
@@ -394,12 +328,7 @@ impl Sentinel for PublicApi {
         &self,
         request: Request<SilencesQuery>,
     ) -> Result<Response<QueryReply>, Status> {
-        let q = request.into_inner();
-        let query = Pairs::default()
-            .text("active", if q.active { "true" } else { "" })
-            .text("consistency", &q.consistency)
-            .query();
-        self.reply(QueryRoute::Silences, query, "silences").await
+        self.reply(QueryInput::Silences(request.into_inner())).await
     }
 
     async fn add_silence(&self, request: Request<NewSilence>) -> Result<Response<Struct>, Status> {

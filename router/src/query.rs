@@ -1,14 +1,17 @@
-//! Query parameters of the REST routes (every problem reported by parameter), the
-//! opaque cursors of paged answers, and the merging of per-shard answers.
+//! Query parameters: a REST query string read into the typed query messages gRPC callers
+//! send, their checks (every problem reported by parameter), the opaque cursors of paged
+//! answers, and the merging of per-shard answers.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sentinel_core::FieldError;
-use sentinel_proto::v1::Consistency;
+use sentinel_proto::v1::{
+    AnomaliesQuery, BaselinesQuery, ClusterStatusQuery, Consistency, IncidentRef, IncidentsQuery,
+    RecentAnomaliesQuery, SilencesQuery, TelemetryQuery,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,42 +28,21 @@ const MAX_HOURS: f64 = 24.0 * 366.0;
 const DEFAULT_HOURS: f64 = 24.0;
 
 /// Parameters of `GET /api/v1/telemetry`.
-pub const TELEMETRY_PARAMETERS: &[&str] = &[
-    "service",
-    "model",
-    "hours",
-    "limit",
-    "cursor",
-    "consistency",
-];
+pub const TELEMETRY_PARAMETERS: &[&str] = TelemetryQuery::PARAMETERS;
 /// Parameters of `GET /api/v1/anomalies`.
-pub const ANOMALIES_PARAMETERS: &[&str] = &["severity", "hours", "limit", "cursor", "consistency"];
+pub const ANOMALIES_PARAMETERS: &[&str] = AnomaliesQuery::PARAMETERS;
 /// Parameters of `GET /api/v1/anomalies/recent`.
-pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = &["limit", "cursor", "consistency"];
+pub const RECENT_ANOMALIES_PARAMETERS: &[&str] = RecentAnomaliesQuery::PARAMETERS;
 /// Parameters of `GET /api/v1/baselines`.
-pub const BASELINES_PARAMETERS: &[&str] = &["service", "model", "limit", "cursor", "consistency"];
+pub const BASELINES_PARAMETERS: &[&str] = BaselinesQuery::PARAMETERS;
 /// Parameters of `GET /api/v1/incidents`.
-pub const INCIDENTS_PARAMETERS: &[&str] = &[
-    "status",
-    "service",
-    "model",
-    "hours",
-    "limit",
-    "cursor",
-    "consistency",
-];
+pub const INCIDENTS_PARAMETERS: &[&str] = IncidentsQuery::PARAMETERS;
 /// Parameters of `GET /api/v1/incidents/{id}`.
-pub const INCIDENT_PARAMETERS: &[&str] = &["consistency"];
+pub const INCIDENT_PARAMETERS: &[&str] = IncidentRef::PARAMETERS;
 /// Parameters of `GET /api/v1/silences`.
-pub const SILENCES_PARAMETERS: &[&str] = &["active", "consistency"];
+pub const SILENCES_PARAMETERS: &[&str] = SilencesQuery::PARAMETERS;
 
-/// Checks the query of a route that takes no parameters (`GET /api/v1/cluster/status`).
-pub fn no_parameters(query: impl Into<Query>) -> Result<(), Vec<FieldError>> {
-    Params::new(query, &[]).finish(())
-}
-
-/// The parameters of one query as (name, value) pairs: a REST query string, or the
-/// fields a gRPC request set.
+/// The parameters of one REST query as (name, value) pairs, in the order given.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Query(pub Vec<(String, String)>);
 
@@ -74,80 +56,203 @@ impl From<Option<&str>> for Query {
     }
 }
 
-/// The raw parameters of one request and the problems found so far.
-struct Params {
-    values: BTreeMap<String, String>,
+/// A typed query message (the one gRPC callers send) that a REST query string fills in.
+pub trait QueryFields: Default {
+    /// The parameters the REST route takes.
+    const PARAMETERS: &'static [&'static str];
+    /// Sets `name`, one of [`Self::PARAMETERS`], from its non-empty text.
+    fn set(&mut self, name: &str, text: &str) -> Result<(), String>;
+    /// The fields that are set, as a query string in [`Self::PARAMETERS`] order: the same
+    /// for the same query however it was written or sent.
+    fn canonical(&self) -> String;
+}
+
+/// A field's value as a query parameter, if it is set.
+trait Shown {
+    fn shown(&self) -> Option<String>;
+}
+
+impl Shown for String {
+    fn shown(&self) -> Option<String> {
+        text(self)
+    }
+}
+
+impl<T: ToString> Shown for Option<T> {
+    fn shown(&self) -> Option<String> {
+        self.as_ref().map(T::to_string)
+    }
+}
+
+impl Shown for bool {
+    fn shown(&self) -> Option<String> {
+        self.then(|| "true".to_owned())
+    }
+}
+
+/// The typed fields of a REST query, and the problems of its text: unknown and repeated
+/// parameters, and values of the wrong type. Empty values count as absent.
+pub fn fields_of<T: QueryFields>(query: impl Into<Query>) -> (T, Vec<FieldError>) {
+    let mut fields = T::default();
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, text) in query.into().0 {
+        if !T::PARAMETERS.contains(&name.as_str()) {
+            let taken = match T::PARAMETERS {
+                [] => "no parameters".to_owned(),
+                names => names.join(", "),
+            };
+            problems.push(FieldError::new(
+                &name,
+                format!("unknown parameter; this route takes {taken}"),
+            ));
+        } else if !seen.insert(name.clone()) {
+            problems.push(FieldError::new(&name, "given more than once"));
+        } else if !text.trim().is_empty() {
+            if let Err(problem) = fields.set(&name, &text) {
+                problems.push(FieldError::new(&name, problem));
+            }
+        }
+    }
+    (fields, problems)
+}
+
+/// A text parameter's value.
+fn text_value(text: &str) -> Result<String, String> {
+    Ok(text.to_owned())
+}
+
+/// A number parameter's value.
+fn number<T: FromStr>(text: &str) -> Result<Option<T>, String> {
+    match text.trim().parse() {
+        Ok(n) => Ok(Some(n)),
+        Err(_) => Err(format!("`{text}` is not a number")),
+    }
+}
+
+/// A `true`/`false` parameter's value.
+fn flag(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("`{other}` is not one of true, false")),
+    }
+}
+
+/// Implements [`QueryFields`] for a query message: each parameter is the field of the
+/// same name, read by the function named beside it.
+macro_rules! query_fields {
+    ($message:ty { $($field:ident: $read:ident),* $(,)? }) => {
+        impl QueryFields for $message {
+            const PARAMETERS: &'static [&'static str] = &[$(stringify!($field)),*];
+            #[allow(unused_variables)] // a message without parameters reads nothing
+            fn set(&mut self, name: &str, text: &str) -> Result<(), String> {
+                $(if name == stringify!($field) {
+                    self.$field = $read(text)?;
+                })*
+                Ok(())
+            }
+
+            fn canonical(&self) -> String {
+                #[allow(unused_mut)] // nor shows anything
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                $(if let Some(value) = Shown::shown(&self.$field) {
+                    query.append_pair(stringify!($field), &value);
+                })*
+                query.finish()
+            }
+        }
+    };
+}
+
+query_fields!(TelemetryQuery {
+    service: text_value,
+    model: text_value,
+    hours: number,
+    limit: number,
+    cursor: text_value,
+    consistency: text_value,
+});
+query_fields!(AnomaliesQuery {
+    severity: text_value,
+    hours: number,
+    limit: number,
+    cursor: text_value,
+    consistency: text_value,
+});
+query_fields!(RecentAnomaliesQuery {
+    limit: number,
+    cursor: text_value,
+    consistency: text_value,
+});
+query_fields!(BaselinesQuery {
+    service: text_value,
+    model: text_value,
+    limit: number,
+    cursor: text_value,
+    consistency: text_value,
+});
+query_fields!(IncidentsQuery {
+    status: text_value,
+    service: text_value,
+    model: text_value,
+    hours: number,
+    limit: number,
+    cursor: text_value,
+    consistency: text_value,
+});
+query_fields!(IncidentRef {
+    consistency: text_value,
+});
+query_fields!(SilencesQuery {
+    active: flag,
+    consistency: text_value,
+});
+query_fields!(ClusterStatusQuery {});
+
+/// Checks the query of a route that takes no parameters (`GET /api/v1/cluster/status`).
+pub fn no_parameters(query: impl Into<Query>) -> Result<(), Vec<FieldError>> {
+    let (ClusterStatusQuery {}, problems) = fields_of(query);
+    Check { problems }.finish(())
+}
+
+/// A text field's value; empty or blank counts as absent.
+fn text(value: &str) -> Option<String> {
+    Some(value.to_owned()).filter(|v| !v.trim().is_empty())
+}
+
+/// The checks of one query's typed fields, and the problems found so far.
+struct Check {
     problems: Vec<FieldError>,
 }
 
-impl Params {
-    /// Reads a query, noting repeated and unknown parameters.
-    fn new(query: impl Into<Query>, allowed: &[&str]) -> Params {
-        let mut params = Params {
-            values: BTreeMap::new(),
-            problems: Vec::new(),
-        };
-        for (name, value) in query.into().0 {
-            if !allowed.contains(&name.as_str()) {
-                let taken = match allowed {
-                    [] => "no parameters".to_owned(),
-                    names => names.join(", "),
-                };
-                params.problem(
-                    &name,
-                    format!("unknown parameter; this route takes {taken}"),
-                );
-            } else {
-                match params.values.entry(name) {
-                    Entry::Occupied(seen) => params
-                        .problems
-                        .push(FieldError::new(seen.key().as_str(), "given more than once")),
-                    Entry::Vacant(slot) => {
-                        slot.insert(value);
-                    }
-                }
-            }
-        }
-        params
-    }
-
+impl Check {
     fn problem(&mut self, field: &str, problem: impl Into<String>) {
         self.problems.push(FieldError::new(field, problem));
     }
 
-    /// A text parameter; empty counts as absent.
-    fn text(&mut self, name: &str) -> Option<String> {
-        self.values.remove(name).filter(|v| !v.trim().is_empty())
-    }
-
-    /// A number parameter within `min..=max`, `default` when absent.
-    fn number<T>(&mut self, name: &str, default: T, min: T, max: T) -> T
+    /// A number within `min..=max`, `default` when absent.
+    fn within<T>(&mut self, name: &str, value: Option<T>, default: T, min: T, max: T) -> T
     where
-        T: FromStr + PartialOrd + Copy + std::fmt::Display,
+        T: PartialOrd + Copy + std::fmt::Display,
     {
-        let Some(text) = self.text(name) else {
-            return default;
-        };
-        match text.trim().parse::<T>() {
-            Ok(n) if n >= min && n <= max => n,
-            Ok(_) => {
-                self.problem(name, format!("`{text}` is not between {min} and {max}"));
-                default
-            }
-            Err(_) => {
-                self.problem(name, format!("`{text}` is not a number"));
+        match value {
+            None => default,
+            Some(n) if n >= min && n <= max => n,
+            Some(n) => {
+                self.problem(name, format!("`{n}` is not between {min} and {max}"));
                 default
             }
         }
     }
 
-    fn limit(&mut self, default: u32) -> u32 {
-        self.number("limit", default, 1, MAX_LIMIT)
+    fn limit(&mut self, value: Option<u32>, default: u32, max: u32) -> u32 {
+        self.within("limit", value, default, 1, max)
     }
 
-    /// The `cursor` parameter, decoded (a problem when it is not one this API returned).
-    fn cursor<C: DeserializeOwned>(&mut self) -> Option<C> {
-        let text = self.text("cursor")?;
+    /// A `cursor`, decoded (a problem when it is not one this API returned).
+    fn cursor<C: DeserializeOwned>(&mut self, value: &str) -> Option<C> {
+        let text = text(value)?;
         let cursor = decode_cursor(&text);
         if cursor.is_none() {
             self.problem("cursor", "not a cursor this API returned");
@@ -156,16 +261,16 @@ impl Params {
     }
 
     /// `hours` as the start of the look-back, in ms since the Unix epoch.
-    fn since(&mut self, now_ms: i64) -> i64 {
-        let hours = self.number("hours", DEFAULT_HOURS, 0.0, MAX_HOURS);
+    fn since(&mut self, hours: Option<f64>, now_ms: i64) -> i64 {
+        let hours = self.within("hours", hours, DEFAULT_HOURS, 0.0, MAX_HOURS);
         if hours <= 0.0 && self.problems.iter().all(|p| p.field != "hours") {
             self.problem("hours", "must be above 0");
         }
         now_ms - (hours * 3_600_000.0) as i64
     }
 
-    fn consistency(&mut self) -> Consistency {
-        match self.text("consistency").as_deref() {
+    fn consistency(&mut self, value: &str) -> Consistency {
+        match text(value).as_deref().map(str::trim) {
             None | Some("linearizable") => Consistency::Linearizable,
             Some("stale") => Consistency::StaleOk,
             Some(other) => {
@@ -179,12 +284,22 @@ impl Params {
     }
 
     /// `service` and `model`, where a model needs a service.
-    fn service_model(&mut self) -> (Option<String>, Option<String>) {
-        let (service, model) = (self.text("service"), self.text("model"));
+    fn service_model(&mut self, service: &str, model: &str) -> (Option<String>, Option<String>) {
+        let (service, model) = (text(service), text(model));
         if service.is_none() && model.is_some() {
             self.problem("model", "needs service");
         }
         (service, model)
+    }
+
+    /// A choice among `allowed`, in lower case.
+    fn one_of(&mut self, name: &str, value: &str, allowed: &[&str]) -> Option<String> {
+        let value = text(value)?.to_ascii_lowercase();
+        if !allowed.contains(&value.as_str()) {
+            let names = allowed.join(", ");
+            self.problem(name, format!("`{value}` is not one of {names}"));
+        }
+        Some(value)
     }
 
     fn finish<T>(self, value: T) -> Result<T, Vec<FieldError>> {
@@ -194,6 +309,11 @@ impl Params {
             Err(self.problems)
         }
     }
+}
+
+/// Whether a query's `consistency` asks explicitly for linearizable reads.
+pub fn explicitly_linearizable(consistency: &str) -> bool {
+    consistency.trim() == "linearizable"
 }
 
 /// `GET /api/v1/telemetry` parameters.
@@ -212,18 +332,19 @@ pub struct TelemetryParams {
 }
 
 impl TelemetryParams {
-    /// Parses `service`, `model`, `hours`, `limit`, `cursor`, `consistency`, at `now_ms`.
-    pub fn parse(
-        query: impl Into<Query>,
+    /// Checks `q` (whose text had `problems`) at `now_ms` on a cluster of `shards`.
+    pub fn check(
+        q: &TelemetryQuery,
+        problems: Vec<FieldError>,
         now_ms: i64,
         shards: u32,
     ) -> Result<TelemetryParams, Vec<FieldError>> {
-        let mut p = Params::new(query, TELEMETRY_PARAMETERS);
-        let (service, model) = p.service_model();
-        let since = p.since(now_ms);
-        let limit = p.limit(100);
-        let consistency = p.consistency();
-        let cursor = match p.text("cursor") {
+        let mut p = Check { problems };
+        let (service, model) = p.service_model(&q.service, &q.model);
+        let since = p.since(q.hours, now_ms);
+        let limit = p.limit(q.limit, 100, MAX_LIMIT);
+        let consistency = p.consistency(&q.consistency);
+        let cursor = match text(&q.cursor) {
             Some(text) => TelemetryCursor::decode(&text, shards).unwrap_or_else(|problem| {
                 p.problem("cursor", problem);
                 TelemetryCursor::start(since, [])
@@ -264,22 +385,22 @@ pub struct AnomaliesParams {
 }
 
 impl AnomaliesParams {
-    /// Parses `severity`, `hours`, `limit`, `consistency` of `/api/v1/anomalies` at `now_ms`.
-    pub fn parse(query: impl Into<Query>, now_ms: i64) -> Result<AnomaliesParams, Vec<FieldError>> {
-        let mut p = Params::new(query, ANOMALIES_PARAMETERS);
-        let severity = p.text("severity").map(|s| s.to_ascii_lowercase());
-        if let Some(severity) = &severity {
-            if !["low", "medium", "high", "critical"].contains(&severity.as_str()) {
-                p.problem(
-                    "severity",
-                    format!("`{severity}` is not one of low, medium, high, critical"),
-                );
-            }
-        }
-        let since_ms = p.since(now_ms);
-        let limit = p.limit(100);
-        let cursor: Option<NewestCursor> = p.cursor();
-        let consistency = p.consistency();
+    /// Checks `q` of `/api/v1/anomalies` (whose text had `problems`) at `now_ms`.
+    pub fn check(
+        q: &AnomaliesQuery,
+        problems: Vec<FieldError>,
+        now_ms: i64,
+    ) -> Result<AnomaliesParams, Vec<FieldError>> {
+        let mut p = Check { problems };
+        let severity = p.one_of(
+            "severity",
+            &q.severity,
+            &["low", "medium", "high", "critical"],
+        );
+        let since_ms = p.since(q.hours, now_ms);
+        let limit = p.limit(q.limit, 100, MAX_LIMIT);
+        let cursor: Option<NewestCursor> = p.cursor(&q.cursor);
+        let consistency = p.consistency(&q.consistency);
         p.finish(AnomaliesParams {
             severity,
             since_ms: cursor.as_ref().map_or(since_ms, |c| c.since_ms),
@@ -289,13 +410,15 @@ impl AnomaliesParams {
         })
     }
 
-    /// Parses `limit`, `cursor`, `consistency` of `/api/v1/anomalies/recent` (any age,
-    /// any severity).
-    pub fn parse_recent(query: impl Into<Query>) -> Result<AnomaliesParams, Vec<FieldError>> {
-        let mut p = Params::new(query, RECENT_ANOMALIES_PARAMETERS);
-        let limit = p.limit(20);
-        let cursor: Option<NewestCursor> = p.cursor();
-        let consistency = p.consistency();
+    /// Checks `q` of `/api/v1/anomalies/recent` (any age, any severity).
+    pub fn check_recent(
+        q: &RecentAnomaliesQuery,
+        problems: Vec<FieldError>,
+    ) -> Result<AnomaliesParams, Vec<FieldError>> {
+        let mut p = Check { problems };
+        let limit = p.limit(q.limit, 20, MAX_LIMIT);
+        let cursor: Option<NewestCursor> = p.cursor(&q.cursor);
+        let consistency = p.consistency(&q.consistency);
         p.finish(AnomaliesParams {
             severity: None,
             since_ms: 0,
@@ -322,13 +445,16 @@ pub struct BaselinesParams {
 }
 
 impl BaselinesParams {
-    /// Parses `service`, `model`, `limit`, `cursor`, `consistency`.
-    pub fn parse(query: impl Into<Query>) -> Result<BaselinesParams, Vec<FieldError>> {
-        let mut p = Params::new(query, BASELINES_PARAMETERS);
-        let (service, model) = (p.text("service"), p.text("model"));
-        let limit = p.number("limit", 100, 1, MAX_BASELINES_LIMIT);
-        let after = p.cursor();
-        let consistency = p.consistency();
+    /// Checks `q` (whose text had `problems`).
+    pub fn check(
+        q: &BaselinesQuery,
+        problems: Vec<FieldError>,
+    ) -> Result<BaselinesParams, Vec<FieldError>> {
+        let mut p = Check { problems };
+        let (service, model) = (text(&q.service), text(&q.model));
+        let limit = p.limit(q.limit, 100, MAX_BASELINES_LIMIT);
+        let after = p.cursor(&q.cursor);
+        let consistency = p.consistency(&q.consistency);
         p.finish(BaselinesParams {
             service,
             model,
@@ -359,22 +485,19 @@ pub struct IncidentsParams {
 }
 
 impl IncidentsParams {
-    /// Parses `status`, `service`, `model`, `hours`, `limit`, `cursor`, `consistency` at
-    /// `now_ms`.
-    pub fn parse(query: impl Into<Query>, now_ms: i64) -> Result<IncidentsParams, Vec<FieldError>> {
-        let mut p = Params::new(query, INCIDENTS_PARAMETERS);
-        let status = p.text("status").map(|s| s.to_ascii_lowercase());
-        if let Some(status) = status
-            .as_deref()
-            .filter(|s| !["open", "resolved"].contains(s))
-        {
-            p.problem("status", format!("`{status}` is not one of open, resolved"));
-        }
-        let (service, model) = (p.text("service"), p.text("model"));
-        let since_ms = p.since(now_ms);
-        let limit = p.number("limit", 100, 1, MAX_INCIDENTS_LIMIT);
-        let cursor: Option<NewestCursor> = p.cursor();
-        let consistency = p.consistency();
+    /// Checks `q` (whose text had `problems`) at `now_ms`.
+    pub fn check(
+        q: &IncidentsQuery,
+        problems: Vec<FieldError>,
+        now_ms: i64,
+    ) -> Result<IncidentsParams, Vec<FieldError>> {
+        let mut p = Check { problems };
+        let status = p.one_of("status", &q.status, &["open", "resolved"]);
+        let (service, model) = (text(&q.service), text(&q.model));
+        let since_ms = p.since(q.hours, now_ms);
+        let limit = p.limit(q.limit, 100, MAX_INCIDENTS_LIMIT);
+        let cursor: Option<NewestCursor> = p.cursor(&q.cursor);
+        let consistency = p.consistency(&q.consistency);
         p.finish(IncidentsParams {
             status,
             service,
@@ -387,10 +510,13 @@ impl IncidentsParams {
     }
 }
 
-/// Parses the `consistency` of `GET /api/v1/incidents/{id}`.
-pub fn incident_consistency(query: impl Into<Query>) -> Result<Consistency, Vec<FieldError>> {
-    let mut p = Params::new(query, INCIDENT_PARAMETERS);
-    let consistency = p.consistency();
+/// Checks the `consistency` of `GET /api/v1/incidents/{id}` (whose text had `problems`).
+pub fn incident_consistency(
+    q: &IncidentRef,
+    problems: Vec<FieldError>,
+) -> Result<Consistency, Vec<FieldError>> {
+    let mut p = Check { problems };
+    let consistency = p.consistency(&q.consistency);
     p.finish(consistency)
 }
 
@@ -404,20 +530,15 @@ pub struct SilencesParams {
 }
 
 impl SilencesParams {
-    /// Parses `active` (`true` or `false`) and `consistency`.
-    pub fn parse(query: impl Into<Query>) -> Result<SilencesParams, Vec<FieldError>> {
-        let mut p = Params::new(query, SILENCES_PARAMETERS);
-        let active = match p.text("active").as_deref().map(str::trim) {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                p.problem("active", format!("`{other}` is not one of true, false"));
-                false
-            }
-        };
-        let consistency = p.consistency();
+    /// Checks `q` (whose text had `problems`).
+    pub fn check(
+        q: &SilencesQuery,
+        problems: Vec<FieldError>,
+    ) -> Result<SilencesParams, Vec<FieldError>> {
+        let mut p = Check { problems };
+        let consistency = p.consistency(&q.consistency);
         p.finish(SilencesParams {
-            active,
+            active: q.active,
             consistency,
         })
     }
@@ -703,6 +824,56 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
+    // Each route's REST query text read into its typed fields and checked, as the routes do.
+    impl TelemetryParams {
+        fn parse(
+            query: impl Into<Query>,
+            now_ms: i64,
+            shards: u32,
+        ) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check(&q, problems, now_ms, shards)
+        }
+    }
+
+    impl AnomaliesParams {
+        fn parse(query: impl Into<Query>, now_ms: i64) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check(&q, problems, now_ms)
+        }
+
+        fn parse_recent(query: impl Into<Query>) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check_recent(&q, problems)
+        }
+    }
+
+    impl BaselinesParams {
+        fn parse(query: impl Into<Query>) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check(&q, problems)
+        }
+    }
+
+    impl IncidentsParams {
+        fn parse(query: impl Into<Query>, now_ms: i64) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check(&q, problems, now_ms)
+        }
+    }
+
+    impl SilencesParams {
+        fn parse(query: impl Into<Query>) -> Result<Self, Vec<FieldError>> {
+            let (q, problems) = fields_of(query);
+            Self::check(&q, problems)
+        }
+    }
+
+    fn consistency_of(query: &str) -> Result<Consistency, Vec<FieldError>> {
+        let (q, problems) = fields_of(Some(query));
+        incident_consistency(&q, problems)
+    }
+
     fn fields(problems: &[FieldError]) -> Vec<&str> {
         problems.iter().map(|p| p.field.as_str()).collect()
     }
@@ -974,11 +1145,11 @@ mod tests {
                 .unwrap();
         assert_eq!((params.since_ms, params.after), (7, Some(cursor.after)));
         assert_eq!(
-            incident_consistency(Some("consistency=stale")),
+            consistency_of("consistency=stale"),
             Ok(Consistency::StaleOk)
         );
         assert_eq!(
-            fields(&incident_consistency(Some("status=open")).unwrap_err()),
+            fields(&consistency_of("status=open").unwrap_err()),
             ["status"]
         );
         assert!(SilencesParams::parse(Some("active=true")).unwrap().active);

@@ -9,12 +9,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sentinel_core::anomaly::now_ms;
+use sentinel_proto::v1::IncidentRef;
 use sentinel_proto::ErrorCode;
 use serde_json::{json, Value};
 
-use crate::answers::{cluster_status_answer, query_answer, QueryRoute};
+use crate::answers::{cluster_status_answer, query_answer, QueryInput};
 use crate::control::{self, ActorInput, Change};
-use crate::query;
+use crate::query::{self, QueryFields};
 use crate::service::{ApiError, ApiState};
 
 use super::request::{path_id, read_body, Shared};
@@ -33,12 +34,14 @@ pub(super) async fn render_metrics(State(api): Shared) -> Response {
     }
 }
 
-async fn answer(
+/// The answer of a list query whose REST text reads into `fields`, made by `input`.
+async fn answer<T: QueryFields>(
     api: &ApiState,
-    route: QueryRoute,
     query: Option<String>,
+    input: fn(T) -> QueryInput,
 ) -> Result<Response, ApiError> {
-    let json = query_answer(api, route, query.as_deref().into()).await?;
+    let (fields, problems) = query::fields_of(query.as_deref());
+    let json = query_answer(api, &input(fields), problems).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
@@ -46,35 +49,35 @@ pub(super) async fn telemetry(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::Telemetry, query).await
+    answer(&api, query, QueryInput::Telemetry).await
 }
 
 pub(super) async fn anomalies(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::Anomalies, query).await
+    answer(&api, query, QueryInput::Anomalies).await
 }
 
 pub(super) async fn recent_anomalies(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::RecentAnomalies, query).await
+    answer(&api, query, QueryInput::RecentAnomalies).await
 }
 
 pub(super) async fn baselines(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::Baselines, query).await
+    answer(&api, query, QueryInput::Baselines).await
 }
 
 pub(super) async fn incidents(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::Incidents, query).await
+    answer(&api, query, QueryInput::Incidents).await
 }
 
 pub(super) async fn incident(
@@ -83,8 +86,9 @@ pub(super) async fn incident(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_id(path)?;
+    let (fields, problems) = query::fields_of::<IncidentRef>(query.as_deref());
     let consistency =
-        query::incident_consistency(query.as_deref()).map_err(ApiError::parameters)?;
+        query::incident_consistency(&fields, problems).map_err(ApiError::parameters)?;
     Ok(Json(control::incident(&api, &id, consistency).await?))
 }
 
@@ -123,7 +127,7 @@ pub(super) async fn silences(
     State(api): Shared,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    answer(&api, QueryRoute::Silences, query).await
+    answer(&api, query, QueryInput::Silences).await
 }
 
 pub(super) async fn add_silence(State(api): Shared, body: Body) -> Result<Response, ApiError> {
