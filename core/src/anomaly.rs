@@ -138,14 +138,15 @@ pub struct AnomalyDetails {
 }
 
 /// Where and when an anomaly happened.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct AnomalyContext {
     /// Trace of the triggering call, when known.
     pub trace_id: Option<String>,
     /// User of the triggering call, when known.
     pub user_id: Option<String>,
-    /// Region of the triggering call (its `region` metadata), when it carries one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Region of the triggering call (its `region` metadata), when it carries one (left
+    /// out of JSON when it does not).
+    #[serde(default)]
     pub region: Option<String>,
     /// Time span the detector looked at, e.g. `last 1000 samples` or `60s`.
     pub time_window: String,
@@ -153,6 +154,27 @@ pub struct AnomalyContext {
     pub sample_count: u64,
     /// Other context (event id, provider, session).
     pub additional: BTreeMap<String, serde_json::Value>,
+}
+
+impl Serialize for AnomalyContext {
+    /// JSON leaves out an unknown region; binary encodings, whose fields are positional,
+    /// keep every field.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let skip_region = s.is_human_readable() && self.region.is_none();
+        let mut out = s.serialize_struct("AnomalyContext", 6 - usize::from(skip_region))?;
+        out.serialize_field("trace_id", &self.trace_id)?;
+        out.serialize_field("user_id", &self.user_id)?;
+        if skip_region {
+            out.skip_field("region")?;
+        } else {
+            out.serialize_field("region", &self.region)?;
+        }
+        out.serialize_field("time_window", &self.time_window)?;
+        out.serialize_field("sample_count", &self.sample_count)?;
+        out.serialize_field("additional", &self.additional)?;
+        out.end()
+    }
 }
 
 /// One anomaly / alert, as delivered to RabbitMQ and webhooks and answered by queries.

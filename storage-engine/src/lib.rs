@@ -8,6 +8,7 @@
 //! writes telemetry, anomalies, the alert outbox and the telemetry export queue
 //! ([`ShardStateMachine`]); queries read through a [`ShardReader`].
 
+mod alert_rows;
 mod backend;
 mod command;
 mod document;

@@ -9,9 +9,11 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 use sentinel_core::incident::{IncidentStatus, Silence};
 use sentinel_core::shard_detector::KeyBaseline;
 use sentinel_core::{Anomaly, Incident, NotificationKind, Severity};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::alert_rows::{
+    decode_anomaly, decode_incident, decode_queued, document_in_current_form, Queued,
+};
 use crate::command::{ShardSettings, SourcePartition};
 use crate::error::{current_form, decode, Error};
 use crate::keys;
@@ -81,15 +83,6 @@ pub struct OutboxEntry {
     /// What happened to the incident it tells of (none for a point alert queued by an
     /// earlier version).
     pub event: Option<NotificationKind>,
-}
-
-/// The fields of an outbox entry that delivery reads.
-#[derive(Deserialize)]
-struct Queued {
-    #[serde(flatten)]
-    alert: Anomaly,
-    #[serde(default)]
-    event: Option<NotificationKind>,
 }
 
 /// What an export-queue entry carries.
@@ -257,13 +250,13 @@ impl ShardReader {
                 break;
             }
             let (_, value) = item?;
-            let (&sev, json) = value
+            let (&sev, row) = value
                 .split_first()
                 .ok_or_else(|| Error::corrupt("anomaly", "empty row"))?;
             if wanted.is_some_and(|w| w != sev) {
                 continue;
             }
-            out.push(serde_json::from_slice(json).map_err(|e| Error::corrupt("anomaly", e))?);
+            out.push(decode_anomaly(row)?);
         }
         Ok(out)
     }
@@ -305,8 +298,7 @@ impl ShardReader {
                 break;
             }
             let (_, value) = item?;
-            let stored: Incident =
-                serde_json::from_slice(&value).map_err(|e| Error::corrupt("incident", e))?;
+            let stored = decode_incident(&value)?;
             // A row is rewritten on every change; an open incident's counts move on in the state.
             let incident = open.get(&stored.incident_id).cloned().unwrap_or(stored);
             let wanted = query.status.is_none_or(|s| s == incident.status)
@@ -346,10 +338,7 @@ impl ShardReader {
             first_after(after_seq),
             limit,
             |seq, value| {
-                let json =
-                    String::from_utf8(value.to_vec()).map_err(|e| Error::corrupt("outbox", e))?;
-                let Queued { alert, event } =
-                    serde_json::from_str(&json).map_err(|e| Error::corrupt("outbox", e))?;
+                let Queued { json, alert, event } = decode_queued(value)?;
                 Ok(OutboxEntry {
                     seq,
                     json,
@@ -376,9 +365,7 @@ impl ShardReader {
                 Some((&EXPORT_TELEMETRY, record)) => {
                     ExportItem::Telemetry(decode("export queue", record)?)
                 }
-                Some((&EXPORT_ANOMALY, json)) => ExportItem::Anomaly(
-                    serde_json::from_slice(json).map_err(|e| Error::corrupt("export queue", e))?,
-                ),
+                Some((&EXPORT_ANOMALY, row)) => ExportItem::Anomaly(decode_anomaly(row)?),
                 _ => return Err(Error::corrupt("export queue", "unknown entry kind")),
             };
             Ok(ExportEntry { seq, item })
@@ -524,14 +511,24 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// A row (`key` after the rows prefix: table byte first) as this version writes it: the
 /// MessagePack rows (telemetry, and telemetry in the export queue) of an earlier version
-/// gain the format byte, the JSON rows are as they are.
+/// gain the format byte, its JSON rows (anomalies, incidents, queued notifications, and
+/// anomalies in the export queue) are encoded again; other rows are as they are.
 fn row_in_current_form<'v>(key: &[u8], value: &'v [u8]) -> Cow<'v, [u8]> {
+    let after_kind = |kind: u8, rest: Cow<'_, [u8]>| Cow::Owned([&[kind][..], &rest].concat());
     match (key.first(), value.split_first()) {
         (Some(&keys::TELEMETRY), _) => current_form(value),
         (Some(&keys::EXPORT), Some((&EXPORT_TELEMETRY, record))) => {
-            let mut row = vec![EXPORT_TELEMETRY];
-            row.extend_from_slice(&current_form(record));
-            Cow::Owned(row)
+            after_kind(EXPORT_TELEMETRY, current_form(record))
+        }
+        (Some(&keys::EXPORT), Some((&EXPORT_ANOMALY, row))) => after_kind(
+            EXPORT_ANOMALY,
+            document_in_current_form(keys::ANOMALIES, row),
+        ),
+        (Some(&keys::ANOMALIES), Some((&severity, row))) => {
+            after_kind(severity, document_in_current_form(keys::ANOMALIES, row))
+        }
+        (Some(&table @ (keys::INCIDENTS | keys::OUTBOX)), _) => {
+            document_in_current_form(table, value)
         }
         _ => Cow::Borrowed(value),
     }
@@ -575,7 +572,8 @@ mod tests {
         let json = br#"{"alert_id":"a"}"#;
         assert_eq!(
             row_in_current_form(&[keys::ANOMALIES, 0], json)[..],
-            json[..]
+            json[..],
+            "a row that does not parse is hashed as it is"
         );
     }
 

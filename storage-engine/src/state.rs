@@ -15,6 +15,7 @@ use sentinel_core::incident::{Change, Notification};
 use sentinel_core::{Anomaly, Event, Incident, MetricValues, ShardDetector};
 use serde::{Deserialize, Serialize};
 
+use crate::alert_rows::{encode_anomaly, encode_incident, encode_notification};
 use crate::command::{
     Command, EventOutcome, IngestBatch, IngestOutcome, KeyLimits, Response, Retention,
     ShardSettings, SourcePartition,
@@ -79,7 +80,7 @@ impl ExportQueue {
         value.push(kind);
         value.extend_from_slice(payload);
         rows.batch
-            .put(rows.queue_entry(keys::EXPORT, self.next), value);
+            .put(&rows.queue_entry(keys::EXPORT, self.next), &value);
         self.next += 1;
     }
 
@@ -88,8 +89,8 @@ impl ExportQueue {
         let end = end.clamp(self.first, self.next);
         if end > self.first {
             rows.batch.delete_range(
-                rows.queue_entry(keys::EXPORT, self.first),
-                rows.queue_entry(keys::EXPORT, end),
+                &rows.queue_entry(keys::EXPORT, self.first),
+                &rows.queue_entry(keys::EXPORT, end),
             );
         }
         let removed = end - self.first;
@@ -107,7 +108,7 @@ impl ExportQueue {
 
 /// Kind byte of an export-queue row holding a [`TelemetryRecord`] (MessagePack).
 pub(crate) const EXPORT_TELEMETRY: u8 = b't';
-/// Kind byte of an export-queue row holding an anomaly (JSON, as delivered).
+/// Kind byte of an export-queue row holding an anomaly (as its row in the anomaly table).
 pub(crate) const EXPORT_ANOMALY: u8 = b'a';
 
 /// Event ids applied within the horizon, as 128-bit hashes with the content digest of
@@ -237,9 +238,34 @@ fn id_hash(id: &str) -> u128 {
         .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
+/// The writes applying a command makes: RocksDB's write batch in a node, a map in tests
+/// of apply alone.
+pub(crate) trait RowSink {
+    /// Sets `key` to `value`.
+    fn put(&mut self, key: &[u8], value: &[u8]);
+    /// Removes `key`.
+    fn delete(&mut self, key: &[u8]);
+    /// Removes every key in `from..to`.
+    fn delete_range(&mut self, from: &[u8], to: &[u8]);
+}
+
+impl RowSink for WriteBatch {
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        WriteBatch::put(self, key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        WriteBatch::delete(self, key);
+    }
+
+    fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+        WriteBatch::delete_range(self, from, to);
+    }
+}
+
 /// Where applying a command puts its rows.
 pub(crate) struct RowWriter<'a> {
-    pub(crate) batch: &'a mut WriteBatch,
+    pub(crate) batch: &'a mut dyn RowSink,
     pub(crate) shard: u32,
     pub(crate) generation: u32,
 }
@@ -265,17 +291,19 @@ impl RowWriter<'_> {
         key.extend_from_slice(&keys::time(event.timestamp_ms));
         key.extend_from_slice(&index.to_be_bytes());
         key.extend_from_slice(&position.to_be_bytes());
-        self.batch.put(key, record);
+        self.batch.put(&key, record);
     }
 
-    fn anomaly(&mut self, anomaly: &Anomaly, json: &[u8]) {
+    /// Stores an anomaly (its encoded `row`) under (raised at, alert id), after its
+    /// severity byte.
+    fn anomaly(&mut self, anomaly: &Anomaly, row: &[u8]) {
         let mut key = self.table(keys::ANOMALIES);
         key.extend_from_slice(&keys::time(anomaly.timestamp_ms));
         key.extend_from_slice(anomaly.alert_id.as_bytes());
-        let mut value = Vec::with_capacity(json.len() + 1);
+        let mut value = Vec::with_capacity(row.len() + 1);
         value.push(severity_byte(anomaly.severity));
-        value.extend_from_slice(json);
-        self.batch.put(key, value);
+        value.extend_from_slice(row);
+        self.batch.put(&key, &value);
     }
 
     /// Stores the latest version of an incident under (opened at, id).
@@ -283,8 +311,7 @@ impl RowWriter<'_> {
         let mut key = self.table(keys::INCIDENTS);
         key.extend_from_slice(&keys::time(incident.opened_at_ms));
         key.extend_from_slice(incident.incident_id.as_bytes());
-        let json = serde_json::to_vec(incident).expect("incidents always serialise");
-        self.batch.put(key, json);
+        self.batch.put(&key, &encode_incident(incident));
     }
 
     fn queue_entry(&self, table: u8, seq: u64) -> Vec<u8> {
@@ -377,7 +404,7 @@ impl ShardState {
                     if self.rest.outbox.remove(&seq) {
                         acked += 1;
                     }
-                    rows.batch.delete(rows.queue_entry(keys::OUTBOX, seq));
+                    rows.batch.delete(&rows.queue_entry(keys::OUTBOX, seq));
                 }
                 Response::Acked(acked)
             }
@@ -447,12 +474,11 @@ impl ShardState {
         notifications
             .iter()
             .map(|notification| {
-                let json =
-                    serde_json::to_vec(notification).expect("notifications always serialise");
                 let seq = self.rest.outbox_next;
                 self.rest.outbox_next += 1;
                 self.rest.outbox.insert(seq);
-                rows.batch.put(rows.queue_entry(keys::OUTBOX, seq), json);
+                let row = encode_notification(notification);
+                rows.batch.put(&rows.queue_entry(keys::OUTBOX, seq), &row);
                 seq
             })
             .collect()
@@ -516,9 +542,9 @@ impl ShardState {
             rows.telemetry(event, &record, index, position as u32);
             self.rest.export.push(rows, EXPORT_TELEMETRY, &record);
             for anomaly in &observation.anomalies {
-                let json = serde_json::to_vec(anomaly).expect("anomalies always serialise");
-                rows.anomaly(anomaly, &json);
-                self.rest.export.push(rows, EXPORT_ANOMALY, &json);
+                let row = encode_anomaly(anomaly);
+                rows.anomaly(anomaly, &row);
+                self.rest.export.push(rows, EXPORT_ANOMALY, &row);
             }
             let queued = self.record(&observation.incidents, &observation.notifications, rows);
             outcome.alerts.extend(queued);
@@ -566,13 +592,13 @@ impl ShardState {
             from.extend_from_slice(&keys::time(i64::MIN));
             let mut to = prefix;
             to.extend_from_slice(&keys::time(retention.telemetry_before_ms));
-            rows.batch.delete_range(from, to);
+            rows.batch.delete_range(&from, &to);
         }
         for table in [keys::ANOMALIES, keys::INCIDENTS] {
             let table = rows.table(table);
             let mut to = table.clone();
             to.extend_from_slice(&keys::time(retention.anomalies_before_ms));
-            rows.batch.delete_range(table, to);
+            rows.batch.delete_range(&table, &to);
         }
         self.detector.purge_dedup(retention.dedup_before_ms);
         self.detector.purge_silences(retention.anomalies_before_ms);
@@ -582,6 +608,88 @@ impl ShardState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::{IngestBatch, IngestEvent};
+
+    /// Rows in memory, as RocksDB would hold them after the batch.
+    impl RowSink for BTreeMap<Vec<u8>, Vec<u8>> {
+        fn put(&mut self, key: &[u8], value: &[u8]) {
+            self.insert(key.to_vec(), value.to_vec());
+        }
+
+        fn delete(&mut self, key: &[u8]) {
+            self.remove(key);
+        }
+
+        fn delete_range(&mut self, from: &[u8], to: &[u8]) {
+            self.retain(|key, _| !(from..to).contains(&key.as_slice()));
+        }
+    }
+
+    #[test]
+    fn apply_writes_rows_and_queues_them_for_export_without_a_database() {
+        let settings = ShardSettings {
+            export: true,
+            ..ShardSettings::default()
+        };
+        let mut state = ShardState::new(3, settings).unwrap();
+        let call = |id: &str, latency_ms: f64| IngestEvent {
+            offset: None,
+            event: Event {
+                event_id: Some(id.into()),
+                timestamp_ms: 1_767_600_000_000,
+                service: "chat".into(),
+                model: "gpt-4o".into(),
+                latency_ms,
+                ..Event::default()
+            },
+            values: MetricValues([Some(latency_ms), None, None, None, None, None]),
+        };
+        let batch = Command::Ingest(IngestBatch {
+            received_ms: 1_767_600_000_000,
+            source: None,
+            events: vec![
+                call("a", 120.0),
+                call("b", 130.0),
+                call("a", 120.0),
+                call("a", 999.0),
+            ],
+        });
+        let mut db = BTreeMap::new();
+        let mut rows = RowWriter {
+            batch: &mut db,
+            shard: 3,
+            generation: 0,
+        };
+        let Response::Ingested(outcome) = state.apply(&batch, 7, &mut rows) else {
+            panic!("an ingest is answered with its outcome");
+        };
+        let derived = Event::derived_event_id("a", call("a", 999.0).event.content_digest());
+        assert_eq!(
+            outcome.events,
+            [
+                EventOutcome::Applied,
+                EventOutcome::Applied,
+                EventOutcome::DuplicateEventId,
+                EventOutcome::AppliedAs(derived),
+            ]
+        );
+        let in_table = |table: u8| {
+            let prefix = keys::table(3, 0, table);
+            db.keys().filter(|k| k.starts_with(&prefix)).count()
+        };
+        assert_eq!(in_table(keys::TELEMETRY), 3);
+        // The third call of the key, 8× its median, is flagged by the young baseline.
+        let prefix = keys::table(3, 0, keys::ANOMALIES);
+        let anomalies: Vec<Anomaly> = db
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, row)| crate::alert_rows::decode_anomaly(&row[1..]).unwrap())
+            .collect();
+        assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+        assert_eq!(anomalies[0].details.value, 999.0);
+        assert_eq!(in_table(keys::EXPORT), 3 + 1, "telemetry and the anomaly");
+        assert_eq!(state.rest.export.pending(), 4);
+    }
 
     #[test]
     fn a_stored_event_value_pair_decodes_as_a_record() {
