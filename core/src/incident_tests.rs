@@ -1,15 +1,13 @@
 //! Incidents end to end through a [`ShardDetector`]: what opens one, what it groups, how it
 //! is graded, resolved, silenced, acknowledged, and that replicas agree on all of it.
 
-use proptest::prelude::Rng;
-use proptest::test_runner::{RngAlgorithm, TestRng};
-
 use crate::anomaly::{AnomalyType, Severity};
 use crate::config::DetectionConfig;
 use crate::event::Event;
 use crate::incident::{Actor, IncidentStatus, NotificationKind, Resolution, Silence};
 use crate::metric::{Metric, MetricValues};
 use crate::shard_detector::{Observation, ShardDetector};
+use crate::test_calls::{Call, Draws};
 
 /// What goes wrong with a call, if anything.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,32 +25,27 @@ enum Fault {
 
 /// One key's traffic, 10 calls/s: latency = 400 ms + 20 ms per output token, with noise.
 struct Traffic {
-    rng: TestRng,
+    draws: Draws,
     at: i64,
 }
 
 impl Traffic {
     fn new(seed: u8) -> Self {
         Traffic {
-            rng: TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
+            draws: Draws::new(Some(seed)),
             at: 1_767_600_000_000,
         }
     }
 
-    fn normal(&mut self) -> f64 {
-        let u = |r: &mut TestRng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-        let (a, b) = (u(&mut self.rng), u(&mut self.rng));
-        (-2.0f64 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
-    }
-
     fn next(&mut self, fault: Fault) -> (Event, MetricValues) {
         self.at += 100;
-        let prompt = (600.0 * (0.6 * self.normal()).exp()).round();
-        let mut completion = (150.0 * (0.8 * self.normal()).exp()).round().max(1.0);
+        let d = &mut self.draws;
+        let prompt = (600.0 * (0.6 * d.normal()).exp()).round();
+        let mut completion = (150.0 * (0.8 * d.normal()).exp()).round().max(1.0);
         if let Fault::Tokens(f) = fault {
             completion = (completion * f).round().max(1.0);
         }
-        let mut latency = (400.0 + 20.0 * completion) * (0.15 * self.normal()).exp();
+        let mut latency = (400.0 + 20.0 * completion) * (0.15 * d.normal()).exp();
         if let Fault::Slow(f) = fault {
             latency *= f;
         }
@@ -60,31 +53,16 @@ impl Traffic {
         if let Fault::Price(f) = fault {
             cost *= f;
         }
-        let event = Event {
-            event_id: Some(format!("ev-{}", self.at)),
-            timestamp_ms: self.at,
-            service: "chat".into(),
-            model: "gpt-4o".into(),
-            user_id: Some(format!("user-{}", self.rng.next_u64() % 200)),
+        Call {
+            at: self.at,
+            user: d.user(200),
             latency_ms: latency,
-            errors: if fault == Fault::Fail {
-                vec!["503 Service Unavailable".into()]
-            } else {
-                vec![]
-            },
-            ..Event::default()
-        };
-        let mut values = MetricValues::default();
-        values.set(Metric::LatencyMs, Some(latency));
-        values.set(Metric::PromptTokens, Some(prompt));
-        values.set(Metric::CompletionTokens, Some(completion));
-        values.set(Metric::TotalTokens, Some(prompt + completion));
-        values.set(Metric::CostUsd, Some(cost));
-        values.set(
-            Metric::TokensPerSecond,
-            Some(completion / (latency / 1000.0)),
-        );
-        (event, values)
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost_usd: cost,
+            error: (fault == Fault::Fail).then_some("503 Service Unavailable"),
+        }
+        .observed()
     }
 }
 
@@ -318,7 +296,7 @@ fn replicas_agree_on_incidents_and_a_restored_state_continues_identically() {
     let mut b = ShardDetector::from_bytes(&a.to_bytes()).unwrap();
     assert_eq!(a.digest(), b.digest());
     let mut tb = Traffic::new(10);
-    tb.rng = ta.rng.clone();
+    tb.draws = ta.draws.clone();
     tb.at = ta.at;
     let seen_a = changes(&run(&mut a, &mut ta, 4000, Fault::None));
     let seen_b = changes(&run(&mut b, &mut tb, 4000, Fault::None));

@@ -29,6 +29,8 @@ pub mod window;
 
 #[cfg(test)]
 mod incident_tests;
+#[cfg(test)]
+mod test_calls;
 
 pub use anomaly::{Anomaly, AnomalyType, Severity};
 pub use config::DetectionConfig;

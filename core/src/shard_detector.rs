@@ -850,63 +850,41 @@ fn raw_baseline(w: &Window, metric: Metric, scale: Scale) -> Option<MetricBaseli
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::Rng;
-    use proptest::test_runner::{RngAlgorithm, TestRng};
-
     use super::*;
     use crate::anomaly::{AnomalyType, Severity};
+    use crate::test_calls::{Call, Draws};
 
     /// Log-normal traffic for one key, with a deterministic generator.
     struct Traffic {
-        rng: TestRng,
+        draws: Draws,
         at: i64,
     }
 
     impl Traffic {
         fn new() -> Self {
             Traffic {
-                rng: TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+                draws: Draws::new(None),
                 at: 1_767_600_000_000,
             }
-        }
-
-        fn normal(&mut self) -> f64 {
-            let u = |r: &mut TestRng| ((r.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            let (a, b) = (u(&mut self.rng), u(&mut self.rng));
-            (-2.0f64 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()
         }
 
         /// The next call: 10 calls/s, latency median 800 ms (σ 0.5 in log space).
         fn next(&mut self, latency_factor: f64, failed: bool) -> (Event, MetricValues) {
             self.at += 100;
-            let latency = 800.0 * (0.5 * self.normal()).exp() * latency_factor;
-            let prompt = (500.0 * (0.3 * self.normal()).exp()).round();
-            let completion = (200.0 * (0.3 * self.normal()).exp()).round();
-            let event = Event {
-                event_id: Some(format!("ev-{}", self.at)),
-                timestamp_ms: self.at,
-                service: "chat".into(),
-                model: "gpt-4o".into(),
-                user_id: Some(format!("user-{}", self.rng.next_u64() % 50)),
-                latency_ms: latency,
-                errors: if failed {
-                    vec!["429 Too Many Requests".into()]
-                } else {
-                    vec![]
-                },
-                ..Event::default()
-            };
-            let mut values = MetricValues::default();
-            values.set(Metric::LatencyMs, Some(latency));
-            values.set(Metric::PromptTokens, Some(prompt));
-            values.set(Metric::CompletionTokens, Some(completion));
-            values.set(Metric::TotalTokens, Some(prompt + completion));
-            values.set(Metric::CostUsd, Some(prompt * 2.5e-6 + completion * 1e-5));
-            values.set(
-                Metric::TokensPerSecond,
-                Some(completion / (latency / 1000.0)),
-            );
-            (event, values)
+            let d = &mut self.draws;
+            let latency_ms = 800.0 * (0.5 * d.normal()).exp() * latency_factor;
+            let prompt_tokens = (500.0 * (0.3 * d.normal()).exp()).round();
+            let completion_tokens = (200.0 * (0.3 * d.normal()).exp()).round();
+            Call {
+                at: self.at,
+                user: d.user(50),
+                latency_ms,
+                prompt_tokens,
+                completion_tokens,
+                cost_usd: prompt_tokens * 2.5e-6 + completion_tokens * 1e-5,
+                error: failed.then_some("429 Too Many Requests"),
+            }
+            .observed()
         }
     }
 

@@ -43,8 +43,9 @@ pub enum ClusterError {
 /// node before it counts as started anyway.
 pub const BALANCE_PATIENCE: Duration = Duration::from_secs(30);
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> Result<u16, ClusterError> {
+/// A TCP port on 127.0.0.1 that is free now, from the kernel's ephemeral range (the test
+/// kit hands out ports from a reserved block instead).
+pub fn ephemeral_port() -> Result<u16, ClusterError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -137,7 +138,7 @@ impl LocalCluster {
         let id = self.addresses.len();
         let port = |base: Option<u16>| match base {
             Some(base) => Ok(base + id as u16),
-            None => free_port(),
+            None => ephemeral_port(),
         };
         let address = format!("127.0.0.1:{}", port(self.layout.grpc_port)?);
         let http = format!("127.0.0.1:{}", port(self.layout.http_port)?);
@@ -255,7 +256,7 @@ impl LocalCluster {
     ) -> Result<LocalRouter, ClusterError> {
         let listen = |address: Option<String>| match address {
             Some(address) => Ok(address),
-            None => free_port().map(|port| format!("127.0.0.1:{port}")),
+            None => ephemeral_port().map(|port| format!("127.0.0.1:{port}")),
         };
         let (http, grpc) = (listen(http)?, listen(grpc)?);
         let base = [

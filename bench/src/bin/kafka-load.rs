@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sentinel_local::cluster::{free_port, LocalCluster};
+use sentinel_local::cluster::{ephemeral_port, LocalCluster};
 use sentinel_router::kafka::rdkafka;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -67,7 +67,7 @@ struct Tansu {
 impl Tansu {
     fn start(bin: &PathBuf) -> anyhow::Result<(Tansu, String)> {
         let dir = tempfile::tempdir()?;
-        let address = format!("127.0.0.1:{}", free_port()?);
+        let address = format!("127.0.0.1:{}", ephemeral_port()?);
         let url = format!("tcp://{address}");
         let child = Command::new(bin)
             .arg("broker")
