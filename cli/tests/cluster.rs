@@ -756,6 +756,22 @@ async fn scale_out_then_decommission_under_load() {
     assert!(status.shards.iter().all(|s| !s.desired.contains(&1)));
     assert_eq!(stored_ids(&cluster, &status).await, acked);
     assert_replicas_agree(&cluster).await;
+
+    // Started again on its data directory, the decommissioned node is refused and stops
+    // instead of registering as an active node again.
+    cluster.spawn(1);
+    let exited = wait_for(CONVERGE, async || cluster.exited(1)).await;
+    let log = cluster.log(1);
+    let exit = exited.unwrap_or_else(|| panic!("node 1 still runs\n{log}"));
+    assert!(!exit.success(), "{exit:?}\n{log}");
+    assert!(log.contains("was decommissioned"), "{log}");
+    let status = cluster.wait_converged(CONVERGE).await;
+    assert!(
+        status.nodes.iter().all(|n| n.id != 1),
+        "{}",
+        process::summary(&status)
+    );
+    assert!(status.shards.iter().all(|s| !s.desired.contains(&1)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

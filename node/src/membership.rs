@@ -21,8 +21,10 @@ use crate::registry::{ordinal_of, NodeState, RegistryCommand, RegistryResponse, 
 use crate::status::{cluster_status, shards_on};
 use crate::transport::Peers;
 
-/// Finishes creating the cluster (a founder), or registers again when the address
-/// changed or the node was marked down. Returns once this node is in the registry.
+/// Finishes creating the cluster (a founder), or registers again unless this node's
+/// replica of the registry shows it active at its address (a draining, down or removed
+/// node asks the metadata leader, which refuses a decommissioned member: the node then
+/// stops). Returns once this node is in the registry.
 pub async fn form(host: &Arc<Host>, identity: &Identity) -> Result<(), NodeError> {
     let address = host.config.node.advertised();
     if identity.founder {
@@ -43,7 +45,7 @@ pub async fn form(host: &Arc<Host>, identity: &Identity) -> Result<(), NodeError
         .registry()
         .nodes
         .get(&host.id)
-        .is_some_and(|node| node.address == address && node.state != NodeState::Down);
+        .is_some_and(|node| node.address == address && node.state == NodeState::Active);
     if !registered {
         let request = JoinRequest {
             node_id: host.id,

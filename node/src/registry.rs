@@ -4,7 +4,7 @@
 //! their addresses and states. Every node holds a replica (voter or learner), so every
 //! node derives the same placement from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use sentinel_storage_engine::Document;
@@ -57,6 +57,10 @@ pub struct Registry {
     /// incarnation, so a member id is never used twice.
     #[serde(default)]
     pub incarnations: BTreeMap<u64, u64>,
+    /// Members removed after a decommission: they may not register again (their ordinal
+    /// joins again only with an empty data directory, as a new member).
+    #[serde(default)]
+    pub decommissioned: BTreeSet<u64>,
 }
 
 /// A registered node.
@@ -118,7 +122,8 @@ pub enum RegistryCommand {
         address: String,
     },
     /// Adds a node or updates its address; a draining node stays draining, a down node
-    /// is active again. Refused for a member its ordinal has replaced.
+    /// is active again. Refused for a member its ordinal has replaced, and for a
+    /// decommissioned one.
     Register {
         /// Node id.
         id: u64,
@@ -130,7 +135,7 @@ pub enum RegistryCommand {
         /// Node id.
         id: u64,
     },
-    /// Forgets a node.
+    /// Forgets a drained node, for good.
     Remove {
         /// Node id.
         id: u64,
@@ -209,6 +214,13 @@ impl Document for Registry {
                         ordinal_of(*id)
                     ));
                 }
+                if self.decommissioned.contains(id) {
+                    return RegistryResponse::Refused(format!(
+                        "member {id} was decommissioned; to join again, start node {} with \
+                         an empty data directory (it joins as a new member)",
+                        ordinal_of(*id)
+                    ));
+                }
                 let state = match self.nodes.get(id).map(|node| node.state) {
                     Some(NodeState::Draining) => NodeState::Draining,
                     _ => NodeState::Active,
@@ -223,6 +235,7 @@ impl Document for Registry {
                 if self.nodes.remove(id).is_none() {
                     return RegistryResponse::Refused(format!("node {id} is not registered"));
                 }
+                self.decommissioned.insert(*id);
             }
             RegistryCommand::MarkDown { id } => match self.nodes.get_mut(id) {
                 Some(node) if node.state == NodeState::Active => node.state = NodeState::Down,
@@ -403,6 +416,25 @@ mod tests {
             registry.apply(&RegistryCommand::Drain { id: 2 }),
             RegistryResponse::Refused(_)
         ));
+        // Restarted on its data directory, the removed member is refused; its ordinal
+        // comes back only as a new member.
+        let again = registry.apply(&RegistryCommand::Register {
+            id: 2,
+            address: "127.0.0.3:7400".into(),
+        });
+        assert!(
+            matches!(&again, RegistryResponse::Refused(why) if why.contains("decommissioned")),
+            "{again:?}"
+        );
+        assert_eq!(registry.active(), vec![0, 1, 3]);
+        assert_eq!(
+            registry.apply(&RegistryCommand::Admit {
+                ordinal: 2,
+                address: "127.0.0.3:7400".into()
+            }),
+            RegistryResponse::Admitted(1002)
+        );
+        assert_eq!(registry.active(), vec![0, 1, 3, 1002]);
     }
 
     #[test]
