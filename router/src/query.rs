@@ -154,7 +154,7 @@ macro_rules! query_fields {
             }
 
             fn canonical(&self) -> String {
-                #[allow(unused_mut)] // nor shows anything
+                #[allow(unused_mut)] // a message without parameters shows nothing
                 let mut query = form_urlencoded::Serializer::new(String::new());
                 $(if let Some(value) = Shown::shown(&self.$field) {
                     query.append_pair(stringify!($field), &value);

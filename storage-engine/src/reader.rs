@@ -514,7 +514,11 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// gain the format byte, its JSON rows (anomalies, incidents, queued notifications, and
 /// anomalies in the export queue) are encoded again; other rows are as they are.
 fn row_in_current_form<'v>(key: &[u8], value: &'v [u8]) -> Cow<'v, [u8]> {
-    let after_kind = |kind: u8, rest: Cow<'_, [u8]>| Cow::Owned([&[kind][..], &rest].concat());
+    // A row of a kind byte, then a value: unchanged when the value is.
+    let after_kind = |kind: u8, rest: Cow<'_, [u8]>| match rest {
+        Cow::Borrowed(_) => Cow::Borrowed(value),
+        Cow::Owned(rest) => Cow::Owned([&[kind][..], &rest].concat()),
+    };
     match (key.first(), value.split_first()) {
         (Some(&keys::TELEMETRY), _) => current_form(value),
         (Some(&keys::EXPORT), Some((&EXPORT_TELEMETRY, record))) => {
