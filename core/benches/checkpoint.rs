@@ -6,7 +6,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use sentinel_core::{DetectionConfig, Event, Metric, MetricValues, ShardDetector};
+use sentinel_core::pricing::{extract_metrics, PriceTable};
+use sentinel_core::{DetectionConfig, Event, ShardDetector};
 
 /// Calls per key: past the window, so every window is full.
 const CALLS_PER_KEY: usize = 1_500;
@@ -23,13 +24,12 @@ fn full_shard() -> ShardDetector {
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64 + 1e-12
     };
+    let prices = PriceTable::builtin();
     for call in 0..CALLS_PER_KEY * KEYS {
         let key = call % KEYS;
         let latency = 600.0 * (-uniform().ln()).sqrt();
-        let (prompt, completion) = (
-            (300.0 + 400.0 * uniform()).round(),
-            (50.0 + 300.0 * uniform()).round(),
-        );
+        let prompt = 300 + (400.0 * uniform()) as u64;
+        let completion = 50 + (300.0 * uniform()) as u64;
         let event = Event {
             event_id: Some(format!("ev-{call}")),
             timestamp_ms: 1_767_600_000_000 + call as i64 * 10,
@@ -37,18 +37,12 @@ fn full_shard() -> ShardDetector {
             model: format!("model-{}", key % 4),
             user_id: Some(format!("user-{}", call % 97)),
             latency_ms: latency,
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(completion),
+            cost_usd: Some(prompt as f64 * 2.5e-6 + completion as f64 * 1e-5),
             ..Event::default()
         };
-        let mut values = MetricValues::default();
-        values.set(Metric::LatencyMs, Some(latency));
-        values.set(Metric::PromptTokens, Some(prompt));
-        values.set(Metric::CompletionTokens, Some(completion));
-        values.set(Metric::TotalTokens, Some(prompt + completion));
-        values.set(Metric::CostUsd, Some(prompt * 2.5e-6 + completion * 1e-5));
-        values.set(
-            Metric::TokensPerSecond,
-            Some(completion / (latency / 1000.0)),
-        );
+        let values = extract_metrics(&event, prices).values;
         detector.observe(&event, &values);
     }
     detector
