@@ -17,16 +17,21 @@ use crate::calls::{meta_metrics, node_client, propose, write};
 use crate::error::NodeError;
 use crate::host::Host;
 use crate::identity::Identity;
-use crate::registry::{ordinal_of, NodeState, RegistryCommand, RegistryResponse, METADATA_GROUP};
+use crate::registry::{
+    decommissioned, ordinal_of, NodeState, RegistryCommand, RegistryResponse, METADATA_GROUP,
+};
 use crate::status::{cluster_status, shards_on};
 use crate::transport::Peers;
 
 /// Finishes creating the cluster (a founder), or registers again unless this node's
 /// replica of the registry shows it active at its address (a draining, down or removed
-/// node asks the metadata leader, which refuses a decommissioned member: the node then
-/// stops). Returns once this node is in the registry.
+/// node asks the metadata leader). A decommissioned member, known as one here or to the
+/// metadata leader, stops with an error. Returns once this node is in the registry.
 pub async fn form(host: &Arc<Host>, identity: &Identity) -> Result<(), NodeError> {
     let address = host.config.node.advertised();
+    if host.registry().decommissioned.contains(&host.id) {
+        return Err(NodeError::Join(decommissioned(host.id)));
+    }
     if identity.founder {
         let initialized = host
             .meta

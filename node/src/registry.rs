@@ -17,6 +17,15 @@ pub const METADATA_GROUP: u32 = u32::MAX;
 /// `ordinal + k × MEMBER_STRIDE`, so configured ids (ordinals) stay below it.
 pub const MEMBER_STRIDE: u64 = 1000;
 
+/// Why `member`, decommissioned, may not register again.
+pub fn decommissioned(member: u64) -> String {
+    format!(
+        "member {member} was decommissioned; to join again, start node {} with an empty \
+         data directory (it joins as a new member)",
+        ordinal_of(member)
+    )
+}
+
 /// The configured id (StatefulSet ordinal) of a member.
 pub fn ordinal_of(member: u64) -> u64 {
     member % MEMBER_STRIDE
@@ -215,11 +224,7 @@ impl Document for Registry {
                     ));
                 }
                 if self.decommissioned.contains(id) {
-                    return RegistryResponse::Refused(format!(
-                        "member {id} was decommissioned; to join again, start node {} with \
-                         an empty data directory (it joins as a new member)",
-                        ordinal_of(*id)
-                    ));
+                    return RegistryResponse::Refused(decommissioned(*id));
                 }
                 let state = match self.nodes.get(id).map(|node| node.state) {
                     Some(NodeState::Draining) => NodeState::Draining,
