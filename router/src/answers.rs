@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::cache::cache_key;
 use crate::control;
 use crate::query::{
-    merge_baselines, merge_newest, merge_telemetry, AnomaliesParams, BaselinesParams,
+    merge_baselines, merge_newest, merge_telemetry, page, AnomaliesParams, BaselinesParams,
     IncidentsParams, ShardPage, SilencesParams, TelemetryParams, ANOMALY_ORDER, INCIDENT_ORDER,
 };
 use crate::service::{fan_out, on_shard, records, shard_count, ApiError, ApiState};
@@ -165,11 +165,7 @@ async fn telemetry_answer(api: &ApiState, params: TelemetryParams) -> Result<Val
     });
     let pages = futures::future::try_join_all(calls).await?;
     let (records, next) = merge_telemetry(from_ms, pages, params.limit as usize);
-    Ok(json!({
-        "count": records.len(),
-        "records": records,
-        "next_cursor": next.map(|c| c.encode()),
-    }))
+    Ok(page("records", records, next.map(|c| c.encode())))
 }
 
 /// `{count, anomalies, next_cursor}`: one page of the newest anomalies matching
@@ -205,11 +201,7 @@ async fn anomalies_answer(
         answers.await?,
         params.limit as usize,
     );
-    Ok(json!({
-        "count": anomalies.len(),
-        "anomalies": anomalies,
-        "next_cursor": next.map(|c| c.encode()),
-    }))
+    Ok(page("anomalies", anomalies, next.map(|c| c.encode())))
 }
 
 /// `{count, baselines, next_cursor}`: one page of the baselines of one key or of every key.
@@ -249,11 +241,7 @@ async fn baselines_answer(
         |mut client, r| async move { Ok(client.baselines(r).await?.map(|reply| reply.baselines)) },
     );
     let (baselines, next) = merge_baselines(answers.await?, params.limit as usize);
-    Ok(json!({
-        "count": baselines.len(),
-        "baselines": baselines,
-        "next_cursor": next.map(|c| c.encode()),
-    }))
+    Ok(page("baselines", baselines, next.map(|c| c.encode())))
 }
 
 /// `{count, incidents, next_cursor}`: one page of incidents, newest opening first, merged
@@ -292,11 +280,7 @@ async fn incidents_answer(
         answers.await?,
         params.limit as usize,
     );
-    Ok(json!({
-        "count": incidents.len(),
-        "incidents": incidents,
-        "next_cursor": next.map(|c| c.encode()),
-    }))
+    Ok(page("incidents", incidents, next.map(|c| c.encode())))
 }
 
 /// The cluster layout: nodes, shards, leaders and lag.

@@ -12,11 +12,11 @@ use sentinel_proto::v1::{
     change_silence_request, node_client::NodeClient, ChangeIncidentRequest, ChangeSilenceRequest,
     Consistency, IncidentAction, IncidentsRequest, NewSilence, SilencesRequest,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tonic::transport::Channel;
 
 use crate::error::CallError;
-use crate::query::SilencesParams;
+use crate::query::{page, SilencesParams};
 use crate::service::{fan_out, shard_count, ApiError, ApiState};
 
 /// Longest id, name or `by` taken.
@@ -545,17 +545,14 @@ pub async fn silences_answer(api: &ApiState, params: SilencesParams) -> Result<V
                     .contains(&now)
         })
         .collect();
-    Ok(json!({
-        "count": silences.len(),
-        "silences": silences,
-        "next_cursor": null,
-    }))
+    Ok(page("silences", silences, None))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use sentinel_proto::ErrorCode;
+    use serde_json::json;
 
     const NOW: i64 = 1_800_000_000_000;
 

@@ -544,6 +544,16 @@ impl SilencesParams {
     }
 }
 
+/// One page of a list answer: `{count, <list>, next_cursor}` (`next_cursor` null on the
+/// last page), as REST answers it and gRPC reads it.
+pub fn page(list: &str, records: Vec<Value>, next_cursor: Option<String>) -> Value {
+    let mut page = serde_json::Map::new();
+    page.insert("count".into(), records.len().into());
+    page.insert(list.into(), Value::Array(records));
+    page.insert("next_cursor".into(), next_cursor.into());
+    Value::Object(page)
+}
+
 /// The opaque text form of a cursor.
 fn encode_cursor(cursor: &impl Serialize) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(cursor).expect("cursors serialize"))
