@@ -8,7 +8,7 @@ use lapin::types::AMQPValue;
 use sentinel_node::alerting::{ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER};
 use sentinel_proto::v1::{
     AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, DecommissionRequest,
-    IngestRequest, InputEvent, Outcome, RaftMessage, SourcePartition, TelemetryRequest,
+    IngestRequest, InputEvent, Outcome, RaftMessage, ShardInfo, SourcePartition, TelemetryRequest,
 };
 use sentinel_testkit::process::{event, shard, Cluster};
 use sentinel_testkit::{process, services};
@@ -226,7 +226,10 @@ async fn three_nodes_form_a_cluster_detect_anomalies_and_agree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
-    let mut cluster = Cluster::start(3, 8, 3);
+    // A hold long enough to see the cluster with the victim back, before it takes its
+    // leaderships back.
+    let hold = variables(&[("SENTINEL_RAFT__LEADER_HOLD_MS", "3000")]);
+    let mut cluster = Cluster::start_with(3, 8, 3, hold);
     let status = cluster.wait_converged(CONVERGE).await;
     let mut acked = write(&cluster, 0..20).await;
     let (service, model) = &keys()[0];
@@ -251,7 +254,27 @@ async fn a_killed_shard_leader_loses_nothing_and_applies_nothing_twice() {
     );
 
     cluster.spawn(victim);
-    cluster.wait_converged(CONVERGE).await;
+    let back = wait_for(CONVERGE, async || {
+        let status = cluster.status(false).await?;
+        let caught_up =
+            |s: &ShardInfo| s.replicas.len() == 3 && s.replicas.iter().all(|r| r.lag == 0);
+        status.shards.iter().all(caught_up).then_some(status)
+    })
+    .await
+    .expect("the victim's replicas catch up");
+    let settled = cluster.wait_converged(CONVERGE).await;
+    for (before, after) in back.shards.iter().zip(&settled.shards) {
+        assert_eq!(
+            after.term - before.term,
+            u64::from(after.leader != before.leader),
+            "shard {}: leadership {:?} -> {:?} took terms {} -> {}: one election per hand-over",
+            after.shard,
+            before.leader,
+            after.leader,
+            before.term,
+            after.term
+        );
+    }
     assert_replicas_agree(&cluster).await;
 }
 

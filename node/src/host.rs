@@ -17,6 +17,7 @@ use sentinel_tls::ClusterTransport;
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::handover::HandOver;
 use crate::intake::ShardIntake;
 use crate::placement::Placement;
 use crate::registry::{MetaConfig, Registry, METADATA_GROUP};
@@ -36,12 +37,39 @@ pub struct Replica {
     pub raft: ShardRaft,
     /// Its state, for queries.
     pub reader: ShardReader,
+    /// The leadership hand-over in progress here, if any.
+    pub hand_over: HandOver,
 }
 
 impl Replica {
     /// The current Raft metrics.
     pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Goes quiet for a hand-over until `until` at most: heartbeats stop, and writes and
+    /// leadership-confirming reads are refused; false when one is already in progress.
+    pub fn begin_hand_over(&self, until: tokio::time::Instant) -> bool {
+        let begun = self.hand_over.begin(until);
+        if begun {
+            self.raft.runtime_config().heartbeat(false);
+        }
+        begun
+    }
+
+    /// Ends the hand-over in progress once this node no longer leads or its time is up
+    /// (`force`: in any case); heartbeats resume.
+    pub fn end_hand_over(&self, node: u64, force: bool) {
+        let leading = leads(&self.metrics(), node);
+        let ended = if force {
+            self.hand_over.end()
+        } else {
+            self.hand_over
+                .end_if_done(leading, tokio::time::Instant::now())
+        };
+        if ended {
+            self.raft.runtime_config().heartbeat(true);
+        }
     }
 }
 
@@ -276,6 +304,7 @@ impl Host {
             shard,
             raft,
             reader,
+            hand_over: HandOver::default(),
         });
         self.replicas
             .write()

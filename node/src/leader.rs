@@ -62,6 +62,7 @@ impl LeaderWork {
             running.retain(|_, task| !task.is_finished());
             for replica in self.host.replicas() {
                 if !crate::host::leads(&replica.metrics(), self.host.id)
+                    || replica.hand_over.in_progress()
                     || running.contains_key(&replica.shard)
                 {
                     continue;

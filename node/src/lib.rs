@@ -6,10 +6,12 @@
 pub mod alerting;
 pub mod bootstrap;
 pub mod calls;
+pub mod clock;
 pub mod config;
 pub mod elections;
 pub mod error;
 pub mod export;
+pub mod handover;
 pub mod host;
 pub mod http;
 pub mod identity;
@@ -32,4 +34,4 @@ pub use config::NodeConfig;
 pub use error::NodeError;
 pub use server::run;
 
-pub(crate) use sentinel_core::anomaly::now_ms;
+pub(crate) use clock::now_ms;

@@ -12,6 +12,7 @@ use sentinel_proto::v1::{CampaignRequest, LocalStatusRequest};
 
 use crate::calls::{change, client, meta_metrics, propose, STATUS_TIMEOUT};
 use crate::error::RoundError;
+use crate::handover::HandOverTiming;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
 use crate::placement::Placement;
@@ -58,6 +59,9 @@ impl Reconciler {
             return;
         }
         let placement = Placement::compute(&registry);
+        for replica in self.host.replicas() {
+            replica.end_hand_over(self.host.id, false);
+        }
         if meta_metrics(&self.host).current_leader == Some(self.host.id) {
             if let Err(e) = self.metadata().await {
                 tracing::info!(error = %e, "metadata reconciliation step failed");
@@ -207,6 +211,10 @@ impl Reconciler {
         placement: &Placement,
     ) -> Result<(), RoundError> {
         let shard = replica.shard;
+        if replica.hand_over.in_progress() {
+            // Any change now would be a write that refreshes the voters' leases.
+            return Ok(());
+        }
         let view = GroupView::of(metrics);
         let addressable = |node| self.host.address(node).is_some();
         let Some(step) =
@@ -238,33 +246,44 @@ impl Reconciler {
                 self.action("remove_learner");
                 change(raft, ChangeMembers::RemoveNodes(stray), false).await
             }
-            ShardStep::Campaign(target) => self.campaign(shard, target).await,
+            ShardStep::Campaign(target) => self.campaign(replica, target).await,
         }
     }
 
-    /// Asks `target`, which holds every entry (a voter grants its vote only to a log at
-    /// least as long as its own), to stand for election; at most every few election
-    /// timeouts per shard.
-    async fn campaign(&mut self, shard: u32, target: u64) -> Result<(), RoundError> {
-        let pause = Duration::from_millis(self.host.config.raft.election_timeout_max_ms * 2);
+    /// Hands the leadership to `target`, which holds every entry (a voter grants its vote
+    /// only to a log at least as long as its own): this node goes quiet and asks `target`
+    /// to stand once every voter's lease has run out (`handover`); at most once per
+    /// hand-over's length per shard.
+    async fn campaign(&mut self, replica: &Replica, target: u64) -> Result<(), RoundError> {
+        let shard = replica.shard;
+        let timing = HandOverTiming::of(&self.host.config.raft);
         if self
             .last_campaign
             .get(&shard)
-            .is_some_and(|at| at.elapsed() < pause)
+            .is_some_and(|at| at.elapsed() < timing.give_up_after)
         {
             return Ok(());
         }
-        self.last_campaign.insert(shard, Instant::now());
         let Some(address) = self.host.address(target) else {
             return Ok(());
         };
+        let mut peer = client(&self.host, &address)?;
+        if !replica.begin_hand_over(tokio::time::Instant::now() + timing.give_up_after) {
+            return Ok(());
+        }
+        self.last_campaign.insert(shard, Instant::now());
         self.action("transfer_leader");
-        client(&self.host, &address)?
+        let asked = peer
             .campaign(CampaignRequest {
                 group: shard,
                 hand_over: false,
+                delay_ms: timing.stand_after.as_millis() as u32,
             })
-            .await?;
+            .await;
+        if asked.is_err() {
+            replica.end_hand_over(self.host.id, true);
+        }
+        asked?;
         Ok(())
     }
 
@@ -318,10 +337,11 @@ impl Reconciler {
     }
 }
 
-/// Hands the leaderships held here to other caught-up voters before this node stops.
+/// Hands the leaderships held here to other caught-up voters before this node stops, as
+/// [`Reconciler::campaign`] does but with every successor standing whatever its steadiness.
 pub async fn hand_over(host: &Host) {
-    let deadline =
-        Instant::now() + Duration::from_millis(host.config.raft.election_timeout_max_ms * 2);
+    let timing = HandOverTiming::of(&host.config.raft);
+    let deadline = Instant::now() + timing.give_up_after;
     for replica in host.replicas() {
         let metrics = replica.metrics();
         if !crate::host::leads(&metrics, host.id) {
@@ -336,12 +356,15 @@ pub async fn hand_over(host: &Host) {
             continue;
         };
         if let Ok(mut peer) = client(host, &address) {
+            replica.begin_hand_over(tokio::time::Instant::now() + timing.give_up_after);
             let mut request = tonic::Request::new(CampaignRequest {
                 group: replica.shard,
                 hand_over: true,
+                delay_ms: timing.stand_after.as_millis() as u32,
             });
             request.set_timeout(STATUS_TIMEOUT);
             if let Err(status) = peer.campaign(request).await {
+                replica.end_hand_over(host.id, true);
                 tracing::info!(shard = replica.shard, %status, "leadership hand-over refused");
             }
         }

@@ -2,7 +2,7 @@
 //! queries, cluster management) used by routers, the CLI and other nodes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
 use openraft::raft::InstallSnapshotRequest;
@@ -91,6 +91,7 @@ impl NodeService {
         if leader != Some(self.host.id) {
             return Err(self.not_leader(shard, leader));
         }
+        quiet(&replica)?;
         Ok(replica)
     }
 
@@ -117,6 +118,7 @@ impl NodeService {
         if consistency == Consistency::StaleOk as i32 {
             return Ok(());
         }
+        quiet(replica)?;
         replica
             .raft
             .ensure_linearizable()
@@ -642,14 +644,37 @@ impl Node for NodeService {
                 .may_take_leadership()
                 .map_err(|why| ErrorCode::Conflict.status(format!("not standing yet: {why}")))?;
         }
-        replica
-            .raft
-            .trigger()
-            .elect()
-            .await
-            .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))?;
+        let delay = Duration::from_millis(u64::from(request.delay_ms));
+        if delay.is_zero() {
+            replica
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))?;
+        } else {
+            let raft = replica.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Err(e) = raft.trigger().elect().await {
+                    tracing::info!(shard = request.group, error = %e, "standing for a hand-over failed");
+                }
+            });
+        }
         Ok(Response::new(CampaignReply {}))
     }
+}
+
+/// Refuses a write or a leadership-confirming read while the replica hands its leadership
+/// over: either would refresh the voters' leases the hand-over waits out.
+fn quiet(replica: &Replica) -> Result<(), Status> {
+    if replica.hand_over.in_progress() {
+        return Err(ErrorCode::Unavailable.status(format!(
+            "shard {}: its leadership is being handed over; try again",
+            replica.shard
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]

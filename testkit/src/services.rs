@@ -240,12 +240,16 @@ impl AlertQueue {
 
     /// The next message, waiting at most the alert wait.
     pub async fn next(&mut self) -> Delivery {
-        let next = self.consumer.next();
-        tokio::time::timeout(ALERT_WAIT, next)
+        self.next_within(ALERT_WAIT)
             .await
-            .unwrap_or_else(|_| panic!("no message within {ALERT_WAIT:?}"))
-            .expect("consumer open")
-            .expect("delivery")
+            .unwrap_or_else(|| panic!("no message within {ALERT_WAIT:?}"))
+    }
+
+    /// The next message, or none when `wait` passes first.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Delivery> {
+        let next = self.consumer.next();
+        let delivery = tokio::time::timeout(wait, next).await.ok()?;
+        Some(delivery.expect("consumer open").expect("delivery"))
     }
 
     /// The next message whose `message_id` is `id`, skipping alerts of other tests.
@@ -336,6 +340,15 @@ async fn receive(
 impl WebhookReceiver {
     /// Starts a receiver that verifies signatures with `secret` and answers per `replies`.
     pub async fn start(secret: &[u8], replies: Replies) -> WebhookReceiver {
+        WebhookReceiver::start_on(std::net::Ipv4Addr::LOCALHOST.into(), secret, replies).await
+    }
+
+    /// Like [`WebhookReceiver::start`], on an ephemeral port of address `ip`.
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        secret: &[u8],
+        replies: Replies,
+    ) -> WebhookReceiver {
         let state = Arc::new(Mutex::new(ReceiverState {
             secret: secret.to_vec(),
             replies,
@@ -344,7 +357,7 @@ impl WebhookReceiver {
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(Arc::clone(&state));
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind((ip, 0))
             .await
             .expect("bind the webhook receiver");
         let addr = listener.local_addr().expect("receiver address");

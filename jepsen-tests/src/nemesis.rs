@@ -1,0 +1,338 @@
+//! The nemesis: applies a schedule's faults to the network and the processes, and
+//! remembers what it broke so that `heal_all` can repair everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use sentinel_local::rng::Rng;
+use sentinel_proto::v1::node_client::NodeClient;
+use sentinel_proto::v1::sentinel_client::SentinelClient;
+use sentinel_proto::v1::{ClusterStatusReply, ClusterStatusRequest, DecommissionQuery};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::net::Network;
+use crate::processes::{Processes, NODE_GRPC, ROUTER_GRPC};
+use crate::schedule::{Cut, Fault, Target};
+
+/// How long a decommission may take before the nemesis gives up on it.
+const DECOMMISSION_LIMIT: Duration = Duration::from_secs(120);
+
+/// The faults in force and the means to make more.
+pub struct Nemesis {
+    pub network: Network,
+    pub processes: Processes,
+    /// Nodes started at first (ordinals below); the spare has ordinal `nodes`.
+    pub nodes: usize,
+    rng: Rng,
+    killed: BTreeSet<usize>,
+    paused: BTreeSet<usize>,
+    skewed: BTreeSet<usize>,
+    filled: BTreeSet<usize>,
+    routers_killed: BTreeSet<usize>,
+    partitioned: bool,
+}
+
+impl Nemesis {
+    pub fn new(network: Network, processes: Processes, nodes: usize, seed: u64) -> Nemesis {
+        Nemesis {
+            network,
+            processes,
+            nodes,
+            rng: Rng::from_stream(seed, 0x6e65_6d32),
+            killed: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            skewed: BTreeSet::new(),
+            filled: BTreeSet::new(),
+            routers_killed: BTreeSet::new(),
+            partitioned: false,
+        }
+    }
+
+    /// Node ordinals that may be running (the spare too once started).
+    fn ordinals(&self) -> Vec<usize> {
+        (0..=self.nodes)
+            .filter(|&n| n < self.nodes || self.processes.node_running(n))
+            .collect()
+    }
+
+    fn member(n: usize) -> String {
+        format!("node-{n}")
+    }
+
+    /// The gRPC address of node `n`.
+    pub fn node_address(&self, n: usize) -> String {
+        format!("{}:{NODE_GRPC}", self.network.address(&Self::member(n)))
+    }
+
+    /// The node ordinal registered at `address`.
+    fn ordinal_at(&self, address: &str) -> Option<usize> {
+        (0..=self.nodes).find(|&n| self.node_address(n) == address)
+    }
+
+    /// The cluster as the first running, unpaused node that answers sees it.
+    pub async fn status(&self, digests: bool) -> Option<ClusterStatusReply> {
+        for n in self.ordinals() {
+            if !self.processes.node_running(n) || self.paused.contains(&n) {
+                continue;
+            }
+            let Ok(channel) = Channel::from_shared(format!("http://{}", self.node_address(n)))
+            else {
+                continue;
+            };
+            let mut client =
+                NodeClient::new(channel.timeout(Duration::from_secs(10)).connect_lazy());
+            if let Ok(reply) = client
+                .cluster_status(ClusterStatusRequest { digests })
+                .await
+            {
+                return Some(reply.into_inner());
+            }
+        }
+        None
+    }
+
+    /// The ordinal `target` names now.
+    async fn resolve(&mut self, target: Target) -> usize {
+        match target {
+            Target::Node(n) => n,
+            Target::MostLeader => {
+                let mut led: BTreeMap<usize, usize> = BTreeMap::new();
+                if let Some(status) = self.status(false).await {
+                    let addresses: BTreeMap<u64, String> = status
+                        .nodes
+                        .iter()
+                        .map(|n| (n.id, n.address.clone()))
+                        .collect();
+                    for shard in &status.shards {
+                        if let Some(ordinal) = shard
+                            .leader
+                            .and_then(|l| addresses.get(&l))
+                            .and_then(|a| self.ordinal_at(a))
+                        {
+                            *led.entry(ordinal).or_default() += 1;
+                        }
+                    }
+                }
+                led.into_iter()
+                    .max_by_key(|(n, count)| (*count, std::cmp::Reverse(*n)))
+                    .map_or(0, |(n, _)| n)
+            }
+        }
+    }
+
+    /// Applies `fault`; what was done, for the history.
+    pub async fn apply(&mut self, fault: Fault) -> Result<Value> {
+        Ok(match fault {
+            Fault::Partition { cut } => {
+                let sides = self.sides(cut).await;
+                let grudge = grudge(&sides);
+                self.network.set_grudge(&grudge)?;
+                self.partitioned = true;
+                json!({"sides": sides})
+            }
+            Fault::Heal => {
+                self.network.set_grudge(&BTreeMap::new())?;
+                self.partitioned = false;
+                json!({})
+            }
+            Fault::Kill { target } => {
+                let n = self.resolve(target).await;
+                self.processes.kill_node(n)?;
+                self.killed.insert(n);
+                json!({"node": n})
+            }
+            Fault::Wipe { target } => {
+                let n = self.resolve(target).await;
+                self.processes.kill_node(n)?;
+                self.processes.wipe(n)?;
+                self.killed.insert(n);
+                json!({"node": n})
+            }
+            Fault::Restart => {
+                let restarted = std::mem::take(&mut self.killed);
+                for &n in &restarted {
+                    self.processes.start_node(n, &self.network)?;
+                }
+                json!({"nodes": restarted})
+            }
+            Fault::Pause { target } => {
+                let n = self.resolve(target).await;
+                if self.processes.node_running(n) {
+                    self.processes.pause_node(n, true)?;
+                    self.paused.insert(n);
+                }
+                json!({"node": n})
+            }
+            Fault::Resume => {
+                let resumed = std::mem::take(&mut self.paused);
+                for &n in &resumed {
+                    if self.processes.node_running(n) {
+                        self.processes.pause_node(n, false)?;
+                    }
+                }
+                json!({"nodes": resumed})
+            }
+            Fault::ClockJump { target, seconds } => {
+                let n = self.resolve(target).await;
+                self.processes.set_clock(n, seconds)?;
+                self.skewed.insert(n);
+                json!({"node": n, "seconds": seconds})
+            }
+            Fault::ClockReset => {
+                let reset = std::mem::take(&mut self.skewed);
+                for &n in &reset {
+                    self.processes.set_clock(n, 0)?;
+                }
+                json!({"nodes": reset})
+            }
+            Fault::DiskFull { target } => {
+                let n = self.resolve(target).await;
+                let bytes = self.processes.fill_volume(n)?;
+                self.filled.insert(n);
+                json!({"node": n, "filled_bytes": bytes})
+            }
+            Fault::DiskFree => {
+                let freed = std::mem::take(&mut self.filled);
+                for &n in &freed {
+                    self.processes.free_volume(n)?;
+                }
+                json!({"nodes": freed})
+            }
+            Fault::ScaleOut => {
+                let spare = self.nodes;
+                if !self.processes.node_running(spare) {
+                    self.processes.start_node(spare, &self.network)?;
+                }
+                json!({"node": spare})
+            }
+            Fault::Decommission => self.decommission_spare().await?,
+            Fault::KillRouter { router } => {
+                self.processes.kill_router(router);
+                self.routers_killed.insert(router);
+                json!({"router": router})
+            }
+            Fault::RestartRouter => {
+                let restarted = std::mem::take(&mut self.routers_killed);
+                for &r in &restarted {
+                    self.processes.start_router(r, &self.network)?;
+                }
+                json!({"routers": restarted})
+            }
+        })
+    }
+
+    /// Repairs every fault in force; the repairs made.
+    pub async fn heal_all(&mut self) -> Result<Vec<(Fault, Value)>> {
+        let mut done = Vec::new();
+        let repairs = [
+            (self.partitioned, Fault::Heal),
+            (!self.paused.is_empty(), Fault::Resume),
+            (!self.killed.is_empty(), Fault::Restart),
+            (!self.skewed.is_empty(), Fault::ClockReset),
+            (!self.filled.is_empty(), Fault::DiskFree),
+            (!self.routers_killed.is_empty(), Fault::RestartRouter),
+        ];
+        for (needed, repair) in repairs {
+            if needed {
+                done.push((repair, self.apply(repair).await?));
+            }
+        }
+        Ok(done)
+    }
+
+    /// The node ordinals on each side of `cut` (the middle node of a bridge on neither).
+    async fn sides(&mut self, cut: Cut) -> Vec<Vec<usize>> {
+        let mut nodes = self.ordinals();
+        match cut {
+            Cut::Isolate(target) => {
+                let n = self.resolve(target).await;
+                vec![vec![n], nodes.into_iter().filter(|&m| m != n).collect()]
+            }
+            Cut::Halves | Cut::Bridge => {
+                for i in (1..nodes.len()).rev() {
+                    nodes.swap(i, self.rng.below(i as u64 + 1) as usize);
+                }
+                let bridge = usize::from(cut == Cut::Bridge);
+                let rest = nodes.split_off(bridge);
+                let (a, b) = rest.split_at(rest.len() / 2);
+                let mut sides = vec![a.to_vec(), b.to_vec()];
+                sides.extend((bridge == 1).then(|| nodes.clone()));
+                sides
+            }
+        }
+    }
+
+    /// Drains the spare node through a router, stops it and deletes its data.
+    async fn decommission_spare(&mut self) -> Result<Value> {
+        let spare = self.nodes;
+        if !self.processes.node_running(spare) {
+            return Ok(json!({"skipped": "the spare node is not running"}));
+        }
+        let address = self.node_address(spare);
+        let deadline = tokio::time::Instant::now() + DECOMMISSION_LIMIT;
+        let router = format!("http://{}:{ROUTER_GRPC}", self.network.address("router-0"));
+        let mut client = SentinelClient::new(
+            Channel::from_shared(router)?
+                .timeout(Duration::from_secs(30))
+                .connect_lazy(),
+        );
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            let member = self
+                .status(false)
+                .await
+                .and_then(|s| s.nodes.iter().find(|n| n.address == address).map(|n| n.id));
+            let Some(member) = member else {
+                self.processes.terminate_node(spare)?;
+                self.processes.wipe(spare)?;
+                return Ok(json!({"node": spare, "left": true}));
+            };
+            match client
+                .decommission(DecommissionQuery { node_id: member })
+                .await
+            {
+                Ok(reply) => {
+                    last = format!("{} shards remaining", reply.into_inner().shards_remaining)
+                }
+                Err(status) => last = format!("{:?}: {}", status.code(), status.message()),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        bail!("node {spare} did not leave within {DECOMMISSION_LIMIT:?}; last answer: {last}")
+    }
+}
+
+/// Each member's grudge: the members of every other side (a bridge's middle, the last
+/// side when there are three, sees everyone and is seen by everyone).
+fn grudge(sides: &[Vec<usize>]) -> BTreeMap<String, BTreeSet<String>> {
+    let cut = &sides[..2];
+    let mut grudge = BTreeMap::new();
+    for (i, side) in cut.iter().enumerate() {
+        let others: BTreeSet<String> = cut[1 - i].iter().map(|&n| Nemesis::member(n)).collect();
+        for &n in side {
+            grudge.insert(Nemesis::member(n), others.clone());
+        }
+    }
+    grudge
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bridge_middle_is_cut_from_no_one_and_halves_from_each_other() {
+        let grudge = grudge(&[vec![1, 2], vec![3, 4], vec![0]]);
+        assert!(!grudge.contains_key("node-0"));
+        assert_eq!(
+            grudge["node-1"],
+            BTreeSet::from(["node-3".to_owned(), "node-4".to_owned()])
+        );
+        assert_eq!(
+            grudge["node-4"],
+            BTreeSet::from(["node-1".to_owned(), "node-2".to_owned()])
+        );
+    }
+}
