@@ -195,10 +195,17 @@ impl Nemesis {
             }
             Fault::DiskFree => {
                 let freed = std::mem::take(&mut self.filled);
+                let mut restarted = BTreeMap::new();
                 for &n in &freed {
                     self.processes.free_volume(n)?;
+                    // A node that stopped on the full disk starts again, as its pod would.
+                    let status = self.processes.reap_node(n).map(|s| s.to_string());
+                    if !self.processes.node_running(n) && !self.killed.contains(&n) {
+                        self.processes.start_node(n, &self.network)?;
+                        restarted.insert(n, status.unwrap_or_else(|| "exited".into()));
+                    }
                 }
-                json!({"nodes": freed})
+                json!({"nodes": freed, "restarted_after_exit": restarted})
             }
             Fault::ScaleOut => {
                 let spare = self.nodes;
@@ -221,6 +228,19 @@ impl Nemesis {
                 json!({"routers": restarted})
             }
         })
+    }
+
+    /// Processes that exited by themselves since the last call: member, status, and
+    /// whether it was expected (a node whose disk is full may stop).
+    pub fn exits(&mut self) -> Vec<(String, String, bool)> {
+        let exited = self.processes.exited();
+        exited
+            .into_iter()
+            .map(|(member, status)| {
+                let expected = self.filled.iter().any(|&n| Self::member(n) == member);
+                (member, status.to_string(), expected)
+            })
+            .collect()
     }
 
     /// Repairs every fault in force; the repairs made.

@@ -14,6 +14,8 @@ use crate::net::Network;
 
 /// libfaketime from Debian's package of that name (the thread-safe build).
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+/// Log entries between a shard's snapshots (the default is 10,000).
+const SNAPSHOT_EVERY: u32 = 500;
 /// Size of each node's data volume.
 const VOLUME: &str = "size=2g";
 /// Ports every node and router listens on (each has an address of its own).
@@ -156,6 +158,12 @@ impl Processes {
                 ),
                 ("SENTINEL_SECURITY__INSECURE".into(), "true".into()),
                 ("SENTINEL_LOG__LEVEL".into(), "info,openraft=warn".into()),
+                // Snapshots and log purges every few seconds, so that a replica cut off
+                // for a while catches up by snapshot, and a full disk bites at once.
+                (
+                    "SENTINEL_RAFT__SNAPSHOT_EVERY_ENTRIES".into(),
+                    SNAPSHOT_EVERY.to_string(),
+                ),
             ]);
             processes.nodes.insert(
                 n,
@@ -277,6 +285,11 @@ impl Processes {
 
     pub fn node_running(&self, n: usize) -> bool {
         self.nodes.get(&n).is_some_and(|p| p.child.is_some())
+    }
+
+    /// Node `n`'s exit status if it has exited by itself (it is then forgotten).
+    pub fn reap_node(&mut self, n: usize) -> Option<std::process::ExitStatus> {
+        self.nodes.get_mut(&n)?.exited()
     }
 
     /// Processes that exited by themselves since the last call, with their status.

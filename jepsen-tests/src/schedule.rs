@@ -148,6 +148,8 @@ impl fmt::Display for Schedule {
 /// between them.
 const FAULT: Duration = Duration::from_secs(10);
 const CALM: Duration = Duration::from_secs(10);
+/// A full disk lasts this long: long enough for a flush, a snapshot or a new log file.
+const DISK_FAULT: Duration = Duration::from_secs(30);
 /// A flapping partition changes this often.
 const FLAP: Duration = Duration::from_secs(3);
 
@@ -155,10 +157,15 @@ const FLAP: Duration = Duration::from_secs(3);
 /// every fault is repaired before the run ends.
 pub fn plan(schedule: Schedule, seed: u64, length: Duration, nodes: usize) -> Vec<Step> {
     let mut rng = Rng::from_stream(seed, 0x6e656d65);
+    let lasts = if schedule == Schedule::Disk {
+        DISK_FAULT
+    } else {
+        FAULT
+    };
     let mut steps = Vec::new();
     let mut at = CALM;
     let mut round = 0usize;
-    while at + FAULT + CALM / 2 <= length {
+    while at + lasts + CALM / 2 <= length {
         let faults = round_faults(schedule, round, nodes, &mut rng);
         if faults.is_empty() {
             break;
@@ -170,12 +177,12 @@ pub fn plan(schedule: Schedule, seed: u64, length: Duration, nodes: usize) -> Ve
             });
             if let Some(repair) = repair {
                 steps.push(Step {
-                    at: at + FAULT,
+                    at: at + lasts,
                     fault: repair,
                 });
             }
         }
-        at += FAULT + CALM;
+        at += lasts + CALM;
         round += 1;
     }
     steps.sort_by_key(|s| s.at);

@@ -572,8 +572,8 @@ impl std::fmt::Display for ReadError {
 }
 
 /// Every element of list `list` of a paged REST query (`path` has its own query string), following
-/// `next_cursor`. A timeout, a refused connection and 503/504 are retryable; any other
-/// failure is not.
+/// `next_cursor`. No answer (a refused or broken connection, a timeout) and 503/504 are
+/// retryable; any other failure is not.
 pub async fn pages(
     client: &reqwest::Client,
     router: &str,
@@ -589,7 +589,8 @@ pub async fn pages(
         };
         let answer = client.get(&url).send().await.map_err(|e| ReadError {
             what: format!("GET {path}: {}", error_kind(&e)),
-            retryable: e.is_timeout() || e.is_connect(),
+            // No answer at all (refused, reset, timed out): the read may simply be retried.
+            retryable: true,
         })?;
         let status = answer.status().as_u16();
         let body: Value = json_body(answer).await.map_err(|e| ReadError {
