@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::alerts::Delivery;
-use crate::workload::{base_id, Outcome};
+use crate::workload::{base_id, through_kafka, Outcome};
 
 /// How many ids of each anomaly a verdict lists.
 const LISTED: usize = 20;
@@ -21,6 +21,8 @@ pub struct Final {
     pub baselines: BTreeMap<usize, u64>,
     /// (service, model, event time in ms) of every stored call.
     pub calls: HashSet<(String, String, i64)>,
+    /// The event ids the Kafka topic holds when read back from the beginning.
+    pub in_broker: HashSet<String>,
 }
 
 /// The events part of a verdict.
@@ -34,6 +36,9 @@ pub struct Events {
     pub unknown_applied: usize,
     /// Acknowledged, not stored.
     pub lost: usize,
+    /// Acknowledged by the Kafka broker to its producer, then missing from the topic when
+    /// read back: lost by the broker, before Sentinel could read them (not counted in `lost`).
+    pub lost_by_broker: usize,
     /// Stored more than once (a derived id counts as another copy).
     pub applied_twice: usize,
     /// Stored, never sent.
@@ -96,7 +101,10 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
         match outcome {
             Outcome::Acknowledged => {
                 verdict.acknowledged += 1;
-                if n == 0 {
+                if n == 0 && through_kafka(id) && !found.in_broker.contains(id.as_str()) {
+                    verdict.lost_by_broker += 1;
+                    verdict.note("lost_by_broker", id);
+                } else if n == 0 {
                     verdict.lost += 1;
                     verdict.note("lost", id);
                 }
@@ -358,6 +366,7 @@ mod tests {
             stored: vec!["a".into(), "b".into()],
             baselines: [(0, 1), (1, 1)].into(),
             calls: HashSet::new(),
+            in_broker: HashSet::new(),
         };
         let verdict = check_events(&sent, &found);
         assert!(verdict.valid(), "{verdict:?}");
@@ -377,6 +386,7 @@ mod tests {
             ("lost", 0, Outcome::Acknowledged),
             ("twice", 0, Outcome::Acknowledged),
             ("refused", 1, Outcome::Rejected),
+            ("kafka-0-9", 2, Outcome::Acknowledged),
         ]);
         let stored = ["twice", "twice~00ff00ff00ff00ff", "ghost", "refused"]
             .map(String::from)
@@ -385,6 +395,7 @@ mod tests {
             stored,
             baselines: [(0, 2), (1, 2)].into(),
             calls: HashSet::new(),
+            in_broker: HashSet::new(),
         };
         let verdict = check_events(&sent, &found);
         assert_eq!(
@@ -398,6 +409,7 @@ mod tests {
             (1, 1, 1, 1, 1)
         );
         assert_eq!(verdict.examples["lost"], ["lost"]);
+        assert_eq!(verdict.lost_by_broker, 1);
         assert!(!verdict.valid());
     }
 

@@ -23,9 +23,12 @@ use crate::processes::{check_machine, Layout, Processes, BROKER, NODE_HTTP, ROUT
 use crate::relay;
 use crate::schedule::{plan, Schedule};
 use crate::workload::{
-    call_of, key_name, pages, record_id, Api, Clients, Ledger, Outcome, LATENCY_CAP_MS,
-    RESOLVE_AFTER_MS,
+    broker_ids, call_of, key_name, pages, record_id, through_kafka, Api, Clients, Ledger, Outcome,
+    LATENCY_CAP_MS, RESOLVE_AFTER_MS,
 };
+
+/// Partitions of the Kafka topic.
+const PARTITIONS: i32 = 4;
 
 /// What a run does.
 pub struct Options {
@@ -222,9 +225,24 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     );
     crashes.extend(exits(&mut nemesis, &history));
 
-    let found = final_read(&routers, options.keys)
+    let mut found = final_read(&routers, options.keys)
         .await
         .context("the final read")?;
+    found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            // Unread, nothing is put down to the broker.
+            let op = json!({"type": "info", "f": "broker_audit", "error": format!("{e:#}")});
+            history.record("nemesis", op);
+            let ledger = clients.ledger.lock();
+            ledger
+                .events
+                .keys()
+                .filter(|id| through_kafka(id))
+                .cloned()
+                .collect()
+        }
+    };
     let incidents = final_incidents(&routers)
         .await
         .context("reading the incidents")?;
@@ -281,7 +299,7 @@ async fn setup(options: &Options, nemesis: &mut Nemesis, clients: &Clients) -> R
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    clients.create_topic(TOPIC, 4).await?;
+    clients.create_topic(TOPIC, PARTITIONS).await?;
     for n in 0..options.layout.nodes {
         nemesis.processes.start_node(n, &nemesis.network)?;
     }
@@ -476,6 +494,7 @@ async fn final_read(routers: &[String], keys: usize) -> Result<Final> {
                     stored: records.iter().filter_map(record_id).collect(),
                     baselines: counts,
                     calls: records.iter().filter_map(call_of).collect(),
+                    in_broker: Default::default(),
                 });
             }
             (Err(e), _) | (_, Err(e)) => last = e.to_string(),
@@ -531,7 +550,8 @@ fn summary(verdict: &Verdict, history: &str) -> String {
     let mut out = format!(
         "schedule {} seed {}: {}\n\
          events: {} sent, {} acknowledged, {} unknown ({} of them applied), {} rejected\n\
-         anomalies: {} lost, {} applied twice, {} invented, {} rejected yet applied, {} baseline mismatches\n\
+         anomalies: {} lost, {} applied twice, {} invented, {} rejected yet applied, {} baseline mismatches \
+         (and {} acknowledged by the broker but missing from its topic)\n\
          reads: {} ok, {} failed retryably, {} failed otherwise, {} stale, {} invented\n\
          alerts: {} incidents, {} notifications, deliveries {}, {} repeats; anomalies: {} undelivered, {} conflicting, {} invented, {} without an applied call, {} left in outboxes\n\
          after the last repair: serving {}, Kafka drained {}, leadership settled {}, outboxes empty {}, digests equal {}\n\
@@ -549,6 +569,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
         e.invented,
         e.rejected_applied,
         e.baseline_mismatches,
+        e.lost_by_broker,
         r.ok,
         r.failed_retryable,
         r.failed_other,

@@ -2,7 +2,7 @@
 //! Kafka, each with an id the client chose, and reads of what was acknowledged. Every
 //! attempt and its outcome goes to the history and to the ledger the checker reads.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sentinel_local::rng::Rng;
 use sentinel_proto::v1::sentinel_client::SentinelClient;
 use sentinel_proto::v1::IngestEventsRequest;
@@ -290,6 +292,45 @@ impl Clients {
         }
         Ok(())
     }
+}
+
+/// Whether event `id` was sent through Kafka (ids are `<api>-<client>-<sequence>`).
+pub fn through_kafka(id: &str) -> bool {
+    id.starts_with("kafka-")
+}
+
+/// The event id of every message in `topic` (partitions `0..partitions`), read from the
+/// beginning by a consumer of its own: what the broker kept of what it acknowledged.
+pub async fn broker_ids(broker: &str, topic: &str, partitions: i32) -> Result<HashSet<String>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", "sentinel-jepsen-audit")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .context("Kafka audit consumer")?;
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let (mut ids, mut ended) = (HashSet::new(), HashSet::new());
+    while ended.len() < partitions as usize {
+        let message = tokio::time::timeout(Duration::from_secs(15), consumer.recv()).await;
+        match message.context("reading the topic back stalled")? {
+            Err(KafkaError::PartitionEOF(partition)) => {
+                ended.insert(partition);
+            }
+            Err(e) => return Err(e.into()),
+            Ok(message) => {
+                let body = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<Value>(p).ok());
+                ids.extend(body.and_then(|b| b["request_id"].as_str().map(str::to_owned)));
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// An event id as stored, without the suffix of a derived id (`<id>~<digest>`).
