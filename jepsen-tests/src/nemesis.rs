@@ -30,6 +30,9 @@ pub struct Nemesis {
     paused: BTreeSet<usize>,
     skewed: BTreeSet<usize>,
     filled: BTreeSet<usize>,
+    /// Nodes whose disk has been full: they may stop on the error they hit, even after
+    /// the space is back.
+    disk_victims: BTreeSet<usize>,
     routers_killed: BTreeSet<usize>,
     partitioned: bool,
 }
@@ -45,6 +48,7 @@ impl Nemesis {
             paused: BTreeSet::new(),
             skewed: BTreeSet::new(),
             filled: BTreeSet::new(),
+            disk_victims: BTreeSet::new(),
             routers_killed: BTreeSet::new(),
             partitioned: false,
         }
@@ -191,6 +195,7 @@ impl Nemesis {
                 let n = self.resolve(target).await;
                 let bytes = self.processes.fill_volume(n)?;
                 self.filled.insert(n);
+                self.disk_victims.insert(n);
                 json!({"node": n, "filled_bytes": bytes})
             }
             Fault::DiskFree => {
@@ -231,16 +236,23 @@ impl Nemesis {
     }
 
     /// Processes that exited by themselves since the last call: member, status, and
-    /// whether it was expected (a node whose disk is full may stop).
-    pub fn exits(&mut self) -> Vec<(String, String, bool)> {
-        let exited = self.processes.exited();
-        exited
-            .into_iter()
-            .map(|(member, status)| {
-                let expected = self.filled.iter().any(|&n| Self::member(n) == member);
-                (member, status.to_string(), expected)
-            })
-            .collect()
+    /// whether it was expected. A node whose disk has been full may stop on the error it
+    /// hit; it is started again at once (once its disk has space), as its pod would be.
+    pub fn exits(&mut self) -> Result<Vec<(String, String, bool)>> {
+        let mut exits = Vec::new();
+        for (member, status) in self.processes.exited() {
+            let victim = self
+                .disk_victims
+                .iter()
+                .copied()
+                .find(|&n| Self::member(n) == member);
+            if let Some(n) = victim.filter(|n| !self.filled.contains(n) && !self.killed.contains(n))
+            {
+                self.processes.start_node(n, &self.network)?;
+            }
+            exits.push((member, status.to_string(), victim.is_some()));
+        }
+        Ok(exits)
     }
 
     /// Repairs every fault in force; the repairs made.

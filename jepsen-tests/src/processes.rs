@@ -113,7 +113,13 @@ impl Processes {
     /// Prepares (does not start) the processes of `layout` on `network`, which already
     /// holds members `node-<n>` (one more than `layout.nodes`), `router-<n>` and `broker`.
     pub fn new(layout: &Layout, network: &Network, dir: &Path) -> Result<Processes> {
-        let seed = format!("{}:{NODE_GRPC}", network.address("node-0"));
+        // Every node started at first is a seed of every node and router, as the
+        // StatefulSet's pods 0 to 2 are: a node that lost its data asks them all before
+        // it would create a cluster.
+        let seeds: Vec<String> = (0..layout.nodes)
+            .map(|n| format!("{}:{NODE_GRPC}", network.address(&format!("node-{n}"))))
+            .collect();
+        let seeds = format!("[{}]", seeds.join(", "));
         let mut processes = Processes {
             dir: dir.to_owned(),
             nodes: BTreeMap::new(),
@@ -146,7 +152,7 @@ impl Processes {
                     "SENTINEL_NODE__DATA_DIR".into(),
                     data.join("data").display().to_string(),
                 ),
-                ("SENTINEL_NODE__SEEDS".into(), format!("[{seed}]")),
+                ("SENTINEL_NODE__SEEDS".into(), seeds.clone()),
                 (
                     "SENTINEL_HTTP__LISTEN".into(),
                     format!("{address}:{NODE_HTTP}"),
@@ -177,9 +183,6 @@ impl Processes {
                 },
             );
         }
-        let seeds: Vec<String> = (0..layout.nodes)
-            .map(|n| format!("{}:{NODE_GRPC}", network.address(&format!("node-{n}"))))
-            .collect();
         for r in 0..layout.routers {
             let member = format!("router-{r}");
             let address = network.address(&member);
@@ -188,10 +191,7 @@ impl Processes {
                 program: layout.sentinel.clone(),
                 args: vec!["router".into()],
                 env: vec![
-                    (
-                        "SENTINEL_ROUTER__SEEDS".into(),
-                        format!("[{}]", seeds.join(", ")),
-                    ),
+                    ("SENTINEL_ROUTER__SEEDS".into(), seeds.clone()),
                     (
                         "SENTINEL_HTTP__LISTEN".into(),
                         format!("{address}:{ROUTER_HTTP}"),

@@ -338,7 +338,10 @@ async fn setup(options: &Options, nemesis: &mut Nemesis, clients: &Clients) -> R
 /// Processes that exited by themselves, recorded in the history; those not expected.
 fn exits(nemesis: &mut Nemesis, history: &History) -> Vec<String> {
     let mut crashes = Vec::new();
-    for (member, status, expected) in nemesis.exits() {
+    let exits = nemesis
+        .exits()
+        .unwrap_or_else(|e| vec![("nemesis".into(), format!("{e:#}"), false)]);
+    for (member, status, expected) in exits {
         let op = json!({"type": "info", "f": "exited", "member": member, "status": status, "expected": expected});
         history.record("nemesis", op);
         if !expected {
