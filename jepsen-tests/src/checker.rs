@@ -13,6 +13,14 @@ use crate::workload::{base_id, through_kafka, Outcome};
 /// How many ids of each anomaly a verdict lists.
 const LISTED: usize = 20;
 
+/// Lists `what` under `anomaly` among the first `LISTED` examples of a verdict part.
+fn note(examples: &mut BTreeMap<&'static str, Vec<String>>, anomaly: &'static str, what: String) {
+    let listed = examples.entry(anomaly).or_default();
+    if listed.len() < LISTED {
+        listed.push(what);
+    }
+}
+
 /// What the final read found.
 pub struct Final {
     /// The event id of every telemetry record, as stored.
@@ -59,13 +67,6 @@ impl Events {
             + self.baseline_mismatches
             == 0
     }
-
-    fn note(&mut self, anomaly: &'static str, id: &str) {
-        let listed = self.examples.entry(anomaly).or_default();
-        if listed.len() < LISTED {
-            listed.push(id.to_owned());
-        }
-    }
 }
 
 /// Checks the set workload: every acknowledged event stored exactly once, unknown ones at
@@ -85,13 +86,13 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
         match ledger.get(*id) {
             None => {
                 verdict.invented += 1;
-                verdict.note("invented", id);
+                note(&mut verdict.examples, "invented", id.to_string());
             }
             Some((key, _)) => *stored_per_key.entry(*key).or_default() += n as u64,
         }
         if n > 1 {
             verdict.applied_twice += 1;
-            verdict.note("applied_twice", id);
+            note(&mut verdict.examples, "applied_twice", id.to_string());
         }
     }
     let mut ids: Vec<(&String, &(usize, Outcome))> = ledger.iter().collect();
@@ -103,10 +104,10 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
                 verdict.acknowledged += 1;
                 if n == 0 && through_kafka(id) && !found.in_broker.contains(id.as_str()) {
                     verdict.lost_by_broker += 1;
-                    verdict.note("lost_by_broker", id);
+                    note(&mut verdict.examples, "lost_by_broker", id.to_string());
                 } else if n == 0 {
                     verdict.lost += 1;
-                    verdict.note("lost", id);
+                    note(&mut verdict.examples, "lost", id.to_string());
                 }
             }
             Outcome::Unknown | Outcome::Pending => {
@@ -117,7 +118,7 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
                 verdict.rejected += 1;
                 if n > 0 {
                     verdict.rejected_applied += 1;
-                    verdict.note("rejected_applied", id);
+                    note(&mut verdict.examples, "rejected_applied", id.to_string());
                 }
             }
         }
@@ -134,13 +135,8 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
         );
         if stored != counted {
             verdict.baseline_mismatches += 1;
-            verdict
-                .examples
-                .entry("baseline_mismatch")
-                .or_default()
-                .push(format!(
-                    "key {key}: {stored} stored, baseline counted {counted}"
-                ));
+            let what = format!("key {key}: {stored} stored, baseline counted {counted}");
+            note(&mut verdict.examples, "baseline_mismatch", what);
         }
     }
     verdict
@@ -253,13 +249,6 @@ impl Alerts {
         self.conflicting + self.undelivered + self.invented + self.without_applied_call == 0
             && self.outbox_pending == Some(0)
     }
-
-    fn note(&mut self, anomaly: &'static str, what: String) {
-        let listed = self.examples.entry(anomaly).or_default();
-        if listed.len() < LISTED {
-            listed.push(what);
-        }
-    }
 }
 
 /// Checks the alerts: every incident's `opened` notification (and `resolved`, once it
@@ -282,7 +271,11 @@ pub fn check_alerts(
         match bodies.insert((delivery.sink, &delivery.alert_id), &delivery.body) {
             Some(earlier) if earlier != delivery.body.as_slice() => {
                 alerts.conflicting += 1;
-                alerts.note("conflicting", delivery.alert_id.clone());
+                note(
+                    &mut alerts.examples,
+                    "conflicting",
+                    delivery.alert_id.clone(),
+                );
             }
             Some(_) => alerts.repeats += 1,
             None => {}
@@ -311,7 +304,11 @@ pub fn check_alerts(
         let incident = body["incident_id"].as_str().unwrap_or_default();
         if !recorded.contains_key(incident) {
             alerts.invented += 1;
-            alerts.note("invented", format!("{alert_id} (incident {incident})"));
+            note(
+                &mut alerts.examples,
+                "invented",
+                format!("{alert_id} (incident {incident})"),
+            );
         }
         let manual = body["incident"]["resolution"] == "manual";
         let call = (
@@ -321,7 +318,8 @@ pub fn check_alerts(
         );
         if !manual && !calls.contains(&call) {
             alerts.without_applied_call += 1;
-            alerts.note(
+            note(
+                &mut alerts.examples,
                 "without_applied_call",
                 format!("{alert_id} ({} {} at {} ms)", call.0, call.1, call.2),
             );
@@ -336,7 +334,11 @@ pub fn check_alerts(
             for event in &expected {
                 if !delivered.contains(&(*sink, *id, *event)) {
                     alerts.undelivered += 1;
-                    alerts.note("undelivered", format!("{event} of incident {id} at {sink}"));
+                    note(
+                        &mut alerts.examples,
+                        "undelivered",
+                        format!("{event} of incident {id} at {sink}"),
+                    );
                 }
             }
         }

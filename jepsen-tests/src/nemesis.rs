@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::net::Network;
-use crate::processes::{Processes, NODE_GRPC, ROUTER_GRPC};
+use crate::processes::{node_member, router_member, Processes, NODE_GRPC, ROUTER_GRPC};
 use crate::schedule::{Cut, Fault, Target};
 
 /// How long a decommission may take before the nemesis gives up on it.
@@ -61,13 +61,9 @@ impl Nemesis {
             .collect()
     }
 
-    fn member(n: usize) -> String {
-        format!("node-{n}")
-    }
-
     /// The gRPC address of node `n`.
     pub fn node_address(&self, n: usize) -> String {
-        format!("{}:{NODE_GRPC}", self.network.address(&Self::member(n)))
+        format!("{}:{NODE_GRPC}", self.network.address(&node_member(n)))
     }
 
     /// The node ordinal registered at `address`.
@@ -245,7 +241,7 @@ impl Nemesis {
                 .disk_victims
                 .iter()
                 .copied()
-                .find(|&n| Self::member(n) == member);
+                .find(|&n| node_member(n) == member);
             if let Some(n) = victim.filter(|n| !self.filled.contains(n) && !self.killed.contains(n))
             {
                 self.processes.start_node(n, &self.network)?;
@@ -304,7 +300,10 @@ impl Nemesis {
         }
         let address = self.node_address(spare);
         let deadline = tokio::time::Instant::now() + DECOMMISSION_LIMIT;
-        let router = format!("http://{}:{ROUTER_GRPC}", self.network.address("router-0"));
+        let router = format!(
+            "http://{}:{ROUTER_GRPC}",
+            self.network.address(&router_member(0))
+        );
         let mut client = SentinelClient::new(
             Channel::from_shared(router)?
                 .timeout(Duration::from_secs(30))
@@ -342,9 +341,9 @@ fn grudge(sides: &[Vec<usize>]) -> BTreeMap<String, BTreeSet<String>> {
     let cut = &sides[..2];
     let mut grudge = BTreeMap::new();
     for (i, side) in cut.iter().enumerate() {
-        let others: BTreeSet<String> = cut[1 - i].iter().map(|&n| Nemesis::member(n)).collect();
+        let others: BTreeSet<String> = cut[1 - i].iter().map(|&n| node_member(n)).collect();
         for &n in side {
-            grudge.insert(Nemesis::member(n), others.clone());
+            grudge.insert(node_member(n), others.clone());
         }
     }
     grudge

@@ -27,6 +27,16 @@ pub const BROKER: u16 = 9092;
 /// The topic the Kafka workload produces to, and its partitions.
 pub const TOPIC: &str = "llm.telemetry";
 
+/// The network member (and file name stem) of node `n`.
+pub fn node_member(n: usize) -> String {
+    format!("node-{n}")
+}
+
+/// The network member of router `r`.
+pub fn router_member(r: usize) -> String {
+    format!("router-{r}")
+}
+
 /// One program run in one member's namespace, restartable with the same arguments.
 struct Process {
     member: String,
@@ -117,7 +127,7 @@ impl Processes {
         // StatefulSet's pods 0 to 2 are: a node that lost its data asks them all before
         // it would create a cluster.
         let seeds: Vec<String> = (0..layout.nodes)
-            .map(|n| format!("{}:{NODE_GRPC}", network.address(&format!("node-{n}"))))
+            .map(|n| format!("{}:{NODE_GRPC}", network.address(&node_member(n))))
             .collect();
         let seeds = format!("[{}]", seeds.join(", "));
         let mut processes = Processes {
@@ -135,11 +145,11 @@ impl Processes {
             volumes: Vec::new(),
         };
         for n in 0..=layout.nodes {
-            let member = format!("node-{n}");
+            let member = node_member(n);
             let address = network.address(&member);
             let data = dir.join(&member);
             processes.mount_volume(&data)?;
-            let clock = dir.join(format!("{member}.faketime"));
+            let clock = processes.clock_file(n);
             std::fs::write(&clock, "+0\n")?;
             let mut env = clock_env(&clock);
             env.extend([
@@ -178,13 +188,13 @@ impl Processes {
                     program: layout.sentinel.clone(),
                     args: vec!["node".into()],
                     env,
-                    log: dir.join(format!("node-{n}.log")),
+                    log: dir.join(format!("{}.log", node_member(n))),
                     child: None,
                 },
             );
         }
         for r in 0..layout.routers {
-            let member = format!("router-{r}");
+            let member = router_member(r);
             let address = network.address(&member);
             processes.routers.push(Process {
                 member: member.clone(),
@@ -305,7 +315,7 @@ impl Processes {
 
     /// Moves node `n`'s wall clock to `seconds` from the true time.
     pub fn set_clock(&self, n: usize, seconds: i64) -> Result<()> {
-        let path = self.dir.join(format!("node-{n}.faketime"));
+        let path = self.clock_file(n);
         std::fs::write(&path, format!("{seconds:+}\n"))
             .with_context(|| format!("writing {}", path.display()))
     }
@@ -330,13 +340,18 @@ impl Processes {
         }
     }
 
+    /// The file holding node `n`'s clock offset (libfaketime's timestamp file).
+    fn clock_file(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("{}.faketime", node_member(n)))
+    }
+
     fn filler(&self, n: usize) -> PathBuf {
-        self.dir.join(format!("node-{n}")).join("filler")
+        self.dir.join(node_member(n)).join("filler")
     }
 
     /// Deletes node `n`'s data (it must not be running).
     pub fn wipe(&self, n: usize) -> Result<()> {
-        let data = self.dir.join(format!("node-{n}")).join("data");
+        let data = self.dir.join(node_member(n)).join("data");
         match std::fs::remove_dir_all(&data) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),

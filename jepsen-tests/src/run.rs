@@ -19,7 +19,10 @@ use crate::checker::{
 use crate::history::History;
 use crate::nemesis::Nemesis;
 use crate::net::Network;
-use crate::processes::{check_machine, Layout, Processes, BROKER, NODE_HTTP, ROUTER_HTTP, TOPIC};
+use crate::processes::{
+    check_machine, node_member, router_member, Layout, Processes, BROKER, NODE_HTTP, ROUTER_GRPC,
+    ROUTER_HTTP, TOPIC,
+};
 use crate::relay;
 use crate::schedule::{plan, Schedule};
 use crate::workload::{
@@ -93,10 +96,10 @@ pub fn run(options: &Options) -> Result<Verdict> {
     let prefix = format!("sj{}", std::process::id());
     let mut network = Network::create(&prefix)?;
     for n in 0..=options.layout.nodes {
-        network.add(&format!("node-{n}"), 10 + n as u8)?;
+        network.add(&node_member(n), 10 + n as u8)?;
     }
     for r in 0..options.layout.routers {
-        network.add(&format!("router-{r}"), 100 + r as u8)?;
+        network.add(&router_member(r), 100 + r as u8)?;
     }
     network.add("broker", 150)?;
     network.add("client", 200)?;
@@ -135,16 +138,20 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
         ),
     ]);
     nemesis.processes.add_node_env(&node_env);
-    let routers: Vec<String> = (0..options.layout.routers)
-        .map(|r| {
-            format!(
-                "http://{}:{ROUTER_HTTP}",
-                nemesis.network.address(&format!("router-{r}"))
-            )
-        })
-        .collect();
+    let router_urls = |port: u16| -> Vec<String> {
+        (0..options.layout.routers)
+            .map(|r| {
+                format!(
+                    "http://{}:{port}",
+                    nemesis.network.address(&router_member(r))
+                )
+            })
+            .collect()
+    };
+    let routers = router_urls(ROUTER_HTTP);
     let clients = Arc::new(Clients {
         routers: routers.clone(),
+        grpc_routers: router_urls(ROUTER_GRPC),
         broker: format!("{}:{BROKER}", nemesis.network.address("broker")),
         keys: options.keys,
         seed: options.seed,
@@ -243,9 +250,13 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
                 .collect()
         }
     };
-    let incidents = final_incidents(&routers)
-        .await
-        .context("reading the incidents")?;
+    let incidents = read_list(
+        &routers,
+        "/api/v1/incidents?hours=6&limit=1000",
+        "incidents",
+    )
+    .await
+    .context("reading the incidents")?;
     // Deliveries made just before the outboxes emptied may still be on their way.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut alerts = check_alerts(
@@ -257,8 +268,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     alerts.outbox_pending = outbox_pending(&metrics_urls(&nemesis)).await;
     sinks.close().await;
     history.flush();
-    let ledger = clients.ledger.lock().events.clone();
-    let events = check_events(&ledger, &found);
+    let events = check_events(&clients.ledger.lock().events, &found);
     let text = std::fs::read_to_string(options.out.join("history.jsonl"))?;
     let reads = check_reads(&text);
     let valid =
@@ -465,69 +475,42 @@ type Leadership = Vec<(Option<u64>, u64)>;
 
 /// Every telemetry record and every key's baseline count, read through the routers.
 async fn final_read(routers: &[String], keys: usize) -> Result<Final> {
+    let records = read_list(routers, "/api/v1/telemetry?hours=6&limit=10000", "records").await?;
+    let baselines = read_list(routers, "/api/v1/baselines?limit=1000", "baselines").await?;
+    let index: BTreeMap<(String, String), usize> = (0..keys).map(|k| (key_name(k), k)).collect();
+    let counts = baselines
+        .iter()
+        .filter_map(|b| {
+            let name = (
+                b["service_name"].as_str()?.to_owned(),
+                b["model"].as_str()?.to_owned(),
+            );
+            Some((*index.get(&name)?, b["events"].as_u64()?))
+        })
+        .collect();
+    Ok(Final {
+        stored: records.iter().filter_map(record_id).collect(),
+        baselines: counts,
+        calls: records.iter().filter_map(call_of).collect(),
+        in_broker: Default::default(),
+    })
+}
+
+/// Every element of list `list` of the paged query `path`, asked of each router in turn
+/// until one answers whole (six tries, 5 s apart).
+async fn read_list(routers: &[String], path: &str, list: &str) -> Result<Vec<serde_json::Value>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
     let mut last = String::new();
     for attempt in 0..6 {
-        let router = &routers[attempt % routers.len()];
-        let telemetry = pages(
-            &http,
-            router,
-            "/api/v1/telemetry?hours=6&limit=10000",
-            "records",
-        )
-        .await;
-        let baselines = pages(&http, router, "/api/v1/baselines?limit=1000", "baselines").await;
-        match (telemetry, baselines) {
-            (Ok(records), Ok(baselines)) => {
-                let index: BTreeMap<(String, String), usize> =
-                    (0..keys).map(|k| (key_name(k), k)).collect();
-                let counts = baselines
-                    .iter()
-                    .filter_map(|b| {
-                        let name = (
-                            b["service_name"].as_str()?.to_owned(),
-                            b["model"].as_str()?.to_owned(),
-                        );
-                        Some((*index.get(&name)?, b["events"].as_u64()?))
-                    })
-                    .collect();
-                return Ok(Final {
-                    stored: records.iter().filter_map(record_id).collect(),
-                    baselines: counts,
-                    calls: records.iter().filter_map(call_of).collect(),
-                    in_broker: Default::default(),
-                });
-            }
-            (Err(e), _) | (_, Err(e)) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-    bail!("no router answered the final read: {last}")
-}
-
-/// Every incident the cluster recorded, read through the routers.
-async fn final_incidents(routers: &[String]) -> Result<Vec<serde_json::Value>> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let mut last = String::new();
-    for attempt in 0..6 {
-        match pages(
-            &http,
-            &routers[attempt % routers.len()],
-            "/api/v1/incidents?hours=6&limit=1000",
-            "incidents",
-        )
-        .await
-        {
-            Ok(incidents) => return Ok(incidents),
+        match pages(&http, &routers[attempt % routers.len()], path, list).await {
+            Ok(elements) => return Ok(elements),
             Err(e) => last = e.to_string(),
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    bail!("no router answered the incidents query: {last}")
+    bail!("no router answered {path}: {last}")
 }
 
 /// The `/metrics` URL of every running node.
@@ -537,7 +520,7 @@ fn metrics_urls(nemesis: &Nemesis) -> Vec<String> {
         .map(|n| {
             format!(
                 "http://{}:{NODE_HTTP}/metrics",
-                nemesis.network.address(&format!("node-{n}"))
+                nemesis.network.address(&node_member(n))
             )
         })
         .collect()

@@ -127,7 +127,9 @@ struct Event {
 
 /// What the clients share: where to send, the ledger, the history and the stop flag.
 pub struct Clients {
+    /// Each router's REST base URL, and its gRPC one at the same index.
     pub routers: Vec<String>,
+    pub grpc_routers: Vec<String>,
     pub broker: String,
     pub keys: usize,
     pub seed: u64,
@@ -451,14 +453,10 @@ impl Sender {
             },
             Api::Grpc => Sender::Grpc {
                 clients: clients
-                    .routers
+                    .grpc_routers
                     .iter()
-                    .map(|r| {
-                        let url = r.replace(
-                            &format!(":{}", crate::processes::ROUTER_HTTP),
-                            &format!(":{}", crate::processes::ROUTER_GRPC),
-                        );
-                        let channel = Channel::from_shared(url)?
+                    .map(|url| {
+                        let channel = Channel::from_shared(url.clone())?
                             .timeout(CALL_TIMEOUT)
                             .connect_lazy();
                         Ok(SentinelClient::new(channel))
@@ -512,7 +510,7 @@ impl Sender {
                             .collect()
                     }
                     Ok(body) => failed_all(format!("http {status}: {}", body["code"])),
-                    Err(e) => failed_all(format!("http {status}: {}", error_kind(&e))),
+                    Err(e) => failed_all(format!("http {status}: {e}")),
                 }
             }
             Sender::Grpc { clients, next } => {
@@ -574,10 +572,17 @@ fn result_outcome(result: Option<&Value>, status: u16) -> Sent {
     }
 }
 
-/// The JSON body of an answer.
-async fn json_body(answer: reqwest::Response) -> Result<Value, reqwest::Error> {
-    let bytes = answer.bytes().await?;
-    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+/// The JSON body of an answer; a body cut off may be asked for again, one that is not
+/// JSON may not.
+async fn json_body(answer: reqwest::Response) -> Result<Value, ReadError> {
+    let bytes = answer.bytes().await.map_err(|e| ReadError {
+        what: format!("body: {}", error_kind(&e)),
+        retryable: true,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ReadError {
+        what: format!("body is not JSON: {e}"),
+        retryable: false,
+    })
 }
 
 /// A short name for a client error: timeouts and refused connections are what faults cause.
@@ -586,8 +591,6 @@ fn error_kind(e: &reqwest::Error) -> &'static str {
         "timeout"
     } else if e.is_connect() {
         "connect"
-    } else if e.is_decode() {
-        "decode"
     } else {
         "other"
     }
@@ -634,9 +637,9 @@ pub async fn pages(
             retryable: true,
         })?;
         let status = answer.status().as_u16();
-        let body: Value = json_body(answer).await.map_err(|e| ReadError {
-            what: format!("GET {path}: {status}, body {}", error_kind(&e)),
-            retryable: false,
+        let body = json_body(answer).await.map_err(|e| ReadError {
+            what: format!("GET {path}: {status}, {}", e.what),
+            ..e
         })?;
         if status != 200 {
             return Err(ReadError {
@@ -646,16 +649,8 @@ pub async fn pages(
         }
         records.extend(body[list].as_array().into_iter().flatten().cloned());
         match body["next_cursor"].as_str() {
-            Some(next) => cursor = Some(form_urlencoded_cursor(next)),
+            Some(next) => cursor = Some(form_urlencoded::byte_serialize(next.as_bytes()).collect()),
             None => return Ok(records),
         }
     }
-}
-
-/// A cursor made safe for a query string (it is base64: `+`, `/` and `=` are escaped).
-fn form_urlencoded_cursor(cursor: &str) -> String {
-    cursor
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
 }
