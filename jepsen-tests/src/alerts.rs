@@ -30,15 +30,18 @@ pub struct Sinks {
     webhook: WebhookReceiver,
     amqp: Arc<Mutex<Vec<Delivery>>>,
     stop: Arc<AtomicBool>,
-    consumer: JoinHandle<()>,
+    consumer: JoinHandle<AlertQueue>,
     amqp_url: String,
+    exchange: String,
 }
 
 impl Sinks {
-    /// Starts the webhook on `ip` and a queue on the alert exchange of the RabbitMQ at `amqp_url`.
-    pub async fn start(ip: IpAddr, amqp_url: &str) -> Sinks {
+    /// Starts the webhook on `ip` and a queue on `exchange`, an alert exchange of this run
+    /// alone (so that other runs or tests on the same broker cannot mix in), of the
+    /// RabbitMQ at `amqp_url`.
+    pub async fn start(ip: IpAddr, amqp_url: &str, exchange: &str) -> Sinks {
         let webhook = WebhookReceiver::start_on(ip, SECRET, Replies::Accept).await;
-        let mut queue = AlertQueue::bind(amqp_url).await;
+        let mut queue = AlertQueue::bind_to(amqp_url, exchange).await;
         let amqp = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (received, stopped) = (amqp.clone(), stop.clone());
@@ -60,6 +63,7 @@ impl Sinks {
                     body: delivery.data,
                 });
             }
+            queue
         });
         Sinks {
             webhook,
@@ -67,6 +71,7 @@ impl Sinks {
             stop,
             consumer,
             amqp_url: amqp_url.to_owned(),
+            exchange: exchange.to_owned(),
         }
     }
 
@@ -75,7 +80,10 @@ impl Sinks {
         let mut env = self.webhook.node_env();
         env.push((
             "SENTINEL_ALERTING__RABBITMQ".into(),
-            format!("{{url: '{}'}}", self.amqp_url),
+            format!(
+                "{{url: '{}', exchange: '{}'}}",
+                self.amqp_url, self.exchange
+            ),
         ));
         env
     }
@@ -103,10 +111,12 @@ impl Sinks {
         all
     }
 
-    /// Stops consuming the queue.
+    /// Stops consuming the queue and deletes the run's exchange.
     pub async fn close(self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.consumer.await;
+        if let Ok(queue) = self.consumer.await {
+            queue.delete_exchange().await;
+        }
     }
 }
 

@@ -29,8 +29,9 @@ pub struct Final {
     pub baselines: BTreeMap<usize, u64>,
     /// (service, model, event time in ms) of every stored call.
     pub calls: HashSet<(String, String, i64)>,
-    /// The event ids the Kafka topic holds when read back from the beginning.
-    pub in_broker: HashSet<String>,
+    /// The event ids the Kafka topic holds when read back from the beginning, with their
+    /// partition and offset.
+    pub in_broker: HashMap<String, (i32, i64)>,
 }
 
 /// The events part of a verdict.
@@ -38,6 +39,8 @@ pub struct Final {
 pub struct Events {
     pub sent: usize,
     pub acknowledged: usize,
+    /// Acknowledged events by the API they were sent through (`http`, `grpc`, `kafka`).
+    pub acknowledged_via: BTreeMap<String, usize>,
     pub unknown: usize,
     pub rejected: usize,
     /// Unknown events found applied once.
@@ -102,12 +105,21 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
         match outcome {
             Outcome::Acknowledged => {
                 verdict.acknowledged += 1;
-                if n == 0 && through_kafka(id) && !found.in_broker.contains(id.as_str()) {
+                let api = id.split('-').next().unwrap_or_default();
+                *verdict.acknowledged_via.entry(api.to_owned()).or_default() += 1;
+                let in_broker = found.in_broker.get(id.as_str());
+                if n == 0 && through_kafka(id) && in_broker.is_none() {
                     verdict.lost_by_broker += 1;
                     note(&mut verdict.examples, "lost_by_broker", id.to_string());
                 } else if n == 0 {
                     verdict.lost += 1;
-                    note(&mut verdict.examples, "lost", id.to_string());
+                    let example = match in_broker {
+                        Some((partition, offset)) if *partition >= 0 => {
+                            format!("{id} (partition {partition} offset {offset})")
+                        }
+                        _ => id.to_string(),
+                    };
+                    note(&mut verdict.examples, "lost", example);
                 }
             }
             Outcome::Unknown | Outcome::Pending => {
@@ -368,7 +380,7 @@ mod tests {
             stored: vec!["a".into(), "b".into()],
             baselines: [(0, 1), (1, 1)].into(),
             calls: HashSet::new(),
-            in_broker: HashSet::new(),
+            in_broker: HashMap::new(),
         };
         let verdict = check_events(&sent, &found);
         assert!(verdict.valid(), "{verdict:?}");
@@ -397,7 +409,7 @@ mod tests {
             stored,
             baselines: [(0, 2), (1, 2)].into(),
             calls: HashSet::new(),
-            in_broker: HashSet::new(),
+            in_broker: HashMap::new(),
         };
         let verdict = check_events(&sent, &found);
         assert_eq!(

@@ -28,9 +28,10 @@ use crate::schedule::Schedule;
 #[derive(Parser)]
 #[command(name = "sentinel-jepsen")]
 struct Args {
-    /// Fault schedule: none, smoke, partition-halves, partition-leader, partition-bridge,
-    /// partition-flap, kill, kill-leader, pause, clock, disk, membership, router-kill,
-    /// combined-crash, combined-clock, combined-membership.
+    /// Fault schedule: none, smoke, partition, partition-halves, partition-leader,
+    /// partition-bridge, partition-flap, partition-routers, partition-sinks, kill,
+    /// kill-leader, pause, clock, disk, membership, router-kill, combined-crash,
+    /// combined-clock, combined-membership.
     #[arg(long, default_value = "smoke")]
     schedule: Schedule,
     /// Seed of the schedule's and the workload's draws.
@@ -42,6 +43,10 @@ struct Args {
     /// Events per second, all clients together (40 % REST, 30 % gRPC, 30 % Kafka).
     #[arg(long, default_value_t = 300.0)]
     rate: f64,
+    /// Senders per share of the rate: 2 × this over REST, this over gRPC and over Kafka
+    /// (each waits for its answers, so more keep the rate up while answers are slow).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
     /// Nodes started at first (one more is kept as the spare membership changes add).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
             replicas: args.replicas,
         },
         rate: args.rate,
+        clients: args.clients,
         keys: args.keys,
         out: args.out,
         recovery_limit: Duration::from_secs(args.recovery_limit),

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use crate::net::Network;
-use crate::processes::{node_member, router_member, Processes, NODE_GRPC, ROUTER_GRPC};
+use crate::processes::{node_member, router_member, Processes, CLIENT, NODE_GRPC, ROUTER_GRPC};
 use crate::schedule::{Cut, Fault, Target};
 
 /// How long a decommission may take before the nemesis gives up on it.
@@ -126,11 +126,10 @@ impl Nemesis {
     pub async fn apply(&mut self, fault: Fault) -> Result<Value> {
         Ok(match fault {
             Fault::Partition { cut } => {
-                let sides = self.sides(cut).await;
-                let grudge = grudge(&sides);
-                self.network.set_grudge(&grudge)?;
+                let cuts = self.cuts(cut).await;
+                self.network.set_grudge(&grudge(&cuts))?;
                 self.partitioned = true;
-                json!({"sides": sides})
+                json!({"cuts": cuts})
             }
             Fault::Heal => {
                 self.network.set_grudge(&BTreeMap::new())?;
@@ -270,25 +269,40 @@ impl Nemesis {
         Ok(done)
     }
 
-    /// The node ordinals on each side of `cut` (the middle node of a bridge on neither).
-    async fn sides(&mut self, cut: Cut) -> Vec<Vec<usize>> {
+    /// The pairs of member groups `cut` separates (a bridge's middle node is in none).
+    async fn cuts(&mut self, cut: Cut) -> Vec<(Vec<String>, Vec<String>)> {
+        let names = |ordinals: &[usize]| ordinals.iter().map(|&n| node_member(n)).collect();
         let mut nodes = self.ordinals();
         match cut {
             Cut::Isolate(target) => {
                 let n = self.resolve(target).await;
-                vec![vec![n], nodes.into_iter().filter(|&m| m != n).collect()]
+                nodes.retain(|&m| m != n);
+                vec![(names(&[n]), names(&nodes))]
             }
             Cut::Halves | Cut::Bridge => {
-                for i in (1..nodes.len()).rev() {
-                    nodes.swap(i, self.rng.below(i as u64 + 1) as usize);
-                }
+                self.shuffle(&mut nodes);
                 let bridge = usize::from(cut == Cut::Bridge);
                 let rest = nodes.split_off(bridge);
                 let (a, b) = rest.split_at(rest.len() / 2);
-                let mut sides = vec![a.to_vec(), b.to_vec()];
-                sides.extend((bridge == 1).then(|| nodes.clone()));
-                sides
+                vec![(names(a), names(b))]
             }
+            Cut::Routers => (0..self.processes.routers())
+                .map(|r| {
+                    self.shuffle(&mut nodes);
+                    (vec![router_member(r)], names(&nodes[..nodes.len() / 2]))
+                })
+                .collect(),
+            Cut::Sinks => {
+                self.shuffle(&mut nodes);
+                vec![(names(&nodes[..nodes.len() / 2]), vec![CLIENT.to_owned()])]
+            }
+        }
+    }
+
+    /// Puts `items` in a random order.
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.rng.below(i as u64 + 1) as usize);
         }
     }
 
@@ -335,15 +349,17 @@ impl Nemesis {
     }
 }
 
-/// Each member's grudge: the members of every other side (a bridge's middle, the last
-/// side when there are three, sees everyone and is seen by everyone).
-fn grudge(sides: &[Vec<usize>]) -> BTreeMap<String, BTreeSet<String>> {
-    let cut = &sides[..2];
-    let mut grudge = BTreeMap::new();
-    for (i, side) in cut.iter().enumerate() {
-        let others: BTreeSet<String> = cut[1 - i].iter().map(|&n| node_member(n)).collect();
-        for &n in side {
-            grudge.insert(node_member(n), others.clone());
+/// Who drops whose packets so that each pair of `cuts` cannot talk (both ways).
+fn grudge(cuts: &[(Vec<String>, Vec<String>)]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut grudge: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (a, b) in cuts {
+        for (side, other) in [(a, b), (b, a)] {
+            for member in side {
+                grudge
+                    .entry(member.clone())
+                    .or_default()
+                    .extend(other.iter().cloned());
+            }
         }
     }
     grudge
@@ -354,16 +370,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bridge_middle_is_cut_from_no_one_and_halves_from_each_other() {
-        let grudge = grudge(&[vec![1, 2], vec![3, 4], vec![0]]);
+    fn each_pair_of_a_cut_is_blocked_both_ways_and_no_one_else() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cuts = [
+            (names(&["node-1", "node-2"]), names(&["node-3", "node-4"])),
+            (names(&["router-0"]), names(&["node-1"])),
+        ];
+        let grudge = grudge(&cuts);
         assert!(!grudge.contains_key("node-0"));
         assert_eq!(
             grudge["node-1"],
-            BTreeSet::from(["node-3".to_owned(), "node-4".to_owned()])
+            BTreeSet::from(["node-3", "node-4", "router-0"].map(String::from))
         );
         assert_eq!(
             grudge["node-4"],
-            BTreeSet::from(["node-1".to_owned(), "node-2".to_owned()])
+            BTreeSet::from(["node-1", "node-2"].map(String::from))
         );
+        assert_eq!(grudge["router-0"], BTreeSet::from(["node-1".to_owned()]));
     }
 }

@@ -54,6 +54,11 @@ impl Network {
         Ok(network)
     }
 
+    /// The prefix of this network's namespace names, unique on the machine.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Creates namespace `<prefix>-<name>` (recorded first, so `Drop` removes it).
     fn namespace(&mut self, name: &str) -> Result<String> {
         let ns = format!("{}-{name}", self.prefix);

@@ -16,6 +16,8 @@ use crate::net::Network;
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 /// Log entries between a shard's snapshots (the default is 10,000).
 const SNAPSHOT_EVERY: u32 = 500;
+/// Seconds between a shard leader's retention purges (the default is 300).
+const PURGE_EVERY_S: u32 = 5;
 /// Size of each node's data volume.
 const VOLUME: &str = "size=2g";
 /// Ports every node and router listens on (each has an address of its own).
@@ -26,6 +28,9 @@ pub const ROUTER_GRPC: u16 = 7500;
 pub const BROKER: u16 = 9092;
 /// The topic the Kafka workload produces to, and its partitions.
 pub const TOPIC: &str = "llm.telemetry";
+
+/// The member holding the clients, the alert receivers and the harness itself.
+pub const CLIENT: &str = "client";
 
 /// The network member (and file name stem) of node `n`.
 pub fn node_member(n: usize) -> String {
@@ -180,6 +185,12 @@ impl Processes {
                     "SENTINEL_RAFT__SNAPSHOT_EVERY_ENTRIES".into(),
                     SNAPSHOT_EVERY.to_string(),
                 ),
+                // Retention purges during every clock jump, so that a jump past the
+                // retention period would delete what it should not, if it could.
+                (
+                    "SENTINEL_RETENTION__PURGE_EVERY_S".into(),
+                    PURGE_EVERY_S.to_string(),
+                ),
             ]);
             processes.nodes.insert(
                 n,
@@ -293,6 +304,12 @@ impl Processes {
         Ok(child.wait()?)
     }
 
+    /// How many routers the run has.
+    pub fn routers(&self) -> usize {
+        self.routers.len()
+    }
+
+    /// Whether node `n` has a live process.
     pub fn node_running(&self, n: usize) -> bool {
         self.nodes.get(&n).is_some_and(|p| p.child.is_some())
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use sentinel_testkit::services::ALERT_EXCHANGE;
 use serde::Serialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -20,8 +21,8 @@ use crate::history::History;
 use crate::nemesis::Nemesis;
 use crate::net::Network;
 use crate::processes::{
-    check_machine, node_member, router_member, Layout, Processes, BROKER, NODE_HTTP, ROUTER_GRPC,
-    ROUTER_HTTP, TOPIC,
+    check_machine, node_member, router_member, Layout, Processes, BROKER, CLIENT, NODE_HTTP,
+    ROUTER_GRPC, ROUTER_HTTP, TOPIC,
 };
 use crate::relay;
 use crate::schedule::{plan, Schedule};
@@ -41,6 +42,9 @@ pub struct Options {
     pub layout: Layout,
     /// Events per second, all clients together.
     pub rate: f64,
+    /// Senders per API share (each waits for its answers, so more senders keep the rate
+    /// up while answers are slow).
+    pub clients: usize,
     pub keys: usize,
     /// Where the history, verdict, summary and logs go.
     pub out: PathBuf,
@@ -102,13 +106,13 @@ pub fn run(options: &Options) -> Result<Verdict> {
         network.add(&router_member(r), 100 + r as u8)?;
     }
     network.add("broker", 150)?;
-    network.add("client", 200)?;
+    network.add(CLIENT, 200)?;
     let processes = Processes::new(&options.layout, &network, &options.out)?;
     sentinel_testkit::services::ensure_rabbitmq();
     let rabbitmq = sentinel_testkit::services::RABBITMQ_ADDR.parse()?;
     relay::host_side(&options.out.join("rabbitmq.sock"), rabbitmq)?;
     // Every socket the harness opens from here on is the clients'.
-    network.enter("client")?;
+    network.enter(CLIENT)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -119,11 +123,12 @@ pub fn run(options: &Options) -> Result<Verdict> {
 
 async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Verdict> {
     let history = Arc::new(History::create(&options.out.join("history.jsonl"))?);
-    let client_ip = nemesis.network.address("client");
+    let client_ip = nemesis.network.address(CLIENT);
     relay::namespace_side((client_ip, 5672).into(), options.out.join("rabbitmq.sock")).await?;
     let sinks = Sinks::start(
         client_ip.into(),
         &format!("amqp://guest:guest@{client_ip}:5672/%2f"),
+        &format!("{ALERT_EXCHANGE}.{}", nemesis.network.prefix()),
     )
     .await;
     let mut node_env = sinks.node_env();
@@ -165,18 +170,22 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     })?;
     history.record("nemesis", json!({"type": "info", "f": "start", "schedule": options.schedule.to_string(), "seed": options.seed}));
 
-    let share = |part: f64| options.rate * part;
-    let mut tasks = vec![
-        tokio::spawn(clients.clone().send(Api::Http, 0, share(0.2), TOPIC.into())),
-        tokio::spawn(clients.clone().send(Api::Http, 1, share(0.2), TOPIC.into())),
-        tokio::spawn(clients.clone().send(Api::Grpc, 0, share(0.3), TOPIC.into())),
-        tokio::spawn(
-            clients
-                .clone()
-                .send(Api::Kafka, 0, share(0.3), TOPIC.into()),
-        ),
-        tokio::spawn(clients.clone().read(Duration::from_secs(1))),
+    // The rate's shares: 40 % REST (two senders per unit), 30 % gRPC, 30 % Kafka.
+    let k = options.clients.max(1);
+    let senders = [
+        (Api::Http, 2 * k, 0.4),
+        (Api::Grpc, k, 0.3),
+        (Api::Kafka, k, 0.3),
     ];
+    let mut tasks: Vec<_> = senders
+        .into_iter()
+        .flat_map(|(api, count, part)| {
+            let rate = options.rate * part / count as f64;
+            let clients = clients.clone();
+            (0..count).map(move |i| tokio::spawn(clients.clone().send(api, i, rate, TOPIC.into())))
+        })
+        .collect();
+    tasks.push(tokio::spawn(clients.clone().read(Duration::from_secs(1))));
 
     let start = Instant::now();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
@@ -238,7 +247,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {
         Ok(ids) => ids,
         Err(e) => {
-            // Unread, nothing is put down to the broker.
+            // Unread, nothing is put down to the broker (positions unknown: -1).
             let op = json!({"type": "info", "f": "broker_audit", "error": format!("{e:#}")});
             history.record("nemesis", op);
             let ledger = clients.ledger.lock();
@@ -246,7 +255,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
                 .events
                 .keys()
                 .filter(|id| through_kafka(id))
-                .cloned()
+                .map(|id| (id.clone(), (-1, -1)))
                 .collect()
         }
     };
@@ -535,7 +544,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
         |s: Option<f64>| s.map_or("not within the limit".to_owned(), |s| format!("{s:.1} s"));
     let mut out = format!(
         "schedule {} seed {}: {}\n\
-         events: {} sent, {} acknowledged, {} unknown ({} of them applied), {} rejected\n\
+         events: {} sent, {} acknowledged {}, {} unknown ({} of them applied), {} rejected\n\
          anomalies: {} lost, {} applied twice, {} invented, {} rejected yet applied, {} baseline mismatches \
          (and {} acknowledged by the broker but missing from its topic)\n\
          reads: {} ok, {} failed retryably, {} failed otherwise, {} stale, {} invented\n\
@@ -547,6 +556,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
         if verdict.valid { "VALID" } else { "INVALID" },
         e.sent,
         e.acknowledged,
+        serde_json::to_string(&e.acknowledged_via).unwrap_or_default(),
         e.unknown,
         e.unknown_applied,
         e.rejected,
@@ -586,9 +596,10 @@ fn summary(verdict: &Verdict, history: &str) -> String {
     for (anomaly, ids) in e.examples.iter().chain(&a.examples) {
         out += &format!("{anomaly}: {}\n", ids.join(", "));
     }
+    // An example is an event id, maybe followed by where it was (` (partition …)`).
     if let Some(id) = ["lost", "applied_twice", "rejected_applied"]
         .iter()
-        .find_map(|a| e.examples.get(a)?.first())
+        .find_map(|a| e.examples.get(a)?.first()?.split(' ').next())
     {
         out += &format!("history of {id} (its operations and the faults between them):\n");
         for line in slice_for(history, id) {

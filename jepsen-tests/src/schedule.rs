@@ -27,6 +27,10 @@ pub enum Cut {
     Isolate(Target),
     /// Two halves that each still see one middle node.
     Bridge,
+    /// Each router cut from a random half of the nodes (the nodes still see each other).
+    Routers,
+    /// A random half of the nodes cut from the alert receivers (RabbitMQ, the webhook).
+    Sinks,
 }
 
 /// One fault or its repair.
@@ -84,10 +88,15 @@ pub enum Schedule {
     None,
     /// One partition, one kill, one pause, one clock jump.
     Smoke,
+    /// Every kind of partition in turn: halves, an isolated leader, a bridge, flapping,
+    /// routers cut from nodes, nodes cut from the alert receivers.
+    Partition,
     PartitionHalves,
     PartitionLeader,
     PartitionBridge,
     PartitionFlap,
+    PartitionRouters,
+    PartitionSinks,
     Kill,
     KillLeader,
     Pause,
@@ -106,10 +115,13 @@ pub enum Schedule {
 const NAMES: &[(&str, Schedule)] = &[
     ("none", Schedule::None),
     ("smoke", Schedule::Smoke),
+    ("partition", Schedule::Partition),
     ("partition-halves", Schedule::PartitionHalves),
     ("partition-leader", Schedule::PartitionLeader),
     ("partition-bridge", Schedule::PartitionBridge),
     ("partition-flap", Schedule::PartitionFlap),
+    ("partition-routers", Schedule::PartitionRouters),
+    ("partition-sinks", Schedule::PartitionSinks),
     ("kill", Schedule::Kill),
     ("kill-leader", Schedule::KillLeader),
     ("pause", Schedule::Pause),
@@ -152,15 +164,23 @@ const CALM: Duration = Duration::from_secs(10);
 const DISK_FAULT: Duration = Duration::from_secs(30);
 /// A flapping partition changes this often.
 const FLAP: Duration = Duration::from_secs(3);
+/// A killed router stays down this long: past its consumer group's session timeout (the
+/// router's default, 10 s), as a crash-looping pod's back-off would. tansu 0.6 never
+/// hands over the partitions of a member that expires after a router rejoined (see
+/// docs/reliability.md), so a quicker restart tests the broker, not the router.
+const ROUTER_DOWN: Duration = Duration::from_secs(25);
+/// Wall-clock jumps, in seconds: small, an election timeout's worth many times over, an
+/// hour, and past the telemetry retention (24 h by default).
+const JUMPS: [i64; 5] = [2, 30, 300, 3600, 25 * 3600];
 
 /// The steps of `schedule` over a run of `length` on `nodes` nodes, drawn from `seed`;
 /// every fault is repaired before the run ends.
 pub fn plan(schedule: Schedule, seed: u64, length: Duration, nodes: usize) -> Vec<Step> {
     let mut rng = Rng::from_stream(seed, 0x6e656d65);
-    let lasts = if schedule == Schedule::Disk {
-        DISK_FAULT
-    } else {
-        FAULT
+    let lasts = match schedule {
+        Schedule::Disk => DISK_FAULT,
+        Schedule::RouterKill => ROUTER_DOWN,
+        _ => FAULT,
     };
     let mut steps = Vec::new();
     let mut at = CALM;
@@ -196,7 +216,7 @@ type Planned = (Fault, Option<Fault>, Duration);
 fn round_faults(schedule: Schedule, round: usize, nodes: usize, rng: &mut Rng) -> Vec<Planned> {
     let node = |rng: &mut Rng| Target::Node(rng.below(nodes as u64) as usize);
     let jump = |rng: &mut Rng| {
-        let magnitude = [2i64, 30, 300, 3600][rng.below(4) as usize];
+        let magnitude = JUMPS[rng.below(JUMPS.len() as u64) as usize];
         if rng.bernoulli(0.5) {
             magnitude
         } else {
@@ -219,23 +239,20 @@ fn round_faults(schedule: Schedule, round: usize, nodes: usize, rng: &mut Rng) -
             3 => vec![clock(node(rng), 3600)],
             _ => Vec::new(),
         },
+        Schedule::Partition => match round % 6 {
+            0 => vec![partition(Cut::Halves)],
+            1 => vec![partition(Cut::Isolate(Target::MostLeader))],
+            2 => vec![partition(Cut::Bridge)],
+            3 => flap(nodes, rng),
+            4 => vec![partition(Cut::Routers)],
+            _ => vec![partition(Cut::Sinks)],
+        },
         Schedule::PartitionHalves => vec![partition(Cut::Halves)],
         Schedule::PartitionLeader => vec![partition(Cut::Isolate(Target::MostLeader))],
         Schedule::PartitionBridge => vec![partition(Cut::Bridge)],
-        Schedule::PartitionFlap => {
-            let flips = (FAULT.as_secs() / FLAP.as_secs()) as u32;
-            (0..flips)
-                .map(|i| {
-                    let cut = if rng.bernoulli(0.5) {
-                        Cut::Halves
-                    } else {
-                        Cut::Isolate(node(rng))
-                    };
-                    let repair = (i + 1 == flips).then_some(Fault::Heal);
-                    (Fault::Partition { cut }, repair, FLAP * i)
-                })
-                .collect()
-        }
+        Schedule::PartitionFlap => flap(nodes, rng),
+        Schedule::PartitionRouters => vec![partition(Cut::Routers)],
+        Schedule::PartitionSinks => vec![partition(Cut::Sinks)],
         Schedule::Kill => vec![kill(node(rng))],
         Schedule::KillLeader => vec![kill(Target::MostLeader)],
         Schedule::Pause => vec![pause(if rng.bernoulli(0.5) {
@@ -287,6 +304,23 @@ fn round_faults(schedule: Schedule, round: usize, nodes: usize, rng: &mut Rng) -
     }
 }
 
+/// A partition that changes every `FLAP` (random halves or one random node alone) and
+/// heals at the end of the round.
+fn flap(nodes: usize, rng: &mut Rng) -> Vec<Planned> {
+    let flips = (FAULT.as_secs() / FLAP.as_secs()) as u32;
+    (0..flips)
+        .map(|i| {
+            let cut = if rng.bernoulli(0.5) {
+                Cut::Halves
+            } else {
+                Cut::Isolate(Target::Node(rng.below(nodes as u64) as usize))
+            };
+            let repair = (i + 1 == flips).then_some(Fault::Heal);
+            (Fault::Partition { cut }, repair, FLAP * i)
+        })
+        .collect()
+}
+
 /// Round `round` of membership changes: scale out, decommission, wipe a node.
 fn membership(round: usize, target: Target) -> Planned {
     match round % 3 {
@@ -298,6 +332,8 @@ fn membership(round: usize, target: Target) -> Planned {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -316,10 +352,8 @@ mod tests {
                 |f| matches!(f, Fault::Partition { .. }),
                 |f| *f == Fault::Heal,
             );
-            assert!(
-                partition == 0 || *schedule == Schedule::PartitionFlap,
-                "{schedule}"
-            );
+            let flaps = [Schedule::PartitionFlap, Schedule::Partition].contains(schedule);
+            assert!(partition == 0 || flaps, "{schedule}");
             assert_eq!(
                 open(
                     |f| matches!(f, Fault::Pause { .. }),
@@ -359,6 +393,34 @@ mod tests {
             .filter(|f| *f != "repair")
             .collect();
         assert_eq!(faults, ["partition", "kill", "pause", "clock"]);
+    }
+
+    #[test]
+    fn the_partition_schedule_cuts_every_way_in_six_rounds() {
+        let steps = plan(Schedule::Partition, 5, Duration::from_secs(125), 5);
+        let cuts: BTreeSet<String> = steps
+            .iter()
+            .filter_map(|s| match s.fault {
+                Fault::Partition { cut } => Some(format!("{cut:?}")),
+                _ => None,
+            })
+            .map(|cut| cut.split('(').next().unwrap_or_default().to_owned())
+            .collect();
+        let every = ["Bridge", "Halves", "Isolate", "Routers", "Sinks"];
+        assert_eq!(cuts, every.map(String::from).into());
+    }
+
+    #[test]
+    fn a_killed_router_stays_down_past_its_consumer_group_session() {
+        let steps = plan(Schedule::RouterKill, 2, Duration::from_secs(120), 5);
+        let kill = steps
+            .iter()
+            .find(|s| matches!(s.fault, Fault::KillRouter { .. }));
+        let restart = steps.iter().find(|s| s.fault == Fault::RestartRouter);
+        let (Some(kill), Some(restart)) = (kill, restart) else {
+            panic!("no router kill and restart in {steps:?}");
+        };
+        assert!(restart.at - kill.at > Duration::from_secs(10));
     }
 
     #[test]

@@ -359,6 +359,26 @@ async fn send(shard: u32, batch: Vec<Item>, shared: &Shared) {
         }
         Err(problem) => vec![Delivery::Failed(problem); batch.len()],
     };
+    if let Some(source) = &request.source {
+        let offsets = |d: fn(&Delivery) -> bool| -> Vec<u64> {
+            batch
+                .iter()
+                .zip(&deliveries)
+                .filter(|(_, delivery)| d(delivery))
+                .filter_map(|(item, _)| item.offset)
+                .collect()
+        };
+        tracing::debug!(
+            shard,
+            topic = %source.topic,
+            partition = source.partition,
+            applied = ?offsets(|d| matches!(d, Delivery::Applied | Delivery::AppliedAs(_))),
+            duplicate_offset = ?offsets(|d| *d == Delivery::DuplicateOffset),
+            duplicate_id = ?offsets(|d| *d == Delivery::DuplicateEventId),
+            other = ?offsets(|d| !d.is_committed()),
+            "sourced batch answered"
+        );
+    }
     for (item, delivery) in batch.into_iter().zip(deliveries) {
         match &delivery {
             d if d.is_committed() => shared.metrics.events_forwarded.inc(),

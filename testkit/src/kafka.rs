@@ -9,6 +9,15 @@
 //! works. Tests of a member dying therefore run against librdkafka's mock cluster
 //! ([`Broker::start_mock`]), hosted in a process of its own: the test binary run as
 //! `<binary> --exact mock_kafka_cluster --ignored` (see [`mock_cluster_main`]).
+//!
+//! tansu 0.6 also answers a fetch from an offset inside a record batch with the batches
+//! after it: ten records produced in one batch and fetched from offset 5 come back from
+//! offset 10 on. A consumer that resumes from a committed offset in the middle of a
+//! producer's batch (after a kill or a rebalance) never sees the rest of that batch.
+//! Apache Kafka returns the whole batch and the client skips the records before its
+//! offset. Producers in tests that resume consumers mid-stream send one record per
+//! batch (`produce` awaits each record; the fault-injection harness sets
+//! `batch.num.messages=1`).
 //! `scripts/setup` installs it at [`DEFAULT_BROKER_BIN`]; `TEST_KAFKA_BROKER_BIN`
 //! names another binary taking the same arguments, and `TEST_KAFKA_BROKER_LOG`
 //! (a tracing filter such as `info`) makes the broker log what it does. A failing test

@@ -21,7 +21,7 @@ use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use sentinel_node::alerting::{verify, ALERT_ID_HEADER, SIGNATURE_HEADER};
 
 use crate::{closed_port_addr, free_port};
@@ -172,22 +172,29 @@ pub const ALERT_EXCHANGE: &str = "sentinel.alerts";
 /// How long [`AlertQueue::next_with_message_id`] waits for a message.
 const ALERT_WAIT: Duration = Duration::from_secs(30);
 
-/// A fresh exclusive queue bound to `sentinel.alerts` with `alert.#`, consumed without acks.
+/// A fresh exclusive queue bound to an alert exchange with `alert.#`, consumed without acks.
 pub struct AlertQueue {
     _connection: Connection,
+    channel: Channel,
+    exchange: String,
     consumer: Consumer,
 }
 
 impl AlertQueue {
-    /// Declares the exchange (as nodes do), a server-named exclusive queue and its binding.
+    /// Binds a queue to the default exchange, [`ALERT_EXCHANGE`].
     pub async fn bind(url: &str) -> AlertQueue {
+        AlertQueue::bind_to(url, ALERT_EXCHANGE).await
+    }
+
+    /// Declares `exchange` (as nodes do), a server-named exclusive queue and its binding.
+    pub async fn bind_to(url: &str, exchange: &str) -> AlertQueue {
         let connection = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect to RabbitMQ");
         let channel = connection.create_channel().await.expect("open a channel");
         channel
             .exchange_declare(
-                ALERT_EXCHANGE.into(),
+                exchange.into(),
                 ExchangeKind::Topic,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -212,7 +219,7 @@ impl AlertQueue {
         channel
             .queue_bind(
                 queue.name().clone(),
-                ALERT_EXCHANGE.into(),
+                exchange.into(),
                 "alert.#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
@@ -234,8 +241,18 @@ impl AlertQueue {
             .expect("consume the queue");
         AlertQueue {
             _connection: connection,
+            channel,
+            exchange: exchange.to_owned(),
             consumer,
         }
+    }
+
+    /// Deletes the exchange (for one made for a single run).
+    pub async fn delete_exchange(self) {
+        let _ = self
+            .channel
+            .exchange_delete(self.exchange.as_str().into(), Default::default())
+            .await;
     }
 
     /// The next message, waiting at most the alert wait.
