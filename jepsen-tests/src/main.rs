@@ -56,6 +56,10 @@ struct Args {
     shards: u32,
     #[arg(long, default_value_t = 3)]
     replicas: u32,
+    /// The routers' log filter; `info,sentinel_router::forward=debug` logs how every
+    /// batch read from Kafka was answered, offset by offset.
+    #[arg(long, default_value = "info")]
+    router_log: String,
     /// Distinct (service, model) keys of the events.
     #[arg(long, default_value_t = 32)]
     keys: usize,
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
             routers: args.routers,
             shards: args.shards,
             replicas: args.replicas,
+            router_log: args.router_log,
         },
         rate: args.rate,
         clients: args.clients,

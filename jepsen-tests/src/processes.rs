@@ -122,6 +122,8 @@ pub struct Layout {
     pub routers: usize,
     pub shards: u32,
     pub replicas: u32,
+    /// The routers' log filter (`SENTINEL_LOG__LEVEL`).
+    pub router_log: String,
 }
 
 impl Processes {
@@ -227,7 +229,7 @@ impl Processes {
                         format!("{}:{BROKER}", network.address("broker")),
                     ),
                     ("SENTINEL_KAFKA__TOPICS".into(), TOPIC.into()),
-                    ("SENTINEL_LOG__LEVEL".into(), "info".into()),
+                    ("SENTINEL_LOG__LEVEL".into(), layout.router_log.clone()),
                 ],
                 log: dir.join(format!("{member}.log")),
                 child: None,
