@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::alerts::Delivery;
-use crate::workload::{base_id, through_kafka, Outcome};
+use crate::workload::{api_of, base_id, through_kafka, Outcome};
 
 /// How many ids of each anomaly a verdict lists.
 const LISTED: usize = 20;
@@ -30,8 +30,8 @@ pub struct Final {
     /// (service, model, event time in ms) of every stored call.
     pub calls: HashSet<(String, String, i64)>,
     /// The event ids the Kafka topic holds when read back from the beginning, with their
-    /// partition and offset.
-    pub in_broker: HashMap<String, (i32, i64)>,
+    /// partition and offset when the topic could be read.
+    pub in_broker: HashMap<String, Option<(i32, i64)>>,
 }
 
 /// The events part of a verdict.
@@ -105,8 +105,10 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
         match outcome {
             Outcome::Acknowledged => {
                 verdict.acknowledged += 1;
-                let api = id.split('-').next().unwrap_or_default();
-                *verdict.acknowledged_via.entry(api.to_owned()).or_default() += 1;
+                *verdict
+                    .acknowledged_via
+                    .entry(api_of(id).to_owned())
+                    .or_default() += 1;
                 let in_broker = found.in_broker.get(id.as_str());
                 if n == 0 && through_kafka(id) && in_broker.is_none() {
                     verdict.lost_by_broker += 1;
@@ -114,7 +116,7 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
                 } else if n == 0 {
                     verdict.lost += 1;
                     let example = match in_broker {
-                        Some((partition, offset)) if *partition >= 0 => {
+                        Some(Some((partition, offset))) => {
                             format!("{id} (partition {partition} offset {offset})")
                         }
                         _ => id.to_string(),

@@ -45,8 +45,8 @@ struct Args {
     rate: f64,
     /// Senders per share of the rate: 2 × this over REST, this over gRPC and over Kafka
     /// (each waits for its answers, so more keep the rate up while answers are slow).
-    #[arg(long, default_value_t = 1)]
-    clients: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
     /// Nodes started at first (one more is kept as the spare membership changes add).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             router_log: args.router_log,
         },
         rate: args.rate,
-        clients: args.clients,
+        clients: args.clients as usize,
         keys: args.keys,
         out: args.out,
         recovery_limit: Duration::from_secs(args.recovery_limit),

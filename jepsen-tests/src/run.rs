@@ -171,7 +171,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     history.record("nemesis", json!({"type": "info", "f": "start", "schedule": options.schedule.to_string(), "seed": options.seed}));
 
     // The rate's shares: 40 % REST (two senders per unit), 30 % gRPC, 30 % Kafka.
-    let k = options.clients.max(1);
+    let k = options.clients;
     let senders = [
         (Api::Http, 2 * k, 0.4),
         (Api::Grpc, k, 0.3),
@@ -247,7 +247,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {
         Ok(ids) => ids,
         Err(e) => {
-            // Unread, nothing is put down to the broker (positions unknown: -1).
+            // Unread, nothing is put down to the broker (positions unknown).
             let op = json!({"type": "info", "f": "broker_audit", "error": format!("{e:#}")});
             history.record("nemesis", op);
             let ledger = clients.ledger.lock();
@@ -255,7 +255,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
                 .events
                 .keys()
                 .filter(|id| through_kafka(id))
-                .map(|id| (id.clone(), (-1, -1)))
+                .map(|id| (id.clone(), None))
                 .collect()
         }
     };

@@ -296,9 +296,14 @@ impl Clients {
     }
 }
 
-/// Whether event `id` was sent through Kafka (ids are `<api>-<client>-<sequence>`).
+/// The API event `id` was sent through (ids are `<api>-<client>-<sequence>`).
+pub fn api_of(id: &str) -> &str {
+    id.split('-').next().unwrap_or_default()
+}
+
+/// Whether event `id` was sent through Kafka.
 pub fn through_kafka(id: &str) -> bool {
-    id.starts_with("kafka-")
+    api_of(id) == "kafka"
 }
 
 /// The event id of every message in `topic` (partitions `0..partitions`), read from the
@@ -308,7 +313,7 @@ pub async fn broker_ids(
     broker: &str,
     topic: &str,
     partitions: i32,
-) -> Result<HashMap<String, (i32, i64)>> {
+) -> Result<HashMap<String, Option<(i32, i64)>>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("group.id", "sentinel-jepsen-audit")
@@ -334,7 +339,7 @@ pub async fn broker_ids(
                     .payload()
                     .and_then(|p| serde_json::from_slice::<Value>(p).ok());
                 if let Some(id) = body.as_ref().and_then(|b| b["request_id"].as_str()) {
-                    ids.insert(id.to_owned(), (message.partition(), message.offset()));
+                    ids.insert(id.to_owned(), Some((message.partition(), message.offset())));
                 }
             }
         }
