@@ -1,6 +1,7 @@
 //! The `sentinel` command.
 
 use std::fs::File;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -81,7 +82,7 @@ enum Command {
     },
 }
 
-/// Sends the process's log to stderr, or appended to the file `to` (without colours).
+/// Sends the process's log to stderr (coloured on a terminal), or appended to the file `to`.
 fn init_logging(format: LogFormat, level: &str, to: Option<&Path>) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level).with_context(|| format!("log level `{level}`"))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -96,7 +97,10 @@ fn init_logging(format: LogFormat, level: &str, to: Option<&Path>) -> anyhow::Re
                 .with_ansi(false)
                 .with_writer(BoxMakeWriter::new(Mutex::new(file)))
         }
-        None => builder.with_writer(BoxMakeWriter::new(std::io::stderr)),
+        // Colours only for a terminal: a pod's or a unit's log is read as text.
+        None => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(BoxMakeWriter::new(std::io::stderr)),
     };
     match format {
         LogFormat::Text => builder.init(),

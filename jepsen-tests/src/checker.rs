@@ -32,6 +32,20 @@ pub struct Final {
     /// The event ids the Kafka topic holds when read back from the beginning, with their
     /// partition and offset when the topic could be read.
     pub in_broker: HashMap<String, Option<(i32, i64)>>,
+    /// Per partition, the offset ranges (inclusive) a router logged as skipped: it read
+    /// past them without the broker delivering a message at any of them.
+    pub skipped: BTreeMap<i32, Vec<(i64, i64)>>,
+}
+
+impl Final {
+    /// Whether a router read past `offset` of `partition` without receiving it.
+    fn skipped(&self, partition: i32, offset: i64) -> bool {
+        self.skipped.get(&partition).is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(from, to)| (from..=to).contains(&offset))
+        })
+    }
 }
 
 /// The events part of a verdict.
@@ -50,6 +64,9 @@ pub struct Events {
     /// Acknowledged by the Kafka broker to its producer, then missing from the topic when
     /// read back: lost by the broker, before Sentinel could read them (not counted in `lost`).
     pub lost_by_broker: usize,
+    /// Acknowledged by the broker and in the topic, never delivered to a router: a router
+    /// read past its offset without receiving it (not counted in `lost`).
+    pub skipped_by_broker: usize,
     /// Stored more than once (a derived id counts as another copy).
     pub applied_twice: usize,
     /// Stored, never sent.
@@ -113,6 +130,11 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
                 if n == 0 && through_kafka(id) && in_broker.is_none() {
                     verdict.lost_by_broker += 1;
                     note(&mut verdict.examples, "lost_by_broker", id.to_string());
+                } else if n == 0
+                    && in_broker.is_some_and(|at| at.is_some_and(|(p, o)| found.skipped(p, o)))
+                {
+                    verdict.skipped_by_broker += 1;
+                    note(&mut verdict.examples, "skipped_by_broker", id.to_string());
                 } else if n == 0 {
                     verdict.lost += 1;
                     let example = match in_broker {
@@ -383,6 +405,7 @@ mod tests {
             baselines: [(0, 1), (1, 1)].into(),
             calls: HashSet::new(),
             in_broker: HashMap::new(),
+            skipped: BTreeMap::new(),
         };
         let verdict = check_events(&sent, &found);
         assert!(verdict.valid(), "{verdict:?}");
@@ -403,6 +426,8 @@ mod tests {
             ("twice", 0, Outcome::Acknowledged),
             ("refused", 1, Outcome::Rejected),
             ("kafka-0-9", 2, Outcome::Acknowledged),
+            ("kafka-0-10", 2, Outcome::Acknowledged),
+            ("kafka-0-11", 2, Outcome::Acknowledged),
         ]);
         let stored = ["twice", "twice~00ff00ff00ff00ff", "ghost", "refused"]
             .map(String::from)
@@ -411,7 +436,12 @@ mod tests {
             stored,
             baselines: [(0, 2), (1, 2)].into(),
             calls: HashSet::new(),
-            in_broker: HashMap::new(),
+            in_broker: [
+                ("kafka-0-10".to_owned(), Some((1, 40))),
+                ("kafka-0-11".to_owned(), Some((1, 44))),
+            ]
+            .into(),
+            skipped: [(1, vec![(39, 41)])].into(),
         };
         let verdict = check_events(&sent, &found);
         assert_eq!(
@@ -422,10 +452,14 @@ mod tests {
                 verdict.rejected_applied,
                 verdict.baseline_mismatches
             ),
-            (1, 1, 1, 1, 1)
+            (2, 1, 1, 1, 1)
         );
-        assert_eq!(verdict.examples["lost"], ["lost"]);
+        assert_eq!(
+            verdict.examples["lost"],
+            ["kafka-0-11 (partition 1 offset 44)", "lost"]
+        );
         assert_eq!(verdict.lost_by_broker, 1);
+        assert_eq!(verdict.examples["skipped_by_broker"], ["kafka-0-10"]);
         assert!(!verdict.valid());
     }
 

@@ -27,8 +27,8 @@ use crate::processes::{
 use crate::relay;
 use crate::schedule::{plan, Schedule};
 use crate::workload::{
-    broker_ids, call_of, key_name, pages, record_id, through_kafka, Api, Clients, Ledger, Outcome,
-    LATENCY_CAP_MS, RESOLVE_AFTER_MS,
+    broker_ids, call_of, key_name, pages, producer, record_id, through_kafka, Api, Clients, Ledger,
+    Outcome, LATENCY_CAP_MS, RESOLVE_AFTER_MS,
 };
 
 /// Partitions of the Kafka topic.
@@ -154,10 +154,12 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
             .collect()
     };
     let routers = router_urls(ROUTER_HTTP);
+    let broker = format!("{}:{BROKER}", nemesis.network.address("broker"));
     let clients = Arc::new(Clients {
         routers: routers.clone(),
         grpc_routers: router_urls(ROUTER_GRPC),
-        broker: format!("{}:{BROKER}", nemesis.network.address("broker")),
+        producer: producer(&broker)?,
+        broker,
         keys: options.keys,
         seed: options.seed,
         ledger: Arc::new(Ledger::default()),
@@ -244,6 +246,13 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     let mut found = final_read(&routers, options.keys)
         .await
         .context("the final read")?;
+    for r in 0..options.layout.routers {
+        let log = std::fs::read_to_string(options.out.join(format!("{}.log", router_member(r))))
+            .unwrap_or_default();
+        for (partition, ranges) in skipped_offsets(&log) {
+            found.skipped.entry(partition).or_default().extend(ranges);
+        }
+    }
     found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {
         Ok(ids) => ids,
         Err(e) => {
@@ -502,7 +511,33 @@ async fn final_read(routers: &[String], keys: usize) -> Result<Final> {
         baselines: counts,
         calls: records.iter().filter_map(call_of).collect(),
         in_broker: Default::default(),
+        skipped: Default::default(),
     })
+}
+
+/// The offset ranges of each partition that a router's log (text format) says it read
+/// past without receiving a message: `Kafka offsets skipped ... partition=P from=A to=B`.
+fn skipped_offsets(log: &str) -> BTreeMap<i32, Vec<(i64, i64)>> {
+    let mut skipped: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("Kafka offsets skipped")) {
+        let field = |name: &str| -> Option<i64> {
+            let start = line.find(&format!(" {name}="))? + name.len() + 2;
+            let digits: String = line[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        };
+        if let (Some(partition), Some(from), Some(to)) =
+            (field("partition"), field("from"), field("to"))
+        {
+            skipped
+                .entry(partition as i32)
+                .or_default()
+                .push((from, to));
+        }
+    }
+    skipped
 }
 
 /// Every element of list `list` of the paged query `path`, asked of each router in turn
@@ -546,7 +581,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
         "schedule {} seed {}: {}\n\
          events: {} sent, {} acknowledged {}, {} unknown ({} of them applied), {} rejected\n\
          anomalies: {} lost, {} applied twice, {} invented, {} rejected yet applied, {} baseline mismatches \
-         (and {} acknowledged by the broker but missing from its topic)\n\
+         (and {} acknowledged by the broker but missing from its topic, {} in the topic but never delivered to a router)\n\
          reads: {} ok, {} failed retryably, {} failed otherwise, {} stale, {} invented\n\
          alerts: {} incidents, {} notifications, deliveries {}, {} repeats; anomalies: {} undelivered, {} conflicting, {} invented, {} without an applied call, {} left in outboxes\n\
          after the last repair: serving {}, Kafka drained {}, leadership settled {}, outboxes empty {}, digests equal {}\n\
@@ -566,6 +601,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
         e.rejected_applied,
         e.baseline_mismatches,
         e.lost_by_broker,
+        e.skipped_by_broker,
         r.ok,
         r.failed_retryable,
         r.failed_other,
@@ -648,6 +684,17 @@ mod tests {
         assert!(
             text.contains("history of http-0-7") && text.contains("\"invoke\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn skipped_offsets_are_read_from_a_routers_text_log() {
+        let log = "2026-12-07T16:49:14Z  INFO sentinel_router::kafka::consumer: Kafka partitions assigned partitions=llm.telemetry/0\n\
+                   2026-12-07T16:50:01Z  INFO sentinel_router::kafka::consumer: Kafka offsets skipped: the broker delivered no message at them topic=llm.telemetry partition=1 from=2943 to=2943\n\
+                   2026-12-07T16:51:00Z  INFO sentinel_router::kafka::consumer: Kafka offsets skipped: the broker delivered no message at them topic=llm.telemetry partition=1 from=3000 to=3004\n";
+        assert_eq!(
+            skipped_offsets(log),
+            BTreeMap::from([(1, vec![(2943, 2943), (3000, 3004)])])
         );
     }
 }

@@ -49,6 +49,8 @@ pub struct KafkaMetrics {
     pub rebalances: IntCounterVec,
     /// Messages behind the partition's high watermark, per assigned partition.
     pub lag: IntGaugeVec,
+    /// Offsets the broker delivered nothing at, passed over while reading forward, by topic.
+    pub offsets_skipped: IntCounterVec,
 }
 
 impl RouterMetrics {
@@ -143,6 +145,11 @@ impl RouterMetrics {
                         ),
                         &["topic", "partition"],
                     )?,
+                )?,
+                offsets_skipped: counter_vec(
+                    "sentinel_router_kafka_offsets_skipped_total",
+                    "Offsets passed over while reading a partition forward, by topic",
+                    &["topic"],
                 )?,
             },
             registry,

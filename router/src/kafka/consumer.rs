@@ -335,10 +335,29 @@ impl KafkaConsumer {
             .messages
             .with_label_values(&[message.topic()])
             .inc();
-        let Some(generation) = lock(&self.tracker).read(&key, offset) else {
+        let (skipped, generation) = {
+            let mut tracker = lock(&self.tracker);
+            (tracker.skipped(&key, offset), tracker.read(&key, offset))
+        };
+        let Some(generation) = generation else {
             tracing::debug!(topic = %key.0, partition = key.1, offset, "skipping a message of a partition not assigned (any more)");
             return true;
         };
+        if let Some(skipped) = skipped {
+            self.metrics
+                .offsets_skipped
+                .with_label_values(&[key.0.as_str()])
+                .inc_by((skipped.end - skipped.start) as u64);
+            // Transaction markers and compaction leave such gaps; otherwise the broker
+            // failed to deliver records that are in the partition.
+            tracing::info!(
+                topic = %key.0,
+                partition = key.1,
+                from = skipped.start,
+                to = skipped.end - 1,
+                "Kafka offsets skipped: the broker delivered no message at them"
+            );
+        }
         let settlement = move |key, settled| Settlement {
             key,
             generation,

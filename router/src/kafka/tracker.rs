@@ -63,6 +63,13 @@ impl Tracker {
         self.partitions.keys()
     }
 
+    /// The offsets of `key` between the highest read under this assignment and `offset`
+    /// that were never read, when reading jumps forward over some.
+    pub fn skipped(&self, key: &PartitionKey, offset: i64) -> Option<std::ops::Range<i64>> {
+        let highest = self.partitions.get(key)?.highest_read?;
+        (offset > highest + 1).then_some(highest + 1..offset)
+    }
+
     /// Records that the message at `offset` of `key` was read; its generation, or `None`
     /// when its partition is not assigned (any more) and the message is not processed.
     ///
@@ -162,6 +169,24 @@ mod tests {
         assert!(tracker.settle(&key(0), generation, 9));
         assert_eq!(tracker.to_commit(), [(key(0), 10)]);
         assert_eq!(tracker.unsettled(), 0);
+    }
+
+    #[test]
+    fn offsets_passed_over_going_forward_are_skipped_ones() {
+        let mut tracker = Tracker::default();
+        assert_eq!(tracker.skipped(&key(0), 5), None, "not assigned");
+        tracker.assign(key(0));
+        assert_eq!(tracker.skipped(&key(0), 5), None, "nothing read yet");
+        tracker.read(&key(0), 5);
+        assert_eq!(tracker.skipped(&key(0), 6), None);
+        tracker.read(&key(0), 6);
+        assert_eq!(tracker.skipped(&key(0), 9), Some(7..9));
+        tracker.read(&key(0), 9);
+        assert_eq!(
+            tracker.skipped(&key(0), 2),
+            None,
+            "going back skips nothing"
+        );
     }
 
     #[test]
