@@ -192,13 +192,21 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     let start = Instant::now();
     let mut faults: BTreeMap<String, usize> = BTreeMap::new();
     let mut crashes = Vec::new();
+    // A step that overruns (a decommission waits for its shards to move) delays the rest
+    // of the plan: each step keeps at least its planned distance from the one before,
+    // so faults the plan spaces out (two wipes, say) are never applied back to back.
+    let mut previous: Option<(Duration, Instant)> = None;
     for step in plan(
         options.schedule,
         options.seed,
         options.time_limit,
         options.layout.nodes,
     ) {
-        tokio::time::sleep_until(start + step.at).await;
+        let due = due(start, step.at, previous);
+        if due > start + options.time_limit {
+            break;
+        }
+        tokio::time::sleep_until(due).await;
         let name = serde_json::to_value(step.fault)?["fault"]
             .as_str()
             .unwrap_or("?")
@@ -215,6 +223,7 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
         );
         *faults.entry(name).or_default() += 1;
         crashes.extend(exits(&mut nemesis, &history));
+        previous = Some((step.at, Instant::now()));
     }
     tokio::time::sleep_until(start + options.time_limit).await;
     clients.stop.store(true, Ordering::Relaxed);
@@ -488,6 +497,15 @@ async fn recover(
     recovery
 }
 
+/// When a step planned `at` after `start` is due: then, or, when the step before (planned
+/// at `.0`) finished at `.1`, no sooner than their planned distance after that.
+fn due(start: Instant, at: Duration, previous: Option<(Duration, Instant)>) -> Instant {
+    match previous {
+        Some((before, finished)) => (start + at).max(finished + at.saturating_sub(before)),
+        None => start + at,
+    }
+}
+
 /// Each shard's leader and term.
 type Leadership = Vec<(Option<u64>, u64)>;
 
@@ -684,6 +702,28 @@ mod tests {
         assert!(
             text.contains("history of http-0-7") && text.contains("\"invoke\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_step_keeps_its_distance_from_one_that_finished_late() {
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(due(start, s(10), None), start + s(10));
+        // On time: the plan holds.
+        assert_eq!(
+            due(start, s(20), Some((s(10), start + s(10)))),
+            start + s(20)
+        );
+        // The step at 10 s took until 100 s: the next, planned 10 s later, waits until 110 s.
+        assert_eq!(
+            due(start, s(20), Some((s(10), start + s(100)))),
+            start + s(110)
+        );
+        // A step planned together with the one before follows it at once.
+        assert_eq!(
+            due(start, s(10), Some((s(10), start + s(100)))),
+            start + s(100)
         );
     }
 
