@@ -36,6 +36,9 @@ const RESEND_EVERY: u64 = 10;
 const RESEND_AFTER: Duration = Duration::from_secs(5);
 /// Requests kept for sending again.
 const RESENT_KEPT: usize = 64;
+/// How old a request may be when it is sent again, at most: well within the nodes'
+/// event-id horizon (15 minutes), past which a repeated id is, by contract, a new call.
+const RESEND_WITHIN: Duration = Duration::from_secs(600);
 /// Every this many events of a client, one is a latency spike.
 const SPIKE_EVERY: u64 = 600;
 /// The latency cap the nodes are given (`detection.incidents.latency_cap_ms`).
@@ -186,6 +189,12 @@ impl Clients {
         let mut round = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             round += 1;
+            while recent
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() > RESEND_WITHIN)
+            {
+                recent.pop_front();
+            }
             let resend = round % RESEND_EVERY == 0
                 && recent
                     .front()
