@@ -195,14 +195,14 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     // A step that overruns (a decommission waits for its shards to move) delays the rest
     // of the plan: each step keeps at least its planned distance from the one before,
     // so faults the plan spaces out (two wipes, say) are never applied back to back.
-    let mut previous: Option<(Duration, Instant)> = None;
+    let mut previous: Option<Previous> = None;
     for step in plan(
         options.schedule,
         options.seed,
         options.time_limit,
         options.layout.nodes,
     ) {
-        let due = due(start, step.at, previous);
+        let due = due(start, step.at, previous.as_ref());
         if due > start + options.time_limit {
             break;
         }
@@ -223,7 +223,11 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
         );
         *faults.entry(name).or_default() += 1;
         crashes.extend(exits(&mut nemesis, &history));
-        previous = Some((step.at, Instant::now()));
+        previous = Some(Previous {
+            at: step.at,
+            due,
+            finished: Instant::now(),
+        });
     }
     tokio::time::sleep_until(start + options.time_limit).await;
     clients.stop.store(true, Ordering::Relaxed);
@@ -497,12 +501,26 @@ async fn recover(
     recovery
 }
 
-/// When a step planned `at` after `start` is due: then, or, when the step before (planned
-/// at `.0`) finished at `.1`, no sooner than their planned distance after that.
-fn due(start: Instant, at: Duration, previous: Option<(Duration, Instant)>) -> Instant {
-    match previous {
-        Some((before, finished)) => (start + at).max(finished + at.saturating_sub(before)),
-        None => start + at,
+/// The nemesis step applied last: when it was planned, when it was due, when it finished.
+struct Previous {
+    at: Duration,
+    due: Instant,
+    finished: Instant,
+}
+
+/// When a step planned `at` after `start` is due: its planned distance after the step
+/// before was due, or, when that one ran past this, its planned distance after that
+/// one finished (so an overrun delays the rest of the plan; a step's own time does not).
+fn due(start: Instant, at: Duration, previous: Option<&Previous>) -> Instant {
+    let Some(previous) = previous else {
+        return start + at;
+    };
+    let gap = at.saturating_sub(previous.at);
+    let on_plan = previous.due + gap;
+    if previous.finished > on_plan {
+        previous.finished + gap
+    } else {
+        on_plan
     }
 }
 
@@ -709,20 +727,34 @@ mod tests {
     fn a_step_keeps_its_distance_from_one_that_finished_late() {
         let start = Instant::now();
         let s = Duration::from_secs;
+        let previous = |at, due, finished| Previous {
+            at: s(at),
+            due: start + s(due),
+            finished: start + s(finished),
+        };
         assert_eq!(due(start, s(10), None), start + s(10));
-        // On time: the plan holds.
+        // On time, or done within its gap: the plan holds.
         assert_eq!(
-            due(start, s(20), Some((s(10), start + s(10)))),
+            due(start, s(20), Some(&previous(10, 10, 10))),
+            start + s(20)
+        );
+        assert_eq!(
+            due(start, s(20), Some(&previous(10, 10, 15))),
             start + s(20)
         );
         // The step at 10 s took until 100 s: the next, planned 10 s later, waits until 110 s.
         assert_eq!(
-            due(start, s(20), Some((s(10), start + s(100)))),
+            due(start, s(20), Some(&previous(10, 10, 100))),
             start + s(110)
+        );
+        // ... and the one after keeps the delay.
+        assert_eq!(
+            due(start, s(30), Some(&previous(20, 110, 111))),
+            start + s(120)
         );
         // A step planned together with the one before follows it at once.
         assert_eq!(
-            due(start, s(10), Some((s(10), start + s(100)))),
+            due(start, s(10), Some(&previous(10, 10, 100))),
             start + s(100)
         );
     }
