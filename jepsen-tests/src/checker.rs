@@ -127,21 +127,21 @@ pub fn check_events(ledger: &HashMap<String, (usize, Outcome)>, found: &Final) -
                     .entry(api_of(id).to_owned())
                     .or_default() += 1;
                 let in_broker = found.in_broker.get(id.as_str());
+                // Its partition and offset, when the topic holds it and could be read.
+                let at = in_broker.copied().flatten();
                 if n == 0 && through_kafka(id) && in_broker.is_none() {
                     verdict.lost_by_broker += 1;
                     note(&mut verdict.examples, "lost_by_broker", id.to_string());
-                } else if n == 0
-                    && in_broker.is_some_and(|at| at.is_some_and(|(p, o)| found.skipped(p, o)))
-                {
+                } else if n == 0 && at.is_some_and(|(p, o)| found.skipped(p, o)) {
                     verdict.skipped_by_broker += 1;
                     note(&mut verdict.examples, "skipped_by_broker", id.to_string());
                 } else if n == 0 {
                     verdict.lost += 1;
-                    let example = match in_broker {
-                        Some(Some((partition, offset))) => {
+                    let example = match at {
+                        Some((partition, offset)) => {
                             format!("{id} (partition {partition} offset {offset})")
                         }
-                        _ => id.to_string(),
+                        None => id.to_string(),
                     };
                     note(&mut verdict.examples, "lost", example);
                 }
