@@ -89,7 +89,7 @@ pub struct Verdict {
     pub alerts: Alerts,
     pub recovery: Recovery,
     pub faults: BTreeMap<String, usize>,
-    /// Processes that exited by themselves.
+    /// Processes that exited by themselves, and those whose log shows a panic.
     pub crashes: Vec<String>,
 }
 
@@ -264,6 +264,16 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
             .unwrap_or_default();
         for (partition, ranges) in skipped_offsets(&log) {
             found.skipped.entry(partition).or_default().extend(ranges);
+        }
+    }
+    let members = (0..=options.layout.nodes)
+        .map(node_member)
+        .chain((0..options.layout.routers).map(router_member));
+    for member in members {
+        let log =
+            std::fs::read_to_string(options.out.join(format!("{member}.log"))).unwrap_or_default();
+        if let Some(panicked) = panics(&log) {
+            crashes.push(format!("{member}: {panicked}"));
         }
     }
     found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {
@@ -576,6 +586,25 @@ fn skipped_offsets(log: &str) -> BTreeMap<i32, Vec<(i64, i64)>> {
     skipped
 }
 
+/// The panics a process's log shows, how many and where the first was with its message:
+/// a panicking task (a shard's Raft core, say) can leave its process running, so the exit
+/// status does not tell.
+fn panics(log: &str) -> Option<String> {
+    const PANICKED: &str = " panicked at ";
+    let mut lines = log.lines();
+    let (mut count, mut first) = (0, None);
+    while let Some(line) = lines.next() {
+        if let Some(at) = line.find(PANICKED) {
+            count += 1;
+            if first.is_none() {
+                let place = line[at + PANICKED.len()..].trim_end_matches(':');
+                first = Some(format!("{place}: {}", lines.next().unwrap_or_default()));
+            }
+        }
+    }
+    first.map(|first| format!("{count} panics, the first at {first}"))
+}
+
 /// Every element of list `list` of the paged query `path`, asked of each router in turn
 /// until one answers whole (six tries, 5 s apart).
 async fn read_list(routers: &[String], path: &str, list: &str) -> Result<Vec<serde_json::Value>> {
@@ -661,7 +690,7 @@ fn summary(verdict: &Verdict, history: &str) -> String {
     );
     if !verdict.crashes.is_empty() {
         out += &format!(
-            "processes that exited by themselves: {}\n",
+            "processes that exited by themselves or panicked: {}\n",
             verdict.crashes.join("; ")
         );
     }
@@ -756,6 +785,25 @@ mod tests {
         assert_eq!(
             due(start, s(10), Some(&previous(10, 10, 100))),
             start + s(100)
+        );
+    }
+
+    #[test]
+    fn panics_are_read_from_a_processs_log_with_the_first_place_and_message() {
+        let log = "2026-12-07T19:44:34Z  INFO sentinel_node::elections: standing for election group=1\n\
+                   \n\
+                   thread 'tokio-rt-worker' (31006) panicked at openraft-0.9.25/src/raft_state/log_state_reader.rs:23:13:\n\
+                   assertion failed: Some(log_id) <= self.committed()\n\
+                   stack backtrace:\n\
+                   thread 'tokio-rt-worker' (32271) panicked at node/src/host.rs:1:1:\n\
+                   other\n";
+        assert_eq!(
+            panics(log).as_deref(),
+            Some("2 panics, the first at openraft-0.9.25/src/raft_state/log_state_reader.rs:23:13: assertion failed: Some(log_id) <= self.committed()")
+        );
+        assert_eq!(
+            panics("2026-12-07T19:44:34Z  INFO sentinel_node: started\n"),
+            None
         );
     }
 

@@ -192,6 +192,15 @@ pub async fn run(host: Arc<Host>, mut stopped: watch::Receiver<bool>) {
 
 /// Looks at one group and starts an election when [`should_elect`] says so; answers
 /// whether it did.
+/// Whether a replica's own latest membership makes it a voter of its group.
+pub fn is_voter(metrics: &RaftMetrics<u64, BasicNode>) -> bool {
+    metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|n| n == metrics.id)
+}
+
 async fn elect<C>(
     raft: &Raft<C>,
     group: u32,
@@ -204,7 +213,7 @@ where
 {
     let metrics: RaftMetrics<u64, BasicNode> = raft.metrics().borrow().clone();
     let membership = metrics.membership_config.membership();
-    let voter = membership.voter_ids().any(|n| n == metrics.id);
+    let voter = is_voter(&metrics);
     if !voter || metrics.running_state.is_err() || metrics.state == ServerState::Leader {
         return false;
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::Fatal;
-use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Raft, RaftMetrics, RaftTypeConfig, ServerState, SnapshotPolicy};
 use prometheus::IntCounter;
 use sentinel_storage_engine::{
     DocumentReader, Engine, EngineOptions, Error as StorageError, ShardReader, ShardSettings,
@@ -44,7 +44,7 @@ pub struct Replica {
 impl Replica {
     /// The current Raft metrics.
     pub fn metrics(&self) -> RaftMetrics<u64, BasicNode> {
-        self.raft.metrics().borrow().clone()
+        last_report(&self.raft)
     }
 
     /// Goes quiet for a hand-over until `until` at most: heartbeats stop, and writes and
@@ -73,8 +73,31 @@ impl Replica {
     }
 }
 
+/// A group's last report (see [`as_reported`]).
+pub fn last_report<C>(raft: &Raft<C>) -> RaftMetrics<u64, BasicNode>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+{
+    let reports = raft.metrics();
+    let last = reports.borrow().clone();
+    as_reported(last, reports.has_changed().is_err())
+}
+
+/// `last`, the final report of a core that is `gone` (its report sender dropped): a core
+/// that stops, asked to or on an error, reports why first, so one gone while its report
+/// still says running ended in a panic.
+pub fn as_reported(
+    mut last: RaftMetrics<u64, BasicNode>,
+    gone: bool,
+) -> RaftMetrics<u64, BasicNode> {
+    if gone && last.running_state.is_ok() {
+        last.running_state = Err(Fatal::Panicked);
+    }
+    last
+}
+
 /// Why a Raft group can no longer serve: its core stopped on an error (a storage failure
-/// such as a full disk); `None` while it runs and after a requested stop.
+/// such as a full disk) or panicked; `None` while it runs and after a requested stop.
 pub fn group_failure(metrics: &RaftMetrics<u64, BasicNode>) -> Option<String> {
     match &metrics.running_state {
         Ok(()) | Err(Fatal::Stopped) => None,
@@ -242,7 +265,7 @@ impl Host {
     /// The first group (the metadata group first, then shards in order) whose Raft core
     /// stopped on an error, with the error.
     pub fn failure(&self) -> Option<(u32, String)> {
-        let meta = group_failure(&self.meta.metrics().borrow()).map(|e| (METADATA_GROUP, e));
+        let meta = group_failure(&last_report(&self.meta)).map(|e| (METADATA_GROUP, e));
         meta.or_else(|| {
             self.replicas()
                 .iter()
@@ -422,6 +445,7 @@ mod tests {
         ];
         for (state, leader, running, leading, failure) in cases {
             let m = metrics(state, leader, running);
+            assert_eq!(as_reported(m.clone(), false), m);
             assert_eq!(leads(&m, 1), leading, "{m:?}");
             let found = group_failure(&m);
             match failure {
@@ -432,5 +456,16 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn a_core_gone_without_a_word_panicked_one_that_said_why_did_not() {
+        let running = metrics(ServerState::Leader, Some(1), Ok(()));
+        let gone = as_reported(running, true);
+        assert_eq!(gone.running_state, Err(Fatal::Panicked));
+        assert!(!leads(&gone, 1));
+        assert!(group_failure(&gone).is_some_and(|f| f.contains("panicked")));
+        let stopped = metrics(ServerState::Shutdown, Some(1), Err(Fatal::Stopped));
+        assert_eq!(group_failure(&as_reported(stopped, true)), None);
     }
 }

@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::elections::is_voter;
 use crate::host::{Host, Replica};
 use crate::metrics::NodeMetrics;
 use crate::registry::{MetaConfig, METADATA_GROUP};
@@ -139,6 +140,21 @@ impl NodeService {
             .ensure_replica(group)
             .await
             .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))
+    }
+
+    /// The local replica that answers a vote request for shard `group`: one that is open
+    /// and a voter by its own latest membership. A vote never opens a replica: one dropped
+    /// here (the shard moved away) and opened again empty would grant any candidate, and a
+    /// candidate of a stale configuration, whose log misses committed entries, could win.
+    fn voting_replica(&self, group: u32) -> Result<Arc<Replica>, Status> {
+        let replica = self.host.replica(group).ok_or_else(|| {
+            ErrorCode::WrongNode.status(format!("group: no replica of shard {group} here"))
+        })?;
+        if !is_voter(&replica.raft.metrics().borrow()) {
+            return Err(ErrorCode::WrongNode
+                .status(format!("group: this node is not a voter of shard {group}")));
+        }
+        Ok(replica)
     }
 
     fn raft_reply(&self, group: u32, payload: Vec<u8>) -> Response<RaftMessage> {
@@ -713,7 +729,7 @@ impl RaftTransport for NodeService {
         let reply = if message.group == METADATA_GROUP {
             encode(&self.host.meta.vote(payload(&message)?).await)
         } else {
-            let replica = self.raft_replica(message.group).await?;
+            let replica = self.voting_replica(message.group)?;
             encode(&replica.raft.vote(payload(&message)?).await)
         };
         Ok(self.raft_reply(message.group, reply))

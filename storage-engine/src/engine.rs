@@ -93,7 +93,9 @@ impl Engine {
         })
     }
 
-    /// Groups (shards and documents) that have data on this node, ascending.
+    /// Groups (shards and documents) that have data on this node, ascending. The vote a
+    /// dropped replica leaves behind (`drop_shard`) is not data: the vote is the last kind
+    /// of a group's keys, so a group whose first key is its vote holds nothing else.
     pub fn shard_ids(&self) -> Result<Vec<u32>, Error> {
         let mut out = Vec::new();
         let mut iter = self.backend.db.raw_iterator();
@@ -102,7 +104,9 @@ impl Engine {
             let Some(shard) = iter.key().and_then(keys::shard_of_key) else {
                 break;
             };
-            out.push(shard);
+            if iter.key() != Some(keys::kind(shard, keys::VOTE).as_slice()) {
+                out.push(shard);
+            }
             if shard == u32::MAX {
                 break;
             }
@@ -150,15 +154,22 @@ impl Engine {
         Ok((ShardLog::new(self.backend.clone(), group), machine, reader))
     }
 
-    /// Deletes every key and snapshot of a shard that is not open; the shard moved away.
+    /// Deletes every key and snapshot of a shard that is not open (the shard moved away)
+    /// but its Raft vote: a replica opened here again must not take a leader or candidate
+    /// older than one it already followed, or a stale leader could commit on it.
     pub fn drop_shard(&self, shard: u32) -> Result<(), Error> {
         if self.backend.is_open(shard) {
             return Err(Error::ShardOpen(shard));
         }
         let from = shard.to_be_bytes().to_vec();
         let to = keys::shard_end(shard);
+        let vote = keys::kind(shard, keys::VOTE);
+        let kept = self.backend.db.get(&vote)?;
         let mut batch = WriteBatch::default();
         batch.delete_range(&from, &to);
+        if let Some(kept) = kept {
+            batch.put(&vote, kept);
+        }
         self.backend.write(batch, true)?;
         self.backend.db.compact_range(Some(&from), Some(&to));
         match std::fs::remove_dir_all(self.backend.snapshot_dir(shard)) {

@@ -1,7 +1,7 @@
 //! The key layout of the node's one RocksDB: every key starts with the shard id.
 //!
 //! ```text
-//! [shard u32][b'v']                              vote
+//! [shard u32][b'v']                              vote (kept when the shard is dropped)
 //! [shard u32][b'c']                              committed log id
 //! [shard u32][b'p']                              last purged log id
 //! [shard u32][b'l'][index u64]                   log entry
@@ -187,6 +187,16 @@ mod tests {
         assert!(rows_end(7, u32::MAX) <= a_end);
         assert_eq!(shard_end(u32::MAX), vec![0xff; 5]);
         assert!(log(u32::MAX, u64::MAX) < shard_end(u32::MAX));
+    }
+
+    #[test]
+    fn the_vote_is_the_last_key_of_a_group() {
+        for other in [COMMITTED, PURGED, META, SNAPSHOT] {
+            assert!(kind(7, other) < kind(7, VOTE));
+        }
+        assert!(log(7, u64::MAX) < kind(7, VOTE));
+        assert!(rows_end(7, u32::MAX) <= kind(7, VOTE));
+        assert!(core_chunk(7, u32::MAX) < kind(7, VOTE));
     }
 
     #[test]

@@ -620,7 +620,7 @@ async fn a_corrupted_snapshot_is_refused_and_the_shard_keeps_its_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_shard_leaves_no_trace_and_its_neighbours_untouched() {
+async fn a_dropped_shard_leaves_nothing_but_its_vote_and_its_neighbours_untouched() {
     let (_dir, engine) = engine();
     for shard in [1, 2, 3] {
         let (mut machine, _) = open(&engine, shard);
@@ -636,18 +636,27 @@ async fn a_dropped_shard_leaves_no_trace_and_its_neighbours_untouched() {
         .iter()
         .map(|&s| open(&engine, s).1.digest().unwrap())
         .collect();
-    let (_, _held, reader) = engine.open_shard(2).unwrap();
+    let (mut log, _held, reader) = engine.open_shard(2).unwrap();
+    let followed = Vote::new_committed(7, 4);
+    log.save_vote(&followed).await.unwrap();
     assert!(
         engine.drop_shard(2).is_err(),
         "an open shard is not dropped"
     );
-    drop((_held, reader));
+    drop((log, _held, reader));
     engine.drop_shard(2).unwrap();
     assert_eq!(engine.shard_ids().unwrap(), vec![1, 3]);
     assert!(!engine.dir().join("snapshots/2").exists());
-    let (_, fresh) = open(&engine, 2);
+    let (mut log, _, fresh) = engine.open_shard(2).unwrap();
     assert_eq!(fresh.summary().last_applied, None);
     assert!(fresh.baselines(None, None).is_empty());
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(followed),
+        "a replica opened again keeps the vote of the one dropped"
+    );
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+    drop((log, fresh));
     let after: Vec<String> = [1, 3]
         .iter()
         .map(|&s| open(&engine, s).1.digest().unwrap())
