@@ -71,6 +71,14 @@ impl Layout {
         }
     }
 
+    /// Whether this layout, a node's answer, may replace `current`: the shard count is
+    /// fixed when the cluster is created, so an answer without shards, from a node whose
+    /// copy of the registry has not caught up (a member that lost its data and rejoined),
+    /// never replaces a table that has them.
+    pub fn supersedes(&self, current: Option<&Layout>) -> bool {
+        self.shard_count != 0 || current.is_none_or(|c| c.shard_count == 0)
+    }
+
     /// Why the layout cannot serve every shard, or `None` when every shard has a leader.
     pub fn unsettled(&self) -> Option<String> {
         if self.shard_count == 0 {
@@ -277,8 +285,14 @@ impl RoutingTable {
             match answer {
                 Ok(reply) => {
                     let reply = reply.into_inner();
-                    self.install(Layout::from_status(&reply));
-                    return Ok(reply);
+                    let layout = Layout::from_status(&reply);
+                    if layout.supersedes(self.layout().as_deref()) {
+                        self.install(layout);
+                        return Ok(reply);
+                    }
+                    problems.push(format!(
+                        "{address}: has not caught up with the cluster (it knows no shards)"
+                    ));
                 }
                 Err(status) => problems.push(format!("{address}: {}", status.message())),
             }
@@ -536,6 +550,20 @@ mod tests {
         assert_eq!(layout.unsettled().unwrap(), "shard 1 has no leader");
         let layout = Layout::from_status(&status(&[Some(9)]));
         assert!(layout.unsettled().is_some());
+    }
+
+    #[test]
+    fn an_answer_without_shards_never_replaces_a_table_with_them() {
+        let formed = Layout::from_status(&status(&[Some(1), Some(2)]));
+        let lagging = Layout::from_status(&status(&[]));
+        assert!(!lagging.supersedes(Some(&formed)));
+        assert!(
+            lagging.supersedes(None),
+            "a cluster still forming has no shards"
+        );
+        assert!(lagging.supersedes(Some(&lagging)));
+        assert!(formed.supersedes(Some(&lagging)));
+        assert!(formed.supersedes(Some(&formed)));
     }
 
     #[test]
