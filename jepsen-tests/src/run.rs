@@ -259,21 +259,19 @@ async fn run_in_namespace(options: &Options, mut nemesis: Nemesis) -> Result<Ver
     let mut found = final_read(&routers, options.keys)
         .await
         .context("the final read")?;
-    for r in 0..options.layout.routers {
-        let log = std::fs::read_to_string(options.out.join(format!("{}.log", router_member(r))))
-            .unwrap_or_default();
-        for (partition, ranges) in skipped_offsets(&log) {
-            found.skipped.entry(partition).or_default().extend(ranges);
-        }
-    }
     let members = (0..=options.layout.nodes)
-        .map(node_member)
-        .chain((0..options.layout.routers).map(router_member));
-    for member in members {
+        .map(|n| (node_member(n), false))
+        .chain((0..options.layout.routers).map(|r| (router_member(r), true)));
+    for (member, router) in members {
         let log =
             std::fs::read_to_string(options.out.join(format!("{member}.log"))).unwrap_or_default();
         if let Some(panicked) = panics(&log) {
             crashes.push(format!("{member}: {panicked}"));
+        }
+        if router {
+            for (partition, ranges) in skipped_offsets(&log) {
+                found.skipped.entry(partition).or_default().extend(ranges);
+            }
         }
     }
     found.in_broker = match broker_ids(&clients.broker, TOPIC, PARTITIONS).await {

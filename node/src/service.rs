@@ -150,7 +150,7 @@ impl NodeService {
         let replica = self.host.replica(group).ok_or_else(|| {
             ErrorCode::WrongNode.status(format!("group: no replica of shard {group} here"))
         })?;
-        if !is_voter(&replica.raft.metrics().borrow()) {
+        if !is_voter(&replica.metrics()) {
             return Err(ErrorCode::WrongNode
                 .status(format!("group: this node is not a voter of shard {group}")));
         }
