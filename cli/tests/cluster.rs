@@ -8,7 +8,8 @@ use lapin::types::AMQPValue;
 use sentinel_node::alerting::{ALERT_ID_HEADER, EVENT_HEADER, INCIDENT_ID_HEADER};
 use sentinel_proto::v1::{
     AnomaliesRequest, BaselinesRequest, ClusterStatusReply, Consistency, DecommissionRequest,
-    IngestRequest, InputEvent, Outcome, RaftMessage, ShardInfo, SourcePartition, TelemetryRequest,
+    IngestRequest, InputEvent, LocalStatusRequest, Outcome, RaftMessage, ShardInfo,
+    SourcePartition, TelemetryRequest,
 };
 use sentinel_testkit::process::{event, shard, Cluster};
 use sentinel_testkit::{process, services};
@@ -740,7 +741,7 @@ async fn restarting_every_node_keeps_the_same_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_out_then_decommission_under_load() {
     let mut cluster = Cluster::start(3, 8, 3);
-    cluster.wait_converged(CONVERGE).await;
+    let before = cluster.wait_converged(CONVERGE).await;
     let mut acked = write(&cluster, 0..10).await;
     cluster.add(3);
     acked.extend(write(&cluster, 10..60).await);
@@ -749,6 +750,18 @@ async fn scale_out_then_decommission_under_load() {
         status.shards.iter().any(|s| s.desired.contains(&3)),
         "the new node holds shards"
     );
+    let (shard, node) = status
+        .shards
+        .iter()
+        .find_map(|s| {
+            let gone = before.shards[s.shard as usize]
+                .desired
+                .iter()
+                .find(|n| !s.desired.contains(n))?;
+            Some((s.shard, *gone))
+        })
+        .expect("a replica moved to the new node");
+    a_dropped_replica_opened_again_votes_as_if_it_kept_its_log(&cluster, shard, node).await;
 
     let mut client = cluster.client(0).await;
     client
@@ -795,6 +808,64 @@ async fn scale_out_then_decommission_under_load() {
         process::summary(&status)
     );
     assert!(status.shards.iter().all(|s| !s.desired.contains(&1)));
+}
+
+/// Node `node` held a replica of `shard` that moved away: once it is dropped, a vote
+/// request does not open it again; opened again (by an append, here a stale one), it
+/// refuses a candidate whose log is behind the log it dropped and passes any other to
+/// Raft. Every message is of term 0 or 1, older than any vote the replica kept, so
+/// nothing it sends changes the replica's state.
+async fn a_dropped_replica_opened_again_votes_as_if_it_kept_its_log(
+    cluster: &Cluster,
+    shard: u32,
+    node: u64,
+) {
+    let dropped = async || {
+        let mut client = cluster.client(node).await;
+        let reply = client.local_status(LocalStatusRequest { digests: false });
+        let replicas = reply.await.ok()?.into_inner().replicas;
+        replicas.iter().all(|r| r.group != shard).then_some(())
+    };
+    wait_for(CONVERGE, dropped)
+        .await
+        .unwrap_or_else(|| panic!("node {node} keeps its replica of shard {shard}"));
+    let mut raft = cluster.raft_client(node);
+    let message = |from: u64, payload: serde_json::Value| RaftMessage {
+        group: shard,
+        from,
+        payload: rmp_vote(&payload),
+        to: None,
+    };
+    let vote = |candidate: u64, last_log_id: serde_json::Value| {
+        let vote =
+            serde_json::json!({"leader_id": {"term": 1, "node_id": candidate}, "committed": false});
+        message(
+            candidate,
+            serde_json::json!({"vote": vote, "last_log_id": last_log_id}),
+        )
+    };
+    let unopened = raft
+        .vote(vote(8, serde_json::Value::Null))
+        .await
+        .unwrap_err();
+    assert_eq!(unopened.code(), Code::FailedPrecondition, "{unopened:?}");
+    assert!(unopened.message().contains("no replica"), "{unopened:?}");
+    let stale = serde_json::json!({"leader_id": {"term": 0, "node_id": 7}, "committed": true});
+    let append = serde_json::json!({"vote": stale, "prev_log_id": null, "entries": [], "leader_commit": null});
+    raft.append_entries(message(7, append))
+        .await
+        .expect("an append opens the replica");
+    let behind = raft
+        .vote(vote(8, serde_json::Value::Null))
+        .await
+        .unwrap_err();
+    assert_eq!(behind.code(), Code::FailedPrecondition, "{behind:?}");
+    assert!(behind.message().contains("behind the log"), "{behind:?}");
+    let longer =
+        serde_json::json!({"leader_id": {"term": 1_000, "node_id": 9}, "index": 1_000_000});
+    raft.vote(vote(9, longer))
+        .await
+        .expect("a candidate with a log as long is answered by Raft");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,10 +190,8 @@ pub async fn run(host: Arc<Host>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Looks at one group and starts an election when [`should_elect`] says so; answers
-/// whether it did.
 /// Whether a replica's own latest membership makes it a voter of its group.
-pub fn is_voter(metrics: &RaftMetrics<u64, BasicNode>) -> bool {
+fn is_voter(metrics: &RaftMetrics<u64, BasicNode>) -> bool {
     metrics
         .membership_config
         .membership()
@@ -201,6 +199,8 @@ pub fn is_voter(metrics: &RaftMetrics<u64, BasicNode>) -> bool {
         .any(|n| n == metrics.id)
 }
 
+/// Looks at one group and starts an election when [`should_elect`] says so; answers
+/// whether it did.
 async fn elect<C>(
     raft: &Raft<C>,
     group: u32,

@@ -87,6 +87,9 @@ pub enum RoundError {
     /// Exporting to InfluxDB failed.
     #[error("export: {0}")]
     Export(#[from] crate::export::ExportError),
+    /// The step did not finish in time (openraft goes on with a change it started).
+    #[error("not done within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 impl RoundError {

@@ -113,6 +113,15 @@ pub fn leads(metrics: &RaftMetrics<u64, BasicNode>, node: u64) -> bool {
         && metrics.current_leader == Some(node)
 }
 
+/// The leader a replica knows: openraft's `current_leader`, but never the replica itself
+/// while it does not lead (a leader removed from its group stops leading, yet keeps the
+/// committed vote that names it).
+pub fn known_leader(metrics: &RaftMetrics<u64, BasicNode>) -> Option<u64> {
+    metrics
+        .current_leader
+        .filter(|&leader| leader != metrics.id || leads(metrics, leader))
+}
+
 /// Everything a node hosts.
 pub struct Host {
     /// This node's Raft member id (its configured id is `config.node.id`).
@@ -455,6 +464,20 @@ mod tests {
                     "{found:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn a_leader_removed_from_its_group_names_no_leader() {
+        let cases = [
+            (ServerState::Leader, Some(1), Some(1)),
+            (ServerState::Follower, Some(2), Some(2)),
+            (ServerState::Follower, Some(1), None),
+            (ServerState::Learner, Some(1), None),
+            (ServerState::Candidate, None, None),
+        ];
+        for (state, leader, known) in cases {
+            assert_eq!(known_leader(&metrics(state, leader, Ok(()))), known);
         }
     }
 

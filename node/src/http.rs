@@ -77,7 +77,7 @@ pub fn not_ready(host: &Host) -> Option<String> {
             continue;
         }
         let metrics = replica.metrics();
-        if metrics.current_leader.is_none() {
+        if crate::host::known_leader(&metrics).is_none() {
             return Some(format!("shard {} has no leader", replica.shard));
         }
         let applied = metrics.last_applied.map_or(0, |l| l.index);

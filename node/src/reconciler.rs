@@ -4,6 +4,7 @@
 //! module carries it out.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use sentinel_proto::v1::{CampaignRequest, LocalStatusRequest};
 use crate::calls::{change, client, meta_metrics, propose, STATUS_TIMEOUT};
 use crate::error::RoundError;
 use crate::handover::HandOverTiming;
-use crate::host::{Host, Replica};
+use crate::host::{known_leader, leads, Host, Replica};
 use crate::metrics::NodeMetrics;
 use crate::placement::Placement;
 use crate::registry::{NodeState, Registry, RegistryCommand};
@@ -36,6 +37,10 @@ pub struct Reconciler {
 
 /// Rounds a replica must look stray before it is dropped.
 const STRAY_ROUNDS: u32 = 3;
+/// How long one step of a round may take. A membership change answers only once it is
+/// committed, and a group that lost its quorum never commits it: waiting would stop the
+/// reconciliation of every other group here. openraft goes on with a change given up on.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the metadata leader asks every node whether it is up.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -62,25 +67,29 @@ impl Reconciler {
         for replica in self.host.replicas() {
             replica.end_hand_over(self.host.id, false);
         }
-        if meta_metrics(&self.host).current_leader == Some(self.host.id) {
-            if let Err(e) = self.metadata().await {
+        if leads(&meta_metrics(&self.host), self.host.id) {
+            if let Err(e) = bounded(STEP_TIMEOUT, self.metadata()).await {
                 tracing::info!(error = %e, "metadata reconciliation step failed");
             }
         }
         for replica in self.host.replicas() {
-            let metrics = replica.metrics();
-            let result = if metrics.current_leader == Some(self.host.id) {
-                self.strays.remove(&replica.shard);
-                self.lead(&replica, &metrics, &placement).await
-            } else if !placement.holds(replica.shard, self.host.id) {
-                self.maybe_drop(&replica, &metrics, &placement).await
-            } else {
-                self.strays.remove(&replica.shard);
-                Ok(())
-            };
-            if let Err(e) = result {
+            if let Err(e) = bounded(STEP_TIMEOUT, self.step(&replica, &placement)).await {
                 tracing::info!(shard = replica.shard, error = %e, "reconciliation step failed");
             }
+        }
+    }
+
+    /// One replica's step: its leader's work, or dropping it once placement moved it away.
+    async fn step(&mut self, replica: &Replica, placement: &Placement) -> Result<(), RoundError> {
+        let metrics = replica.metrics();
+        if leads(&metrics, self.host.id) {
+            self.strays.remove(&replica.shard);
+            self.lead(replica, &metrics, placement).await
+        } else if !placement.holds(replica.shard, self.host.id) {
+            self.maybe_drop(replica, &metrics, placement).await
+        } else {
+            self.strays.remove(&replica.shard);
+            Ok(())
         }
     }
 
@@ -298,7 +307,7 @@ impl Reconciler {
         placement: &Placement,
     ) -> Result<(), RoundError> {
         let shard = replica.shard;
-        let known = metrics.current_leader.filter(|&l| l != self.host.id);
+        let known = known_leader(metrics);
         let Some(asked) = known.or_else(|| {
             placement
                 .replicas(shard)
@@ -337,6 +346,16 @@ impl Reconciler {
     }
 }
 
+/// `step`, given up on after `limit`.
+async fn bounded(
+    limit: Duration,
+    step: impl Future<Output = Result<(), RoundError>>,
+) -> Result<(), RoundError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .unwrap_or(Err(RoundError::TimedOut(limit)))
+}
+
 /// Hands the leaderships held here to other caught-up voters before this node stops, as
 /// [`Reconciler::campaign`] does but with every successor standing whatever its steadiness.
 pub async fn hand_over(host: &Host) {
@@ -344,7 +363,7 @@ pub async fn hand_over(host: &Host) {
     let deadline = Instant::now() + timing.give_up_after;
     for replica in host.replicas() {
         let metrics = replica.metrics();
-        if !crate::host::leads(&metrics, host.id) {
+        if !leads(&metrics, host.id) {
             continue;
         }
         let successor = metrics
@@ -371,7 +390,7 @@ pub async fn hand_over(host: &Host) {
     }
     while Instant::now() < deadline
         && host.replicas().iter().any(|r| {
-            crate::host::leads(&r.metrics(), host.id)
+            leads(&r.metrics(), host.id)
                 && r.metrics()
                     .membership_config
                     .membership()
@@ -381,5 +400,21 @@ pub async fn hand_over(host: &Host) {
         })
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_that_never_finishes_is_given_up_on() {
+        let limit = Duration::from_millis(20);
+        let never = bounded(limit, std::future::pending()).await;
+        assert!(
+            matches!(never, Err(RoundError::TimedOut(l)) if l == limit),
+            "{never:?}"
+        );
+        assert!(bounded(limit, async { Ok(()) }).await.is_ok());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
-use openraft::raft::InstallSnapshotRequest;
+use openraft::raft::{InstallSnapshotRequest, VoteRequest};
 use sentinel_core::incident::{Actor, IncidentStatus, Silence};
 use sentinel_core::{FieldError, Severity};
 use sentinel_proto::not_leader;
@@ -30,8 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::elections::is_voter;
-use crate::host::{Host, Replica};
+use crate::host::{known_leader, leads, Host, Replica};
 use crate::metrics::NodeMetrics;
 use crate::registry::{MetaConfig, METADATA_GROUP};
 use crate::transport::{decode, encode};
@@ -88,9 +87,9 @@ impl NodeService {
     /// caller to the leader.
     fn leading_replica(&self, shard: u32) -> Result<Arc<Replica>, Status> {
         let replica = self.replica(shard)?;
-        let leader = replica.metrics().current_leader;
-        if leader != Some(self.host.id) {
-            return Err(self.not_leader(shard, leader));
+        let metrics = replica.metrics();
+        if !leads(&metrics, self.host.id) {
+            return Err(self.not_leader(shard, known_leader(&metrics)));
         }
         quiet(&replica)?;
         Ok(replica)
@@ -142,17 +141,25 @@ impl NodeService {
             .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))
     }
 
-    /// The local replica that answers a vote request for shard `group`: one that is open
-    /// and a voter by its own latest membership. A vote never opens a replica: one dropped
-    /// here (the shard moved away) and opened again empty would grant any candidate, and a
-    /// candidate of a stale configuration, whose log misses committed entries, could win.
-    fn voting_replica(&self, group: u32) -> Result<Arc<Replica>, Status> {
+    /// The local replica that answers the vote request `vote` for shard `group`: one that
+    /// is open, and, where replicas of the shard were dropped (the shard moved away), only
+    /// for a candidate whose log is at least as long as the longest they held. A vote
+    /// never opens a replica, and one opened again empty votes as if it had kept its log:
+    /// otherwise a candidate of a stale configuration, whose log misses committed entries,
+    /// could win.
+    fn voting_replica(&self, group: u32, vote: &VoteRequest<u64>) -> Result<Arc<Replica>, Status> {
         let replica = self.host.replica(group).ok_or_else(|| {
             ErrorCode::WrongNode.status(format!("group: no replica of shard {group} here"))
         })?;
-        if !is_voter(&replica.metrics()) {
-            return Err(ErrorCode::WrongNode
-                .status(format!("group: this node is not a voter of shard {group}")));
+        let dropped = self
+            .host
+            .engine
+            .dropped_log_id(group)
+            .map_err(|e| ErrorCode::Unavailable.status(e.to_string()))?;
+        if vote.last_log_id < dropped {
+            return Err(ErrorCode::Conflict.status(format!(
+                "last_log_id: behind the log a replica of shard {group} held here"
+            )));
         }
         Ok(replica)
     }
@@ -729,8 +736,9 @@ impl RaftTransport for NodeService {
         let reply = if message.group == METADATA_GROUP {
             encode(&self.host.meta.vote(payload(&message)?).await)
         } else {
-            let replica = self.voting_replica(message.group)?;
-            encode(&replica.raft.vote(payload(&message)?).await)
+            let vote = payload(&message)?;
+            let replica = self.voting_replica(message.group, &vote)?;
+            encode(&replica.raft.vote(vote).await)
         };
         Ok(self.raft_reply(message.group, reply))
     }

@@ -11,7 +11,7 @@ use sentinel_proto::ErrorCode;
 use tonic::Status;
 
 use crate::calls::{client, meta_metrics, STATUS_TIMEOUT};
-use crate::host::Host;
+use crate::host::{known_leader, Host};
 use crate::placement::Placement;
 use crate::registry::{ordinal_of, NodeState, METADATA_GROUP};
 
@@ -33,7 +33,7 @@ fn local_replica(
     let membership = metrics.membership_config.membership();
     LocalReplica {
         group,
-        leader: metrics.current_leader,
+        leader: known_leader(metrics),
         term: metrics.current_term,
         last_log_index: metrics.last_log_index.unwrap_or(0),
         applied_index: metrics.last_applied.map_or(0, |l| l.index),
@@ -172,7 +172,7 @@ pub async fn cluster_status(host: &Host, digests: bool) -> ClusterStatusReply {
     ClusterStatusReply {
         shard_count: registry.shards,
         replication_factor: registry.replicas,
-        metadata_leader: meta_metrics(host).current_leader,
+        metadata_leader: known_leader(&meta_metrics(host)),
         nodes,
         shards,
     }

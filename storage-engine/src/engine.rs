@@ -4,15 +4,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use openraft::LogId;
 use rocksdb::WriteBatch;
 
 use crate::backend::{Backend, EngineOptions, EngineStats};
 use crate::document::{Document, DocumentConfig, DocumentMachine, DocumentReader};
-use crate::error::Error;
+use crate::error::{decode, encode, Error};
 use crate::keys;
 use crate::log::ShardLog;
 use crate::machine::{ShardStateMachine, ShardStore};
 use crate::reader::ShardReader;
+use crate::TypeConfig;
 
 /// What RocksDB reports of its size and of slowed or stopped writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,9 +95,9 @@ impl Engine {
         })
     }
 
-    /// Groups (shards and documents) that have data on this node, ascending. The vote a
-    /// dropped replica leaves behind (`drop_shard`) is not data: the vote is the last kind
-    /// of a group's keys, so a group whose first key is its vote holds nothing else.
+    /// Groups (shards and documents) that have data on this node, ascending. What a
+    /// dropped replica leaves behind (`drop_shard`) is not data: those are the last kinds
+    /// of a group's keys, so a group whose first key is one of them holds nothing else.
     pub fn shard_ids(&self) -> Result<Vec<u32>, Error> {
         let mut out = Vec::new();
         let mut iter = self.backend.db.raw_iterator();
@@ -104,7 +106,7 @@ impl Engine {
             let Some(shard) = iter.key().and_then(keys::shard_of_key) else {
                 break;
             };
-            if iter.key() != Some(keys::kind(shard, keys::VOTE).as_slice()) {
+            if !iter.key().is_some_and(|key| keys::is_kept(shard, key)) {
                 out.push(shard);
             }
             if shard == u32::MAX {
@@ -155,12 +157,16 @@ impl Engine {
     }
 
     /// Deletes every key and snapshot of a shard that is not open (the shard moved away)
-    /// but its Raft vote: a replica opened here again must not take a leader or candidate
-    /// older than one it already followed, or a stale leader could commit on it.
+    /// but its Raft vote and the last log id it held ([`Engine::dropped_log_id`]): a
+    /// replica opened here again must not take a leader or candidate older than one it
+    /// already followed, nor vote for a log shorter than one it acknowledged, or a stale
+    /// leader could commit on it.
     pub fn drop_shard(&self, shard: u32) -> Result<(), Error> {
         if self.backend.is_open(shard) {
             return Err(Error::ShardOpen(shard));
         }
+        let held = ShardLog::<TypeConfig>::new(self.backend.clone(), shard).last_log_id()?;
+        let dropped = held.max(self.dropped_log_id(shard)?);
         let from = shard.to_be_bytes().to_vec();
         let to = keys::shard_end(shard);
         let vote = keys::kind(shard, keys::VOTE);
@@ -170,11 +176,28 @@ impl Engine {
         if let Some(kept) = kept {
             batch.put(&vote, kept);
         }
+        if dropped.is_some() {
+            batch.put(keys::kind(shard, keys::DROPPED), encode(&dropped));
+        }
         self.backend.write(batch, true)?;
         self.backend.db.compact_range(Some(&from), Some(&to));
         match std::fs::remove_dir_all(self.backend.snapshot_dir(shard)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
+        }
+    }
+
+    /// The highest last log id of the replicas of `shard` dropped on this node: a replica
+    /// of the shard here votes only for a candidate whose log is at least as long, as it
+    /// would had it kept its log (Raft's election restriction).
+    pub fn dropped_log_id(&self, shard: u32) -> Result<Option<LogId<u64>>, Error> {
+        match self
+            .backend
+            .db
+            .get_pinned(keys::kind(shard, keys::DROPPED))?
+        {
+            Some(bytes) => decode("dropped log id", &bytes),
+            None => Ok(None),
         }
     }
 

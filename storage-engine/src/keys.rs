@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! [shard u32][b'v']                              vote (kept when the shard is dropped)
+//! [shard u32][b'x']                              last log id of replicas dropped here (kept)
 //! [shard u32][b'c']                              committed log id
 //! [shard u32][b'p']                              last purged log id
 //! [shard u32][b'l'][index u64]                   log entry
@@ -17,6 +18,8 @@
 
 /// Vote of a shard's Raft group.
 pub(crate) const VOTE: u8 = b'v';
+/// The highest last log id of the replicas of a shard dropped here.
+pub(crate) const DROPPED: u8 = b'x';
 /// Committed log id of a shard's Raft group.
 pub(crate) const COMMITTED: u8 = b'c';
 /// Last purged log id of a shard's Raft group.
@@ -42,6 +45,14 @@ pub(crate) const INCIDENTS: u8 = b'i';
 pub(crate) const OUTBOX: u8 = b'o';
 /// Table of the telemetry export queue, ordered by sequence number.
 pub(crate) const EXPORT: u8 = b'e';
+
+/// Whether `key` is one of the keys a dropped shard keeps (its vote, the log id it held):
+/// they are the last kinds of a group, so a group whose first key is kept holds no data.
+pub(crate) fn is_kept(shard: u32, key: &[u8]) -> bool {
+    [VOTE, DROPPED]
+        .iter()
+        .any(|&k| key == kind(shard, k).as_slice())
+}
 
 /// `[shard][kind]`.
 pub(crate) fn kind(shard: u32, kind: u8) -> Vec<u8> {
@@ -190,13 +201,17 @@ mod tests {
     }
 
     #[test]
-    fn the_vote_is_the_last_key_of_a_group() {
+    fn the_kept_keys_are_the_last_keys_of_a_group() {
         for other in [COMMITTED, PURGED, META, SNAPSHOT] {
             assert!(kind(7, other) < kind(7, VOTE));
         }
         assert!(log(7, u64::MAX) < kind(7, VOTE));
         assert!(rows_end(7, u32::MAX) <= kind(7, VOTE));
         assert!(core_chunk(7, u32::MAX) < kind(7, VOTE));
+        assert!(kind(7, VOTE) < kind(7, DROPPED));
+        assert!(kind(7, DROPPED) < shard_end(7));
+        assert!(is_kept(7, &kind(7, DROPPED)) && is_kept(7, &kind(7, VOTE)));
+        assert!(!is_kept(7, &kind(7, PURGED)) && !is_kept(8, &kind(7, VOTE)));
     }
 
     #[test]

@@ -80,6 +80,12 @@ impl<C: LogConfig> ShardLog<C> {
         Ok(out)
     }
 
+    /// The id of the last entry appended, or of the last purged when none is left.
+    pub(crate) fn last_log_id(&self) -> Result<Option<LogId<u64>>, Error> {
+        let purged: Option<LogId<u64>> = self.get(keys::PURGED, "purged log id")?;
+        Ok(self.last_entry()?.map(|e| e.log_id).or(purged))
+    }
+
     fn last_entry(&self) -> Result<Option<Entry<C>>, Error> {
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(keys::log(self.shard, 0));
@@ -126,10 +132,9 @@ impl<C: LogConfig> RaftLogStorage<C> for ShardLog<C> {
     async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError<u64>> {
         let last_purged_log_id: Option<LogId<u64>> =
             self.get(keys::PURGED, "purged log id").map_err(read_err)?;
-        let last = self.last_entry().map_err(read_err)?.map(|e| e.log_id);
         Ok(LogState {
             last_purged_log_id,
-            last_log_id: last.or(last_purged_log_id),
+            last_log_id: self.last_log_id().map_err(read_err)?,
         })
     }
 

@@ -6,8 +6,8 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{StorageHelper, Vote};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, StorageHelper, Vote};
 use sentinel_core::incident::IncidentStatus;
 use sentinel_core::Event;
 use sentinel_storage_engine::{
@@ -620,7 +620,8 @@ async fn a_corrupted_snapshot_is_refused_and_the_shard_keeps_its_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_shard_leaves_nothing_but_its_vote_and_its_neighbours_untouched() {
+async fn a_dropped_shard_leaves_nothing_but_its_vote_and_log_position_and_its_neighbours_untouched()
+{
     let (_dir, engine) = engine();
     for shard in [1, 2, 3] {
         let (mut machine, _) = open(&engine, shard);
@@ -639,6 +640,13 @@ async fn a_dropped_shard_leaves_nothing_but_its_vote_and_its_neighbours_untouche
     let (mut log, _held, reader) = engine.open_shard(2).unwrap();
     let followed = Vote::new_committed(7, 4);
     log.save_vote(&followed).await.unwrap();
+    let held = |index| LogId::new(CommittedLeaderId::new(7, 4), index);
+    log.blocking_append((0..=40).map(|index| Entry {
+        log_id: held(index),
+        payload: EntryPayload::Blank,
+    }))
+    .await
+    .unwrap();
     assert!(
         engine.drop_shard(2).is_err(),
         "an open shard is not dropped"
@@ -656,7 +664,26 @@ async fn a_dropped_shard_leaves_nothing_but_its_vote_and_its_neighbours_untouche
         "a replica opened again keeps the vote of the one dropped"
     );
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+    assert_eq!(
+        engine.dropped_log_id(2).unwrap(),
+        Some(held(40)),
+        "the log position of the replica dropped is kept"
+    );
+    let shorter = LogId::new(CommittedLeaderId::new(3, 1), 90);
+    log.blocking_append([Entry {
+        log_id: shorter,
+        payload: EntryPayload::Blank,
+    }])
+    .await
+    .unwrap();
     drop((log, fresh));
+    engine.drop_shard(2).unwrap();
+    assert_eq!(
+        engine.dropped_log_id(2).unwrap(),
+        Some(held(40)),
+        "a later drop of a shorter log keeps the longest"
+    );
+    assert_eq!(engine.shard_ids().unwrap(), vec![1, 3]);
     let after: Vec<String> = [1, 3]
         .iter()
         .map(|&s| open(&engine, s).1.digest().unwrap())
