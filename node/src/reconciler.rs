@@ -132,6 +132,10 @@ impl Reconciler {
                 self.action("metadata_remove");
                 change(&host.meta, ChangeMembers::RemoveNodes(gone), true).await
             }
+            MetadataStep::LeaveJoint(voters) => {
+                self.action("metadata_voters");
+                change(&host.meta, ChangeMembers::ReplaceAllVoters(voters), true).await
+            }
             MetadataStep::RemoveDrained(draining) => {
                 let status = cluster_status(host, false).await;
                 for id in draining {
@@ -256,6 +260,10 @@ impl Reconciler {
                 change(raft, ChangeMembers::RemoveNodes(stray), false).await
             }
             ShardStep::Campaign(target) => self.campaign(replica, target).await,
+            ShardStep::LeaveJoint(voters) => {
+                self.action("leave_joint");
+                change(raft, ChangeMembers::ReplaceAllVoters(voters), false).await
+            }
         }
     }
 

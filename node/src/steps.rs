@@ -15,8 +15,8 @@ pub const CAUGHT_UP_ENTRIES: u64 = 64;
 /// A Raft group's membership and its members' progress, as its leader sees them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupView {
-    /// Whether a membership change is half done (joint configuration).
-    pub joint: bool,
+    /// The voters a half-done membership change (a joint configuration) goes to.
+    pub joint_to: Option<BTreeSet<u64>>,
     /// Voters.
     pub voters: BTreeSet<u64>,
     /// Learners.
@@ -35,7 +35,10 @@ impl GroupView {
         let learners: BTreeSet<u64> = membership.learner_ids().collect();
         let members = voters.iter().chain(&learners).copied();
         GroupView {
-            joint: membership.get_joint_config().len() > 1,
+            joint_to: match membership.get_joint_config().as_slice() {
+                [_, .., last] => Some(last.clone()),
+                _ => None,
+            },
             caught_up: members.clone().filter(|&n| caught_up(metrics, n)).collect(),
             holds_all: members.filter(|&n| holds_all(metrics, n)).collect(),
             voters,
@@ -81,19 +84,25 @@ pub enum ShardStep {
     RemoveLearners(BTreeSet<u64>),
     /// Ask the preferred replica, which holds the whole log, to stand for election.
     Campaign(u64),
+    /// Finish a membership change left half done (its leader lost the leadership or
+    /// gave up waiting between the two steps): make these the voters.
+    LeaveJoint(BTreeSet<u64>),
 }
 
 /// The next step of the leader `own` of a group whose replicas should be `desired` (the
 /// preferred leader first), adding only nodes `addressable` says it can reach; `None`
-/// when the group is where placement wants it, or a change is under way.
+/// when the group is where placement wants it.
 pub fn next_shard_step(
     own: u64,
     desired: &[u64],
     group: &GroupView,
     addressable: impl Fn(u64) -> bool,
 ) -> Option<ShardStep> {
-    if desired.is_empty() || group.joint {
+    if desired.is_empty() {
         return None;
+    }
+    if let Some(to) = &group.joint_to {
+        return Some(ShardStep::LeaveJoint(to.clone()));
     }
     if let Some(&node) = desired
         .iter()
@@ -145,13 +154,15 @@ pub enum MetadataStep {
     RemoveMembers(BTreeSet<u64>),
     /// Remove from the registry those of these draining nodes that hold no shard any more.
     RemoveDrained(Vec<u64>),
+    /// Finish a membership change left half done: make these the voters.
+    LeaveJoint(BTreeSet<u64>),
 }
 
 /// The metadata leader's next step for a registry of a created cluster and the metadata
 /// group's `view`; `None` when nothing is to do or the voters are still catching up.
 pub fn next_metadata_step(registry: &Registry, view: &GroupView) -> Option<MetadataStep> {
-    if view.joint {
-        return None;
+    if let Some(to) = &view.joint_to {
+        return Some(MetadataStep::LeaveJoint(to.clone()));
     }
     if registry.cluster_id.is_empty() {
         return Some(MetadataStep::NameCluster);
@@ -226,7 +237,7 @@ mod tests {
         let members: BTreeSet<u64> = voters.iter().chain(learners).copied().collect();
         let ahead: BTreeSet<u64> = members.difference(&set(behind)).copied().collect();
         GroupView {
-            joint: false,
+            joint_to: None,
             voters: set(voters),
             learners: set(learners),
             caught_up: ahead.clone(),
@@ -299,10 +310,14 @@ mod tests {
             );
         }
         let joint = GroupView {
-            joint: true,
-            ..group(&[1], &[], &[])
+            joint_to: Some(set(&[1, 2])),
+            ..group(&[1, 2, 3], &[], &[])
         };
-        assert_eq!(next_shard_step(1, &[1, 2, 3], &joint, anyone), None);
+        assert_eq!(
+            next_shard_step(1, &[1, 2, 4], &joint, anyone),
+            Some(LeaveJoint(set(&[1, 2]))),
+            "a change left half done is finished before anything else"
+        );
         // A node without an address is passed over, not waited for.
         assert_eq!(
             next_shard_step(1, &[1, 2, 3], &group(&[1], &[], &[]), |n| n != 2),
@@ -379,10 +394,13 @@ mod tests {
             Some(RemoveDrained(vec![3]))
         );
         let joint = GroupView {
-            joint: true,
-            ..group(&[0, 1], &[], &[])
+            joint_to: Some(set(&[0, 1])),
+            ..group(&[0, 1, 2], &[], &[])
         };
-        assert_eq!(next_metadata_step(&three, &joint), None);
+        assert_eq!(
+            next_metadata_step(&three, &joint),
+            Some(LeaveJoint(set(&[0, 1])))
+        );
     }
 
     #[test]
